@@ -1,0 +1,60 @@
+"""Every exception orcapod raises on bad input or unusable state.
+
+All derive from :class:`OrcapodError`; the input-validation family also derives
+from :class:`ValueError` so generic handlers keep working. Messages always name
+the offending column, label, node, path or function.
+"""
+
+from __future__ import annotations
+
+
+class OrcapodError(Exception):
+    """Base class of every orcapod error."""
+
+
+class InputValidationError(OrcapodError, ValueError):
+    """Bad input from the user: unknown column, invalid option, malformed data."""
+
+
+class SchemaMismatchError(InputValidationError):
+    """Two schemas that must agree do not (e.g. a function parameter vs a stream column)."""
+
+
+class UnsupportedTypeError(InputValidationError, TypeError):
+    """A Python or Arrow type outside the documented type table."""
+
+
+class DuplicateTagError(InputValidationError):
+    """Tag (or record-id) values that must be unique are repeated."""
+
+
+class InvalidLabelError(InputValidationError):
+    """A node/stream label that is empty, malformed, or collides with another."""
+
+
+class FunctionDefinitionError(InputValidationError, TypeError):
+    """A Python function that cannot become a function pod (lambda, *args, missing annotations)."""
+
+
+class ExecutorTypeError(OrcapodError, TypeError):
+    """An executor assigned to a function type it cannot run."""
+
+
+class InvalidPathError(InputValidationError):
+    """A database record path with an invalid component (``..``, separators, too deep)."""
+
+
+class CorruptStoreError(OrcapodError):
+    """A stored table exists but cannot be read as what it claims to be."""
+
+
+class PacketFunctionUnavailableError(OrcapodError):
+    """A packet function's code could not be loaded, so new packets cannot be computed."""
+
+
+class PipelineLoadError(OrcapodError):
+    """A saved pipeline description cannot be loaded (corrupt file, wrong version, bad field)."""
+
+
+class PacketComputationError(OrcapodError):
+    """A user function raised while computing one packet (the original is the ``__cause__``)."""

@@ -1,0 +1,22 @@
+"""Sources bring data into a pipeline with provenance (system tags + source info).
+
+>>> from orcapod_core.sources import DictSource
+>>> s = DictSource([{"id": 1, "x": 2.0}], tag_columns=["id"], source_id="demo")
+>>> s.output_schema()
+(Schema({'id': int}), Schema({'x': float}))
+"""
+
+from orcapod_core.sources.base import RootSource, Source
+from orcapod_core.sources.files import CSVSource, DeltaTableSource
+from orcapod_core.sources.memory import ArrowTableSource, DataFrameSource, DictSource, ListSource
+
+__all__ = [
+    "Source",
+    "RootSource",
+    "DictSource",
+    "ListSource",
+    "ArrowTableSource",
+    "DataFrameSource",
+    "CSVSource",
+    "DeltaTableSource",
+]

@@ -1,0 +1,304 @@
+"""Schemas and the one Python ⇄ Arrow type table.
+
+=====================  ====================================================
+Python type            Arrow type (field nullability from ``| None``)
+=====================  ====================================================
+``int``                ``int64``
+``float``              ``float64``
+``str``                ``large_string``
+``bool``               ``bool``
+``bytes``              ``large_binary``
+``datetime.date``      ``date32``
+``datetime.datetime``  ``timestamp[us]`` (naive)
+``datetime.time``      ``time64[us]``
+``list[T]``            ``large_list<item: T>`` (item nullable iff ``T`` is ``X | None``)
+``dict[str, T]``       ``map<large_string, T>`` (value nullable iff ``T`` is ``X | None``)
+``T | None``           ``T``'s Arrow type in a *nullable* field
+=====================  ====================================================
+
+``python_to_arrow`` and ``arrow_to_python`` are exact inverses on this table.
+Arrow types outside it that have an obvious lossless canonical form (``int32``,
+``string``, ``list``, dictionary-encoded strings, ...) are accepted on input and
+cast by :func:`canonical_arrow_type`; anything else raises
+:class:`~orcapod_core.errors.UnsupportedTypeError` naming the column.
+
+>>> Schema({"x": int, "tags": list[str]}) == {"x": int, "tags": list[str]}
+True
+>>> python_to_arrow(dict[str, str])
+MapType(map<large_string, large_string>)
+"""
+
+from __future__ import annotations
+
+import datetime
+import types
+import typing
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from orcapod_core.errors import UnsupportedTypeError
+
+__all__ = [
+    "Schema",
+    "python_to_arrow",
+    "arrow_to_python",
+    "arrow_field",
+    "arrow_schema",
+    "schema_from_arrow",
+    "canonical_arrow_type",
+    "canonicalize_table",
+    "type_to_string",
+    "is_optional",
+    "is_assignable",
+]
+
+_SCALARS: dict[Any, pa.DataType] = {
+    int: pa.int64(),
+    float: pa.float64(),
+    str: pa.large_string(),
+    bool: pa.bool_(),
+    bytes: pa.large_binary(),
+    datetime.date: pa.date32(),
+    datetime.datetime: pa.timestamp("us"),
+    datetime.time: pa.time64("us"),
+}
+_SCALARS_BACK: dict[pa.DataType, Any] = {v: k for k, v in _SCALARS.items()}
+
+
+def is_optional(tp: Any) -> bool:
+    """True for ``T | None`` / ``Optional[T]``."""
+    return _union_args(tp) is not None and type(None) in _union_args(tp)
+
+
+def _union_args(tp: Any) -> tuple | None:
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return typing.get_args(tp)
+    return None
+
+
+def _strip_optional(tp: Any, where: str) -> tuple[Any, bool]:
+    args = _union_args(tp)
+    if args is None:
+        return tp, False
+    rest = [a for a in args if a is not type(None)]
+    if len(rest) != 1:
+        raise UnsupportedTypeError(f"{where}: union type {type_to_string(tp)} is not supported (only T | None)")
+    return rest[0], True
+
+
+def python_to_arrow(tp: Any, where: str = "type") -> pa.DataType:
+    """Arrow type of a Python type (nullability is a field property: see :func:`arrow_field`)."""
+    inner, _ = _strip_optional(tp, where)
+    if inner in _SCALARS:
+        return _SCALARS[inner]
+    origin, args = typing.get_origin(inner), typing.get_args(inner)
+    if origin is list and len(args) == 1:
+        return pa.large_list(arrow_field("item", args[0], where))
+    if origin is dict and len(args) == 2:
+        if args[0] is not str:
+            raise UnsupportedTypeError(f"{where}: dict keys must be str, got {type_to_string(tp)}")
+        value = arrow_field("value", args[1], where)
+        return pa.map_(pa.field("key", pa.large_string(), nullable=False), value)
+    raise UnsupportedTypeError(f"{where}: Python type {type_to_string(tp)} is not in the orcapod type table")
+
+
+def arrow_field(name: str, tp: Any, where: str | None = None) -> pa.Field:
+    """Arrow field for column ``name`` of Python type ``tp`` (nullable iff ``tp`` is optional)."""
+    return pa.field(name, python_to_arrow(tp, where or f"column {name!r}"), nullable=is_optional(tp))
+
+
+def arrow_to_python(dtype: pa.DataType, nullable: bool = False, where: str = "type") -> Any:
+    """Python type of an Arrow type in the table (``nullable`` adds ``| None``)."""
+    if dtype in _SCALARS_BACK:
+        tp = _SCALARS_BACK[dtype]
+    elif pa.types.is_large_list(dtype):
+        item = dtype.value_field
+        tp = list[arrow_to_python(item.type, item.nullable, where)]
+    elif pa.types.is_map(dtype):
+        if dtype.key_type != pa.large_string():
+            raise UnsupportedTypeError(f"{where}: map keys must be large_string, got {dtype}")
+        item = dtype.item_field
+        tp = dict[str, arrow_to_python(item.type, item.nullable, where)]
+    else:
+        raise UnsupportedTypeError(
+            f"{where}: Arrow type {dtype} is not in the orcapod type table (cast it with canonicalize_table)"
+        )
+    return tp | None if nullable else tp
+
+
+def type_to_string(tp: Any) -> str:
+    """Canonical string of a Python type: ``int``, ``list[str | None]``, ``dict[str, int]``."""
+    args = _union_args(tp)
+    if args is not None:
+        rest = [a for a in args if a is not type(None)]
+        parts = [type_to_string(a) for a in rest]
+        if len(rest) != len(args):
+            parts.append("None")
+        return " | ".join(parts)
+    if tp is type(None) or tp is None:
+        return "None"
+    origin = typing.get_origin(tp)
+    if origin is not None:
+        inner = ", ".join(type_to_string(a) for a in typing.get_args(tp))
+        return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
+    if tp in (datetime.date, datetime.datetime, datetime.time):
+        return f"datetime.{tp.__name__}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def is_assignable(source: Any, target: Any) -> bool:
+    """True when a column of type ``source`` may feed a parameter of type ``target``."""
+    if source == target:
+        return True
+    s_inner, s_opt = _strip_optional(source, "type")
+    t_inner, t_opt = _strip_optional(target, "type")
+    if s_opt and not t_opt:
+        return False
+    if s_inner == t_inner:
+        return True
+    if target is typing.Any or t_inner is typing.Any:
+        return True
+    so, to = typing.get_origin(s_inner), typing.get_origin(t_inner)
+    if so is not None and so is to:
+        return all(is_assignable(a, b) for a, b in zip(typing.get_args(s_inner), typing.get_args(t_inner)))
+    return s_inner is int and t_inner is float  # ints widen to floats, nothing else does
+
+
+class Schema(Mapping[str, Any]):
+    """Immutable, ordered mapping column → Python type, with optional fields.
+
+    Optional fields are function parameters with defaults: a stream may omit them.
+
+    >>> s = Schema({"x": int, "y": float | None}, optional_fields={"y"})
+    >>> s == {"x": int, "y": float | None}, s.optional_fields
+    (True, frozenset({'y'}))
+    """
+
+    __slots__ = ("_items", "_optional")
+
+    def __init__(self, fields: Mapping[str, Any] | Iterable[tuple[str, Any]] = (), optional_fields: Iterable[str] = ()):
+        items = dict(fields)
+        optional = frozenset(optional_fields)
+        unknown = optional - items.keys()
+        if unknown:
+            raise UnsupportedTypeError(f"optional fields {sorted(unknown)} are not in the schema")
+        object.__setattr__(self, "_items", items)
+        object.__setattr__(self, "_optional", optional)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Schema is immutable")
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self._items) == dict(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple((k, type_to_string(v)) for k, v in self._items.items()))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k!r}: {type_to_string(v)}" for k, v in self._items.items())
+        return f"Schema({{{inner}}})"
+
+    @property
+    def optional_fields(self) -> frozenset[str]:
+        return self._optional
+
+    def to_arrow(self) -> pa.Schema:
+        """Arrow schema by the type table."""
+        return pa.schema([arrow_field(k, v) for k, v in self._items.items()])
+
+    def to_strings(self) -> dict[str, str]:
+        """``{column: canonical type string}`` — the form hashed and saved."""
+        return {k: type_to_string(v) for k, v in self._items.items()}
+
+    def merge(self, other: Mapping[str, Any]) -> Schema:
+        """Union of two schemas; a column present in both must have the same type."""
+        out = dict(self._items)
+        for k, v in other.items():
+            if k in out and out[k] != v:
+                raise UnsupportedTypeError(
+                    f"column {k!r} has conflicting types {type_to_string(out[k])} and {type_to_string(v)}"
+                )
+            out[k] = v
+        return Schema(out, self._optional | getattr(other, "optional_fields", frozenset()))
+
+
+def arrow_schema(schema: Mapping[str, Any]) -> pa.Schema:
+    """Arrow schema for a Python schema mapping."""
+    return pa.schema([arrow_field(k, v) for k, v in schema.items()])
+
+
+def schema_from_arrow(schema: pa.Schema | Iterable[pa.Field]) -> Schema:
+    """Python :class:`Schema` of Arrow fields (field nullability → ``| None``)."""
+    return Schema({f.name: arrow_to_python(f.type, f.nullable, f"column {f.name!r}") for f in schema})
+
+
+def canonical_arrow_type(dtype: pa.DataType, where: str = "type") -> pa.DataType:
+    """The table's Arrow type for an accepted Arrow input type (``int32`` → ``int64``, ...)."""
+    if dtype in _SCALARS_BACK:
+        return dtype
+    if pa.types.is_integer(dtype):
+        return pa.int64()
+    if pa.types.is_floating(dtype):
+        return pa.float64()
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype):
+        return pa.large_string()
+    if pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype) or pa.types.is_binary_view(dtype):
+        return pa.large_binary()
+    if pa.types.is_fixed_size_binary(dtype):
+        return pa.large_binary()
+    if pa.types.is_dictionary(dtype):
+        return canonical_arrow_type(dtype.value_type, where)
+    if pa.types.is_date(dtype):
+        return pa.date32()
+    if pa.types.is_timestamp(dtype):
+        if dtype.tz is not None:
+            raise UnsupportedTypeError(
+                f"{where}: timezone-aware timestamp {dtype} is not supported; convert to naive UTC first"
+            )
+        return pa.timestamp("us")
+    if pa.types.is_time(dtype):
+        return pa.time64("us")
+    if pa.types.is_null(dtype):
+        raise UnsupportedTypeError(f"{where}: column has only nulls, so its type is unknown; pass a schema")
+    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_list_view(dtype) or pa.types.is_fixed_size_list(dtype):
+        item = dtype.value_field
+        return pa.large_list(item.with_type(canonical_arrow_type(item.type, where)).with_name("item"))
+    if pa.types.is_map(dtype):
+        if canonical_arrow_type(dtype.key_type, where) != pa.large_string():
+            raise UnsupportedTypeError(f"{where}: map keys must be strings, got {dtype}")
+        item = dtype.item_field
+        return pa.map_(
+            pa.field("key", pa.large_string(), nullable=False),
+            item.with_type(canonical_arrow_type(item.type, where)).with_name("value"),
+        )
+    raise UnsupportedTypeError(f"{where}: Arrow type {dtype} is not in the orcapod type table")
+
+
+def canonicalize_table(table: pa.Table, infer_nullability: bool = True) -> pa.Table:
+    """Cast every column to its table type; with ``infer_nullability`` a nullable
+    field without nulls becomes non-nullable (so ``pa.table({"x": [1]})`` is ``x: int``)."""
+    fields = []
+    for f, col in zip(table.schema, table.columns):
+        dtype = canonical_arrow_type(f.type, f"column {f.name!r}")
+        nullable = f.nullable and (col.null_count > 0 or not infer_nullability)
+        fields.append(pa.field(f.name, dtype, nullable=nullable))
+    target = pa.schema(fields)
+    if target == table.schema:
+        return table
+    try:
+        return table.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise UnsupportedTypeError(f"cannot convert columns {table.schema.names} to orcapod types: {exc}") from exc
