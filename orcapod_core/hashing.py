@@ -38,7 +38,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orcapod_core.types import Schema, schema_from_arrow, type_to_string
+from orcapod_core.types import Schema, arrow_to_python, type_to_string
 
 __all__ = [
     "HASH_METHOD",
@@ -209,7 +209,10 @@ def _encode_column(arr: pa.Array) -> pa.Array:
 
 
 def _schema_digest(fields: Sequence[pa.Field]) -> bytes:
-    return hashlib.sha256(canonical_json(schema_from_arrow(fields).to_strings())).digest()
+    # Nullability is deliberately not part of a row's identity: nulls are encoded per value,
+    # and the same packet must hash the same whether its stream declares ``int`` or ``int | None``.
+    names = {f.name: type_to_string(arrow_to_python(f.type, False, f"column {f.name!r}")).replace(" | None", "") for f in fields}
+    return hashlib.sha256(canonical_json(names)).digest()
 
 
 def hash_rows(table: pa.Table, columns: Sequence[str] | None = None) -> pa.FixedSizeBinaryArray:

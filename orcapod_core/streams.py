@@ -222,7 +222,7 @@ class Stream:
         hidden_packet = layout.source_columns + layout.meta_columns
         tag_schema = pa.schema(layout.fields(tag_names + sys_names))
         packet_schema = pa.schema(layout.fields(packet_names + hidden_packet))
-        cols = {n: table.column(n).to_pylist() for n in table.column_names}
+        cols = {n: table.column(n).to_pylist(maps_as_pydicts="strict") for n in table.column_names}
         for i in range(table.num_rows):
             tag = Tag(
                 {n: cols[n][i] for n in tag_names},

@@ -10,49 +10,52 @@ import pyarrow as pa
 
 from orcapod_core.errors import InputValidationError, UnsupportedTypeError
 from orcapod_core.sources.base import RootSource
-from orcapod_core.types import arrow_schema
+from orcapod_core.types import arrow_field
 
 __all__ = ["DictSource", "ListSource", "ArrowTableSource", "DataFrameSource"]
 
 
 def _table_from_python(data: Any, schema: Mapping[str, Any] | None, name: str) -> pa.Table:
-    """Arrow table from columns (``{col: [values]}``) or rows (``[{col: value}]``)."""
-    arrow = None
-    if schema:
-        try:
-            arrow = arrow_schema(schema)
-        except UnsupportedTypeError as exc:
-            raise UnsupportedTypeError(f"{name}: {exc}") from exc
-    try:
-        if isinstance(data, Mapping):
-            columns = {k: list(v) for k, v in data.items()}
-            if arrow is not None:
-                missing = [f.name for f in arrow if f.name not in columns]
-                if missing and any(columns.values()):
-                    raise InputValidationError(f"{name}: schema column(s) {missing} are not in the data")
-                return pa.Table.from_pydict({**{m: [] for m in missing}, **columns} if missing else columns, schema=_subset(arrow, columns) if not missing else arrow)
-            return pa.Table.from_pydict(columns)
+    """Arrow table from columns (``{col: [values]}``) or rows (``[{col: value}]``).
+
+    Columns are converted one at a time so a bad value's error names its column.
+    """
+    if isinstance(data, Mapping):
+        columns = {k: list(v) for k, v in data.items()}
+    else:
         rows = list(data)
         if not all(isinstance(r, Mapping) for r in rows):
             raise InputValidationError(f"{name}: data must be a mapping of columns or a sequence of row dicts")
-        if arrow is not None:
-            return pa.Table.from_pylist(rows, schema=arrow)
-        if not rows:
-            raise InputValidationError(f"{name}: empty data needs a schema= to know its columns")
-        keys = list(rows[0])
+        keys = list(rows[0]) if rows else []
         for i, row in enumerate(rows):
-            if list(row) != keys and set(row) != set(keys):
+            if set(row) != set(keys):
                 raise InputValidationError(f"{name}: row {i} has columns {sorted(row)}, expected {sorted(keys)}")
-        return pa.Table.from_pylist(rows)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise InputValidationError(f"{name}: cannot convert data to Arrow: {exc}") from exc
-
-
-def _subset(schema: pa.Schema, columns: Mapping[str, Any]) -> pa.Schema:
-    extra = [pa.field(c, pa.infer_type(v)) for c, v in columns.items() if c not in schema.names]
-    return pa.schema([*[schema.field(c) for c in columns if c in schema.names], *extra]) if extra else pa.schema(
-        [schema.field(c) for c in columns]
-    )
+        columns = {k: [r[k] for r in rows] for k in keys}
+    schema = dict(schema or {})
+    lengths = {len(v) for v in columns.values()}
+    if len(lengths) > 1:
+        raise InputValidationError(f"{name}: columns have different lengths {dict((k, len(v)) for k, v in columns.items())}")
+    if not columns and not schema:
+        raise InputValidationError(f"{name}: empty data needs a schema= to know its columns")
+    missing = [c for c in schema if c not in columns]
+    if missing and any(columns.values()):
+        raise InputValidationError(f"{name}: schema column(s) {missing} are not in the data")
+    arrays, fields = [], []
+    for col in [*columns, *missing]:
+        values = columns.get(col, [])
+        try:
+            if col in schema:
+                field = arrow_field(col, schema[col])
+                arrays.append(pa.array(values, field.type))
+                fields.append(field)
+            else:
+                arrays.append(pa.array(values))
+                fields.append(pa.field(col, arrays[-1].type))
+        except UnsupportedTypeError as exc:
+            raise UnsupportedTypeError(f"{name}: {exc}") from exc
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+            raise InputValidationError(f"{name}: cannot convert column {col!r} to Arrow: {exc}") from exc
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
 class DictSource(RootSource):

@@ -1,0 +1,156 @@
+import datetime
+import hashlib
+import json
+import struct
+import subprocess
+import sys
+import textwrap
+
+import pyarrow as pa
+import pytest
+
+from orcapod_core.hashing import (
+    ContentHash,
+    canonical_json,
+    combine_hashes,
+    encode_value,
+    hash_object,
+    hash_rows,
+    hash_table,
+)
+from orcapod_core.types import Schema, arrow_schema
+
+# Golden values: computed once from the documented encoding (docs/concepts.md) and pinned,
+# so any change to the encoding (which would invalidate every stored result) fails loudly.
+GOLDEN_OBJECT = "orcapod_v1:444c2eb1b4ea4ce81f900698cd029e6ea5d604d5534a57bece2879591db586a7"
+GOLDEN_ROWS = [
+    "e8a4c28c4c3d7096917a499af66c1b4e87097d1342c820a064468bab09b9e91f",
+    "3cddcd589a3d33db67d81e1f090d39986190b2a413bfba97ad8bb0537375a599",
+]
+GOLDEN_TABLE = "orcapod_v1:05465bed7c32f735c20f2ff447fdff3214d4d69e389472fefc403ebacd9db186"
+
+
+def golden_table():
+    return pa.table({"x": pa.array([1, None], pa.int64()), "s": pa.array(["a", "bc"], pa.large_string())})
+
+
+def test_object_hash_golden_and_independent_derivation():
+    obj = {"b": [1, 2.5, "x", None, True], "a": 1}
+    expected = hashlib.sha256(
+        json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    ).hexdigest()
+    assert hash_object(obj).to_string() == f"orcapod_v1:{expected}" == GOLDEN_OBJECT
+
+
+def test_row_hash_golden_and_independent_derivation():
+    schema_digest = hashlib.sha256(b'{"s":"str","x":"int"}').digest()
+    row0 = schema_digest + b"\x01" + struct.pack("<Q", 1) + b"a" + b"\x01" + struct.pack("<q", 1)
+    row1 = schema_digest + b"\x01" + struct.pack("<Q", 2) + b"bc" + b"\x00"
+    expected = [hashlib.sha256(row0).hexdigest(), hashlib.sha256(row1).hexdigest()]
+    assert [d.hex() for d in hash_rows(golden_table()).to_pylist()] == expected == GOLDEN_ROWS
+    assert hash_table(golden_table()).to_string() == GOLDEN_TABLE
+
+
+def test_hashes_agree_across_fresh_processes():
+    script = textwrap.dedent(
+        """
+        import pyarrow as pa
+        from orcapod_core.hashing import hash_object, hash_rows, hash_table
+        t = pa.table({"x": pa.array([1, None], pa.int64()), "s": pa.array(["a", "bc"], pa.large_string())})
+        print(hash_object({"b": [1, 2.5, "x", None, True], "a": 1}).to_string())
+        print(",".join(d.hex() for d in hash_rows(t).to_pylist()))
+        print(hash_table(t).to_string())
+        """
+    )
+    outputs = set()
+    for seed in ("0", "12345"):  # different PYTHONHASHSEEDs: Python's hash() must play no role
+        out = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": seed}
+        ).stdout
+        outputs.add(out)
+    assert outputs == {f"{GOLDEN_OBJECT}\n{','.join(GOLDEN_ROWS)}\n{GOLDEN_TABLE}\n"}
+
+
+ALL_TYPES_SCHEMA = {
+    "i": int | None,
+    "f": float,
+    "s": str | None,
+    "b": bool,
+    "by": bytes,
+    "d": datetime.date,
+    "ts": datetime.datetime,
+    "t": datetime.time,
+    "l": list[int | None],
+    "m": dict[str, str],
+    "ll": list[list[str]] | None,
+}
+ALL_TYPES_ROWS = [
+    {"i": 1, "f": -0.5, "s": "é", "b": True, "by": b"\x00", "d": datetime.date(2020, 1, 1),
+     "ts": datetime.datetime(2021, 5, 6, 7, 8, 9, 10), "t": datetime.time(1, 2, 3), "l": [1, None],
+     "m": {"z": "1", "a": "2"}, "ll": [["a"], []]},
+    {"i": None, "f": 1e300, "s": None, "b": False, "by": b"", "d": datetime.date(1969, 12, 31),
+     "ts": datetime.datetime(1960, 1, 1), "t": datetime.time(23, 59, 59, 999999), "l": [],
+     "m": {}, "ll": None},
+]
+
+
+def test_columnar_encoding_matches_reference_encoder_for_every_type():
+    table = pa.Table.from_pylist(ALL_TYPES_ROWS, schema=arrow_schema(ALL_TYPES_SCHEMA))
+    names = sorted(table.column_names)
+    strings = {k: v.replace(" | None", "") for k, v in Schema(ALL_TYPES_SCHEMA).to_strings().items()}
+    prefix = hashlib.sha256(canonical_json(strings)).digest()
+    for i, row in enumerate(ALL_TYPES_ROWS):
+        message = prefix + b"".join(encode_value(row[c], table.schema.field(c).type) for c in names)
+        assert hash_rows(table)[i].as_py() == hashlib.sha256(message).digest(), f"row {i}"
+
+
+def test_row_hash_is_independent_of_batching_chunking_and_column_order():
+    table = pa.Table.from_pylist(ALL_TYPES_ROWS, schema=arrow_schema(ALL_TYPES_SCHEMA))
+    whole = hash_rows(table).to_pylist()
+    assert hash_rows(table.slice(1, 1)).to_pylist() == whole[1:]
+    chunked = pa.concat_tables([table.slice(0, 1), table.slice(1, 1)])
+    assert chunked.column(0).num_chunks == 2
+    assert hash_rows(chunked).to_pylist() == whole
+    reordered = table.select(list(reversed(table.column_names)))
+    assert hash_rows(reordered).to_pylist() == whole
+
+
+def test_row_hash_depends_on_names_types_and_values_not_nullability():
+    base = hash_rows(pa.table({"x": pa.array([1], pa.int64())}))[0]
+    strict = pa.table({"x": pa.array([1], pa.int64())}, schema=pa.schema([pa.field("x", pa.int64(), nullable=False)]))
+    assert hash_rows(strict)[0] == base
+    assert hash_rows(pa.table({"y": pa.array([1], pa.int64())}))[0] != base
+    assert hash_rows(pa.table({"x": pa.array([1.0], pa.float64())}))[0] != base
+    assert hash_rows(pa.table({"x": pa.array([2], pa.int64())}))[0] != base
+    # map key order does not matter; list order does
+    m = pa.map_(pa.large_string(), pa.large_string())
+    a = hash_rows(pa.table({"m": pa.array([[("a", "1"), ("b", "2")]], m)}))[0]
+    b = hash_rows(pa.table({"m": pa.array([[("b", "2"), ("a", "1")]], m)}))[0]
+    assert a == b
+    # string boundaries are unambiguous thanks to the length prefix
+    two = pa.table({"a": pa.array(["ab"], pa.large_string()), "b": pa.array(["c"], pa.large_string())})
+    other = pa.table({"a": pa.array(["a"], pa.large_string()), "b": pa.array(["bc"], pa.large_string())})
+    assert hash_rows(two)[0] != hash_rows(other)[0]
+
+
+def test_hash_rows_of_empty_table():
+    assert len(hash_rows(pa.table({"x": pa.array([], pa.int64())}))) == 0
+
+
+def test_combine_hashes_ordered_vs_unordered():
+    a, b = hash_object("a"), hash_object("b")
+    assert combine_hashes([a, b]) != combine_hashes([b, a])
+    assert combine_hashes([a, b], ordered=False) == combine_hashes([b, a], ordered=False)
+
+
+def test_content_hash_value():
+    h = hash_object([1])
+    assert h.to_string() == f"{h.method}:{h.to_hex()}"
+    assert h.to_hex(12) == h.to_hex()[:12]
+    assert ContentHash.from_string(h.to_string()) == h
+
+
+def test_canonical_json_handles_types_bytes_and_rejects_unknown_objects():
+    assert canonical_json({"t": list[int], "b": b"\x01"}) == b'{"b":{"$bytes":"01"},"t":{"$type":"list[int]"}}'
+    with pytest.raises(TypeError, match="object"):
+        canonical_json({"x": object()})

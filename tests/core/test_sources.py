@@ -1,0 +1,208 @@
+import datetime
+import hashlib
+
+import polars as pl
+import pyarrow as pa
+import pytest
+from deltalake import write_deltalake
+
+from orcapod_core.errors import DuplicateTagError, InputValidationError, UnsupportedTypeError
+from orcapod_core.sources import (
+    ArrowTableSource,
+    CSVSource,
+    DataFrameSource,
+    DeltaTableSource,
+    DictSource,
+    ListSource,
+)
+
+ROWS = [{"subject": "s1", "age": 30, "score": 1.5}, {"subject": "s2", "age": 41, "score": 2.5}]
+
+
+def sys_cols(source):
+    return [c for c in source.as_table(columns={"system_tags": True}).column_names if c.startswith("_tag_")]
+
+
+def test_dict_source_rows_columns_and_schema():
+    s = DictSource(ROWS, tag_columns=["subject"], source_id="subjects")
+    assert s.output_schema() == ({"subject": str}, {"age": int, "score": float})
+    assert s.keys() == (("subject",), ("age", "score"))
+    assert s.as_table().to_pylist() == ROWS
+    assert [(t.as_dict(), p.as_dict()) for t, p in s] == [
+        ({"subject": r["subject"]}, {"age": r["age"], "score": r["score"]}) for r in ROWS
+    ]
+    # columnar input gives the same stream
+    columnar = DictSource({k: [r[k] for r in ROWS] for k in ROWS[0]}, tag_columns="subject", source_id="subjects")
+    assert columnar.as_table(all_info=True).equals(s.as_table(all_info=True))
+    assert columnar.content_hash() == s.content_hash()
+
+
+def test_system_tags_and_source_info_format():
+    s = DictSource(ROWS, tag_columns=["subject"], source_id="subjects")
+    h = s.pipeline_hash().to_hex(12)
+    assert sys_cols(s) == [f"_tag_source_id::{h}", f"_tag_record_id::{h}"]
+    table = s.as_table(all_info=True)
+    assert table.column(f"_tag_source_id::{h}").to_pylist() == ["subjects", "subjects"]
+    assert table.column(f"_tag_record_id::{h}").to_pylist() == ["row_0", "row_1"]
+    assert table.column("_source_age").to_pylist() == ["subjects::row_0::age", "subjects::row_1::age"]
+    assert table.column("_source_score").to_pylist()[1] == "subjects::row_1::score"
+    assert "_source_subject" not in table.column_names  # tags carry no source info
+    tag, packet = next(iter(s))
+    assert tag.system_tags == {f"_tag_source_id::{h}": "subjects", f"_tag_record_id::{h}": "row_0"}
+    assert packet.source_info == {"age": "subjects::row_0::age", "score": "subjects::row_0::score"}
+
+
+def test_record_id_column_gives_col_equals_value_record_ids():
+    s = DictSource(ROWS, tag_columns=["subject"], source_id="subjects", record_id_column="subject")
+    h = s.pipeline_hash().to_hex(12)
+    table = s.as_table(all_info=True)
+    assert table.column(f"_tag_record_id::{h}").to_pylist() == ["subject=s1", "subject=s2"]
+    assert table.column("_source_age").to_pylist()[0] == "subjects::subject=s1::age"
+
+
+def test_duplicate_record_ids_are_rejected_naming_the_column():
+    with pytest.raises(DuplicateTagError, match="'subject'"):
+        DictSource(ROWS + ROWS[:1], tag_columns=["subject"], record_id_column="subject")
+
+
+def test_hidden_columns_are_hidden_by_default_and_selectable():
+    s = DictSource(ROWS, tag_columns=["subject"])
+    assert s.as_table().column_names == ["subject", "age", "score"]
+    assert s.as_table(columns={"source": True}).column_names == ["subject", "age", "score", "_source_age", "_source_score"]
+    all_cols = s.as_table(all_info=True).column_names
+    assert all_cols[-1] == "_content_hash" and len(all_cols) == 3 + 2 + 2 + 1
+    tags, packets = s.output_schema(columns=["system_tags", "content_hash"])
+    assert len(tags) == 3 and packets["_content_hash"] is str
+    with pytest.raises(InputValidationError, match="bogus"):
+        s.as_table(columns={"bogus": True})
+
+
+def test_content_hash_vs_pipeline_hash():
+    a = DictSource(ROWS, tag_columns=["subject"], source_id="a")
+    b = DictSource(ROWS, tag_columns=["subject"], source_id="b")
+    other_shape = DictSource([{"subject": "s", "age": 1}], tag_columns=["subject"], source_id="a")
+    assert a.pipeline_hash() == b.pipeline_hash()
+    assert a.content_hash() != b.content_hash()
+    assert a.pipeline_hash() != other_shape.pipeline_hash()
+    # same explicit source_id with changed rows keeps the content identity (by design, see SPEC D)
+    changed = DictSource([{**ROWS[0], "age": 99}, ROWS[1]], tag_columns=["subject"], source_id="a")
+    assert changed.content_hash() == a.content_hash()
+
+
+def test_default_source_id_is_a_hash_of_the_data():
+    a = DictSource(ROWS, tag_columns=["subject"])
+    same = DictSource(list(ROWS), tag_columns=["subject"])
+    changed = DictSource([ROWS[0]], tag_columns=["subject"])
+    assert a.source_id == same.source_id != changed.source_id
+    assert a.content_hash() != changed.content_hash()
+
+
+def test_golden_source_hashes():
+    # pinned: changing the identity encoding invalidates every stored table, so it must be deliberate
+    s = DictSource(ROWS, tag_columns=["subject"], source_id="subjects")
+    assert s.pipeline_hash().to_string() == PINNED_PIPELINE
+    assert s.content_hash().to_string() == PINNED_CONTENT
+
+
+PINNED_PIPELINE = "orcapod_v1:e5d6faa918e65efe536485d0a6922b821ef227142489ff3139a7aa413ecceafb"
+PINNED_CONTENT = "orcapod_v1:7fa297dcbcf70eb75c5f1a40736731fc4bf1923d70c2403d3f8e7769ecb0659a"
+
+
+def test_source_hashes_follow_the_documented_encoding():
+    shape = '"packet_schema":{"age":"int","score":"float"},"tag_schema":{"subject":"str"}'
+    pipeline = hashlib.sha256(('{"kind":"source",' + shape + "}").encode()).hexdigest()
+    content = hashlib.sha256(
+        b'{"kind":"source","packet_schema":{"age":"int","score":"float"},"source_id":"subjects",'
+        b'"tag_schema":{"subject":"str"}}'
+    ).hexdigest()
+    s = DictSource(ROWS, tag_columns=["subject"], source_id="subjects")
+    assert s.pipeline_hash().to_hex() == pipeline
+    assert s.content_hash().to_hex() == content
+
+
+def test_bad_input_errors_name_the_column():
+    with pytest.raises(InputValidationError, match="'nope'"):
+        DictSource(ROWS, tag_columns=["nope"])
+    with pytest.raises(InputValidationError, match="'_tag_x'"):
+        DictSource([{"_tag_x": 1, "a": 2}], tag_columns=["a"])
+    with pytest.raises(InputValidationError, match="'missing'"):
+        DictSource(ROWS, tag_columns=["subject"], record_id_column="missing")
+    with pytest.raises(UnsupportedTypeError, match="'bad'"):
+        DictSource({"k": [1], "bad": [1]}, tag_columns=["k"], schema={"bad": set[int]})
+    with pytest.raises(InputValidationError, match="schema"):
+        DictSource([], tag_columns=["k"])
+
+
+def test_explicit_schema_sets_types_and_allows_empty_data():
+    s = DictSource({"k": [1, 2], "v": [1, 2]}, tag_columns=["k"], schema={"v": float | None})
+    assert s.output_schema()[1] == {"v": float | None}
+    assert s.as_table().column("v").to_pylist() == [1.0, 2.0]
+    empty = DictSource([], tag_columns=["k"], schema={"k": int, "v": str})
+    assert empty.output_schema() == ({"k": int}, {"v": str}) and len(empty) == 0
+    with pytest.raises(InputValidationError, match="'v'"):
+        DictSource({"k": [1], "v": ["not a number"]}, tag_columns=["k"], schema={"v": int})
+
+
+def test_nullability_inferred_from_data():
+    s = DictSource({"k": [1, 2], "v": [1, None], "w": [1, 2]}, tag_columns=["k"])
+    assert s.output_schema()[1] == {"v": int | None, "w": int}
+
+
+def test_rich_types_survive():
+    data = {
+        "k": [1],
+        "m": [{"a": "b"}],
+        "l": [[[1, 2], [3]]],
+        "d": [datetime.date(2024, 1, 2)],
+        "ts": [datetime.datetime(2024, 1, 2, 3, 4)],
+    }
+    s = DictSource(data, tag_columns=["k"], schema={"m": dict[str, str], "l": list[list[int]]})
+    assert s.output_schema()[1] == {"m": dict[str, str], "l": list[list[int]], "d": datetime.date, "ts": datetime.datetime}
+    _, packet = next(iter(s))
+    assert packet["m"] == {"a": "b"} and packet["l"] == [[1, 2], [3]] and packet["ts"] == data["ts"][0]
+
+
+def test_list_source():
+    s = ListSource("path", ["a.txt", "b.txt"])
+    assert s.output_schema() == ({"element_index": int}, {"path": str})
+    assert s.as_table().to_pylist() == [{"element_index": 0, "path": "a.txt"}, {"element_index": 1, "path": "b.txt"}]
+    named = ListSource("path", ["a.txt"], tag_function=lambda v, i: {"file": v.split(".")[0]})
+    assert named.as_table().to_pylist() == [{"file": "a", "path": "a.txt"}]
+
+
+def test_arrow_and_dataframe_sources_match_dict_source():
+    table = pa.Table.from_pylist(ROWS)
+    expected = DictSource(ROWS, tag_columns=["subject"], source_id="x").as_table(all_info=True)
+    assert ArrowTableSource(table, ["subject"], source_id="x").as_table(all_info=True).equals(expected)
+    df = pl.DataFrame(ROWS)
+    assert DataFrameSource(df, ["subject"], source_id="x").as_table(all_info=True).equals(expected)
+    assert DataFrameSource(df.lazy(), ["subject"], source_id="x").as_table(all_info=True).equals(expected)
+    with pytest.raises(InputValidationError, match="pyarrow.Table"):
+        ArrowTableSource({"a": 1}, ["a"])  # type: ignore[arg-type]
+
+
+def test_csv_source(tmp_path):
+    path = tmp_path / "subjects.csv"
+    path.write_text("subject,age,score\ns1,30,1.5\ns2,41,2.5\n")
+    s = CSVSource(path, tag_columns=["subject"], record_id_column="subject")
+    assert s.source_id == str(path)
+    assert s.label == "subjects"
+    assert s.as_table().to_pylist() == ROWS
+    typed = CSVSource(path, tag_columns=["subject"], schema={"age": float})
+    assert typed.output_schema()[1] == {"age": float, "score": float}
+    assert typed.to_config()["path"] == str(path)
+    with pytest.raises(InputValidationError, match="not found"):
+        CSVSource(tmp_path / "nope.csv", tag_columns=["subject"])
+
+
+def test_delta_table_source(tmp_path):
+    uri = str(tmp_path / "subjects")
+    write_deltalake(uri, pa.Table.from_pylist(ROWS))
+    s = DeltaTableSource(uri, tag_columns=["subject"])
+    assert s.as_table().to_pylist() == ROWS
+    assert s.source_id == uri and s.version == 0
+    write_deltalake(uri, pa.Table.from_pylist([{"subject": "s3", "age": 5, "score": 0.0}]), mode="append")
+    assert len(DeltaTableSource(uri, tag_columns=["subject"])) == 3
+    assert len(DeltaTableSource(uri, tag_columns=["subject"], version=0)) == 2
+    with pytest.raises(InputValidationError, match="no Delta table"):
+        DeltaTableSource(str(tmp_path / "missing"), tag_columns=["subject"])
