@@ -229,7 +229,10 @@ def hash_rows(table: pa.Table, columns: Sequence[str] | None = None) -> pa.Fixed
     if n == 0:
         return pa.array([], pa.binary(32))
     parts = [_encode_column(table.column(c).combine_chunks()) for c in names]
-    messages = pc.binary_join_element_wise(pa.scalar(prefix, _LB), *parts, _S_EMPTY)
+    if parts:
+        messages = pc.binary_join_element_wise(pa.scalar(prefix, _LB), *parts, _S_EMPTY)
+    else:  # no columns (e.g. a stream without packet columns): every message is the bare prefix
+        messages = pa.repeat(pa.scalar(prefix, _LB), n)
     values = messages.to_pylist()
     digest = type(hashlib.sha256()).digest
     enabled = gc.isenabled()

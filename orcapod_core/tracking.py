@@ -15,7 +15,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["Invocation", "Tracker", "tracking", "record"]
+__all__ = ["Invocation", "Tracker", "tracking", "untracked", "record"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,6 +41,17 @@ def tracking(tracker: Tracker) -> Iterator[Tracker]:
     token = _active.set(_active.get() + (tracker,))
     try:
         yield tracker
+    finally:
+        _active.reset(token)
+
+
+@contextmanager
+def untracked() -> Iterator[None]:
+    """Hide invocations made inside the block from every tracker (e.g. the join a
+    multi-input function pod applies internally: the pod's own invocation covers it)."""
+    token = _active.set(())
+    try:
+        yield
     finally:
         _active.reset(token)
 

@@ -1,0 +1,769 @@
+"""Function pods: typed Python functions applied packet by packet to streams.
+
+A :class:`PythonPacketFunction` wraps a typed function: its parameters are the input packet
+columns, its return value the output packet (``output_keys`` names the columns). A
+:class:`FunctionPod` applies it to a stream and returns a lazy :class:`FunctionPodStream`:
+tags and system tags pass through, the packet becomes the function's outputs, and each
+output value's source info points at the function and the input packet it came from.
+
+>>> @function_pod(output_keys="total")                                  # doctest: +SKIP
+... def add(x: int, y: int) -> int:
+...     return x + y
+>>> add(1, 2)                                     # still a plain function  # doctest: +SKIP
+3
+>>> add.pod(DictSource({"id": [1], "x": [1], "y": [2]}, "id")).as_table()  # doctest: +SKIP
+
+**Identity.** A function's identity is its name, version, input/output schemas and output
+keys, plus (``identity="source"``, the default) a hash of its *normalized* source: the
+``def`` without decorators or docstrings, re-rendered by ``ast.unparse`` — so comments,
+docstrings and formatting do not matter, but any change to what it computes does.
+``identity="declared"`` drops the source: bump ``version`` to invalidate stored results.
+Executors are never part of identity.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import os
+import platform
+import socket
+import subprocess
+import textwrap
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from orcapod_core.columns import check_user_column, source_column
+from orcapod_core.errors import (
+    FunctionDefinitionError,
+    InputValidationError,
+    SchemaMismatchError,
+)
+from orcapod_core.executors import LocalPythonFunctionExecutor, PythonFunctionExecutor, check_executor
+from orcapod_core.hashing import ContentHash, hash_object
+from orcapod_core.streams import Stream, StreamLayout
+from orcapod_core.tracking import Invocation, record, untracked
+from orcapod_core.types import Schema, arrow_field, is_assignable, python_to_arrow, type_to_string
+
+__all__ = [
+    "function_pod",
+    "FunctionPod",
+    "PythonPacketFunction",
+    "FunctionPodStream",
+    "BatchResult",
+    "normalized_source",
+]
+
+_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError, ValueError)
+
+
+# --------------------------------------------------------------------------------------
+# Source normalization
+# --------------------------------------------------------------------------------------
+
+
+def normalized_source(function: Callable[..., Any]) -> str:
+    """The function's ``def`` without decorators, docstrings, comments or formatting.
+
+    ``inspect.getsource`` → ``textwrap.dedent`` → ``ast.parse`` → drop decorators and every
+    docstring (the function's and nested ones) → ``ast.unparse``.
+    """
+    name = getattr(function, "__qualname__", repr(function))
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError) as exc:
+        raise FunctionDefinitionError(
+            f"cannot read the source of function {name!r} ({exc}); define it in a module file, "
+            f"or use identity='declared' and bump the version when it changes"
+        ) from exc
+    tree = ast.parse(textwrap.dedent(source))
+    defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    if not defs:
+        raise FunctionDefinitionError(f"cannot find the definition of function {name!r} in its source")
+    node = defs[0]
+    node.decorator_list = []
+    for inner in ast.walk(node):
+        if isinstance(inner, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            body = inner.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                inner.body = body[1:] or [ast.Pass()]
+    return ast.unparse(node)
+
+
+@functools.cache
+def _git_hash(directory: str) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+@functools.cache
+def _host_info() -> dict[str, str]:
+    return {"hostname": socket.gethostname(), "platform": platform.platform()}
+
+
+# --------------------------------------------------------------------------------------
+# Packet function
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Outputs of :meth:`PythonPacketFunction.call_batch`.
+
+    ``table`` has one row per successful input row (output-key columns), and ``rows`` the
+    input row index of each; ``errors`` maps failed input rows to their exception. With
+    ``fail_fast``, rows after the first failure may be neither.
+    """
+
+    table: pa.Table
+    rows: Sequence[int]
+    errors: dict[int, BaseException]
+
+
+class PythonPacketFunction:
+    """A typed Python function seen as packet → packet.
+
+    >>> def scale(x: float, factor: float = 2.0) -> float:      # doctest: +SKIP
+    ...     return x * factor
+    >>> pf = PythonPacketFunction(scale, output_keys="y")       # doctest: +SKIP
+    >>> pf.input_schema, pf.input_schema.optional_fields, pf.call({"x": 1.5})  # doctest: +SKIP
+    (Schema({'x': float, 'factor': float}), frozenset({'factor'}), {'y': 3.0})
+    """
+
+    function_type: ClassVar[str] = "python"
+
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        output_keys: str | Sequence[str],
+        function_name: str | None = None,
+        version: str = "v0",
+        identity: str = "source",
+        executor: PythonFunctionExecutor | None = None,
+    ):
+        if not inspect.isfunction(function):
+            raise FunctionDefinitionError(
+                f"a packet function must be a plain Python function (def / async def), got {type(function).__name__} {function!r}"
+            )
+        py_name = function.__qualname__
+        if function.__name__ == "<lambda>":
+            raise FunctionDefinitionError(
+                f"lambda functions cannot be packet functions ({py_name}): define a named, typed function with def"
+            )
+        if identity not in ("source", "declared"):
+            raise InputValidationError(f"function {py_name!r}: identity must be 'source' or 'declared', got {identity!r}")
+        name = function.__name__ if function_name is None else function_name
+        _check_name_part(name, "function_name", py_name)
+        _check_name_part(version, "version", py_name)
+
+        self._function = function
+        self._function_name = name
+        self._version = version
+        self._identity_mode = identity
+        self._is_async = inspect.iscoroutinefunction(function)
+        self._output_keys = _output_keys(output_keys, py_name)
+        self._input_schema, self._output_schema = _schemas(function, self._output_keys)
+        self._param_arrow = {p: python_to_arrow(t) for p, t in self._input_schema.items()}
+        self._output_fields = [arrow_field(k, t) for k, t in self._output_schema.items()]
+        self._output_arrow_schema = pa.schema(self._output_fields)
+        # Read the source now: the code that runs is the code that is imported now.
+        self._source = normalized_source(function) if identity == "source" else None
+        self._executor: PythonFunctionExecutor = LocalPythonFunctionExecutor()
+        if executor is not None:
+            self.executor = executor
+
+    # -- description --------------------------------------------------------------
+    @property
+    def function(self) -> Callable[..., Any]:
+        """The wrapped Python function."""
+        return self._function
+
+    @property
+    def function_name(self) -> str:
+        return self._function_name
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def identity_mode(self) -> str:
+        """``"source"`` or ``"declared"``."""
+        return self._identity_mode
+
+    @property
+    def input_schema(self) -> Schema:
+        """Parameter name → type; parameters with defaults are ``optional_fields``."""
+        return self._input_schema
+
+    @property
+    def output_schema(self) -> Schema:
+        """Output key → type."""
+        return self._output_schema
+
+    @property
+    def output_keys(self) -> tuple[str, ...]:
+        return self._output_keys
+
+    @property
+    def is_async(self) -> bool:
+        return self._is_async
+
+    def __repr__(self) -> str:
+        return f"PythonPacketFunction({self._function_name!r}, version={self._version!r}, output_keys={list(self._output_keys)})"
+
+    # -- identity -----------------------------------------------------------------
+    def identity_structure(self) -> dict[str, Any]:
+        """What the identity hash covers (executors excluded)."""
+        structure: dict[str, Any] = {
+            "kind": "python_function",
+            "function_name": self._function_name,
+            "version": self._version,
+            "input_schema": self._input_schema.to_strings(),
+            "optional_fields": sorted(self._input_schema.optional_fields),
+            "output_schema": self._output_schema.to_strings(),
+            "output_keys": list(self._output_keys),
+        }
+        if self._source is not None:
+            structure["source_hash"] = self.source_hash()
+        return structure
+
+    def source_hash(self) -> str:
+        """Hash of the normalized source (``""`` when unavailable in declared mode)."""
+        cached = self.__dict__.get("_source_hash")
+        if cached is None:
+            source = self._source
+            if source is None:
+                try:
+                    source = normalized_source(self._function)
+                except FunctionDefinitionError:
+                    source = None
+            cached = "" if source is None else hash_object({"python_source": source}).to_string()
+            self.__dict__["_source_hash"] = cached
+        return cached
+
+    def identity_hash(self) -> ContentHash:
+        """The function's identity (also the Dagster ``code_version``)."""
+        cached = self.__dict__.get("_identity_hash")
+        if cached is None:
+            cached = hash_object(self.identity_structure())
+            self.__dict__["_identity_hash"] = cached
+        return cached
+
+    @property
+    def uri(self) -> str:
+        """``<name>/<version>/<identity hex[:16]>`` — the function part of output source info."""
+        return f"{self._function_name}/{self._version}/{self.identity_hash().to_hex(16)}"
+
+    # -- execution context ------------------------------------------------------------
+    def get_function_variation_data(self) -> dict[str, str]:
+        """What varies with the function's code: name, signature hash, content hash, git commit."""
+        cached = self.__dict__.get("_variation")
+        if cached is None:
+            signature = hash_object(
+                {
+                    "input_schema": self._input_schema.to_strings(),
+                    "output_schema": self._output_schema.to_strings(),
+                    "output_keys": list(self._output_keys),
+                }
+            )
+            try:
+                path = inspect.getsourcefile(self._function)
+            except TypeError:
+                path = None
+            cached = {
+                "function_name": self._function_name,
+                "function_signature_hash": signature.to_string(),
+                "function_content_hash": self.source_hash(),
+                "git_hash": _git_hash(os.path.dirname(os.path.abspath(path))) if path else "",
+            }
+            self.__dict__["_variation"] = cached
+        return dict(cached)
+
+    @staticmethod
+    def get_function_variation_data_schema() -> Schema:
+        return Schema(
+            {"function_name": str, "function_signature_hash": str, "function_content_hash": str, "git_hash": str}
+        )
+
+    def get_execution_data(self) -> dict[str, Any]:
+        """Where and how results are computed now: executor, its options, Python version, host."""
+        return {
+            "executor_type": self._executor.executor_type,
+            "executor_info": self._executor.get_executor_data(),
+            "python_version": platform.python_version(),
+            "extra_info": dict(_host_info()),
+        }
+
+    @staticmethod
+    def get_execution_data_schema() -> Schema:
+        return Schema(
+            {"executor_type": str, "executor_info": dict[str, str], "python_version": str, "extra_info": dict[str, str]}
+        )
+
+    # -- executor ---------------------------------------------------------------------
+    @property
+    def executor(self) -> PythonFunctionExecutor:
+        """Where the function runs; assigning one that cannot run Python functions raises
+        :class:`~orcapod_core.errors.ExecutorTypeError` right here."""
+        return self._executor
+
+    @executor.setter
+    def executor(self, executor: PythonFunctionExecutor | None) -> None:
+        if executor is None:
+            executor = LocalPythonFunctionExecutor()
+        check_executor(type(self), self.function_type, executor)
+        self._executor = executor
+
+    # -- input checks -------------------------------------------------------------------
+    def check_input_schema(self, packet_schema: Mapping[str, Any]) -> None:
+        """Raise :class:`SchemaMismatchError` listing every column that does not fit a parameter."""
+        problems = []
+        optional = self._input_schema.optional_fields
+        for param, tp in self._input_schema.items():
+            if param not in packet_schema:
+                if param not in optional:
+                    problems.append(f"parameter {param!r} ({type_to_string(tp)}) has no column in the stream")
+            elif not is_assignable(packet_schema[param], tp):
+                problems.append(
+                    f"column {param!r} is {type_to_string(packet_schema[param])} but parameter {param!r} expects {type_to_string(tp)}"
+                )
+        for column, tp in packet_schema.items():
+            if column not in self._input_schema:
+                problems.append(f"column {column!r} ({type_to_string(tp)}) is not a parameter of the function")
+        if problems:
+            raise SchemaMismatchError(
+                f"function {self._function_name!r}: the input packet schema {dict(Schema(packet_schema).to_strings())} "
+                f"does not match its parameters {dict(self._input_schema.to_strings())}: " + "; ".join(problems)
+            )
+
+    def _kwargs(self, packet: Mapping[str, Any]) -> dict[str, Any]:
+        schema = self._input_schema
+        missing = [p for p in schema if p not in packet and p not in schema.optional_fields]
+        unknown = [k for k in packet if k not in schema]
+        if missing or unknown:
+            raise SchemaMismatchError(
+                f"function {self._function_name!r}: packet columns {list(packet)} do not match its parameters "
+                f"{list(schema)} (missing {missing}, not parameters {unknown})"
+            )
+        return {k: packet[k] for k in schema if k in packet}
+
+    # -- single packet --------------------------------------------------------------------
+    def call(self, packet: Mapping[str, Any]) -> dict[str, Any]:
+        """Compute one packet: ``{parameter: value}`` → ``{output key: value}``.
+
+        User exceptions propagate unchanged; a return value that does not fit the output
+        schema raises :class:`SchemaMismatchError` naming the output key.
+        """
+        result = self._executor.execute_callable(self._function, self._kwargs(packet))
+        return self._checked_outputs(result)
+
+    async def async_call(self, packet: Mapping[str, Any]) -> dict[str, Any]:
+        """Awaitable :meth:`call` (through the executor's ``async_execute_callable``)."""
+        result = await self._executor.async_execute_callable(self._function, self._kwargs(packet))
+        return self._checked_outputs(result)
+
+    def _checked_outputs(self, result: Any) -> dict[str, Any]:
+        values = self._unpack_one(result)
+        if isinstance(values, Exception):
+            raise values
+        for f, v in zip(self._output_fields, values):
+            problem = _value_problem(v, f)
+            if problem:
+                raise self._output_error(f.name, problem)
+        return dict(zip(self._output_keys, values))
+
+    def _unpack_one(self, result: Any) -> tuple[Any, ...] | Exception:
+        n = len(self._output_keys)
+        if n == 1:
+            return (result,)
+        if isinstance(result, (tuple, list)) and len(result) == n:
+            return tuple(result)
+        return SchemaMismatchError(
+            f"function {self._function_name!r} must return a tuple of {n} values for output keys "
+            f"{list(self._output_keys)}, got {type(result).__name__} {_short(result)}"
+        )
+
+    def _output_error(self, key: str, problem: str) -> SchemaMismatchError:
+        return SchemaMismatchError(
+            f"function {self._function_name!r} returned a wrong value for output key {key!r} "
+            f"(declared {type_to_string(self._output_schema[key])}): {problem}"
+        )
+
+    # -- many packets (the hot path) --------------------------------------------------------
+    def call_batch(self, table: pa.Table, *, fail_fast: bool = False) -> BatchResult:
+        """Compute every row of ``table`` (its columns named like the parameters; other
+        columns are ignored) in one pass: each input column is converted to Python once,
+        the executor runs the whole batch, and each output column is built with one
+        ``pa.array`` call. Failed rows (user exceptions, wrong output values) are reported
+        in ``errors`` instead of raising.
+        """
+        names = [p for p in self._input_schema if p in table.column_names]
+        missing = [p for p in self._input_schema if p not in names and p not in self._input_schema.optional_fields]
+        if missing:
+            raise SchemaMismatchError(f"function {self._function_name!r}: input has no column for parameter(s) {missing}")
+        n = table.num_rows
+        columns = []
+        for p in names:
+            col = table.column(p)
+            if col.type != self._param_arrow[p]:  # e.g. an int column feeding a float parameter
+                col = col.cast(self._param_arrow[p])
+            columns.append(col.to_pylist(maps_as_pydicts="strict"))
+        if len(names) == 1:
+            (only,) = names
+            kwargs_list: list[dict[str, Any]] = [{only: v} for v in columns[0]]
+        elif names:
+            kwargs_list = [dict(zip(names, row)) for row in zip(*columns)]
+        else:
+            kwargs_list = [{} for _ in range(n)]
+
+        raw = self._executor.execute_batch(self._function, kwargs_list, fail_fast=fail_fast)
+        errors: dict[int, BaseException] = {i: r for i, r in enumerate(raw) if isinstance(r, BaseException)}
+        if errors and fail_fast:
+            return BatchResult(self._output_arrow_schema.empty_table(), [], errors)
+        rows: Sequence[int] = range(len(raw))
+        results = raw
+        if errors:
+            rows = [i for i in rows if i not in errors]
+            results = [raw[i] for i in rows]
+
+        arrays, bad = self._output_arrays(results)
+        if bad:
+            for j, exc in bad.items():
+                errors[rows[j]] = exc
+            if fail_fast:
+                first = min(bad)
+                return BatchResult(self._output_arrow_schema.empty_table(), [], {rows[first]: bad[first]})
+            keep = [j for j in range(len(results)) if j not in bad]
+            rows = [rows[j] for j in keep]
+            arrays, bad = self._output_arrays([results[j] for j in keep])
+            assert not bad
+        errors = dict(sorted(errors.items()))
+        return BatchResult(pa.Table.from_arrays(arrays, schema=self._output_arrow_schema), rows, errors)
+
+    def _output_arrays(self, results: list[Any]) -> tuple[list[pa.Array], dict[int, Exception]]:
+        """One Arrow array per output key; or the rows whose values do not fit."""
+        n = len(self._output_keys)
+        if n == 1:
+            per_key: list[Sequence[Any]] = [results]
+        else:
+            bad_shape = [j for j, r in enumerate(results) if not (isinstance(r, (tuple, list)) and len(r) == n)]
+            if bad_shape:
+                return [], {j: self._unpack_one(results[j]) for j in bad_shape}  # type: ignore[misc]
+            per_key = list(zip(*results)) if results else [() for _ in range(n)]
+        arrays, bad = [], {}
+        for f, values in zip(self._output_fields, per_key):
+            try:
+                arr = pa.array(values, type=f.type)
+                if not f.nullable and arr.null_count:
+                    raise ValueError("null in a non-nullable output")
+            except _ARROW_ERRORS:
+                # Slow path, only on failure: find exactly which rows do not fit.
+                for j, v in enumerate(values):
+                    problem = _value_problem(v, f)
+                    if problem and j not in bad:
+                        bad[j] = self._output_error(f.name, problem)
+                if not bad:
+                    raise
+                continue
+            arrays.append(arr)
+        return arrays, bad
+
+
+def _hex_column(digests: pa.FixedSizeBinaryArray) -> pa.Array:
+    """Hex strings of fixed-width digests as a large_string array, without per-row Python."""
+    n, width = len(digests), digests.type.byte_width
+    data = digests.buffers()[1].to_pybytes()[digests.offset * width : (digests.offset + n) * width]
+    step = pa.scalar(2 * width, pa.int64())
+    offsets = pc.subtract(pc.cumulative_sum(pa.repeat(step, n + 1)), step)
+    return pa.LargeStringArray.from_buffers(n, offsets.buffers()[1], pa.py_buffer(data.hex().encode("ascii")))
+
+
+def _value_problem(value: Any, f: pa.Field) -> str | None:
+    if value is None:
+        return None if f.nullable else "got None (declare the type as T | None to allow nulls)"
+    try:
+        pa.array([value], type=f.type)
+    except _ARROW_ERRORS as exc:
+        return f"got {type(value).__name__} {_short(value)} ({exc})"
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_name_part(value: Any, what: str, py_name: str) -> None:
+    if not isinstance(value, str) or not value or "::" in value or "/" in value or value != value.strip():
+        raise InputValidationError(
+            f"function {py_name!r}: {what} must be a non-empty string without '::' or '/', got {value!r}"
+        )
+
+
+def _output_keys(output_keys: str | Sequence[str], py_name: str) -> tuple[str, ...]:
+    keys = (output_keys,) if isinstance(output_keys, str) else tuple(output_keys)
+    if not keys:
+        raise FunctionDefinitionError(f"function {py_name!r}: output_keys must name at least one output column")
+    for k in keys:
+        try:
+            check_user_column(k, f"function {py_name!r} output key")
+        except InputValidationError as exc:
+            raise FunctionDefinitionError(str(exc)) from exc
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    if dupes:
+        raise FunctionDefinitionError(f"function {py_name!r}: output keys {dupes} are repeated")
+    return keys
+
+
+def _schemas(function: Callable[..., Any], output_keys: tuple[str, ...]) -> tuple[Schema, Schema]:
+    py_name = function.__qualname__
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception as exc:  # unresolvable forward references raise NameError, TypeError, ...
+        raise FunctionDefinitionError(f"function {py_name!r}: cannot resolve its type annotations: {exc}") from exc
+    signature = inspect.signature(function)
+    inputs: dict[str, Any] = {}
+    optional = []
+    for param in signature.parameters.values():
+        if param.kind is param.VAR_POSITIONAL:
+            raise FunctionDefinitionError(f"function {py_name!r}: *{param.name} is not allowed; declare each input as a named parameter")
+        if param.kind is param.VAR_KEYWORD:
+            raise FunctionDefinitionError(f"function {py_name!r}: **{param.name} is not allowed; declare each input as a named parameter")
+        if param.kind is param.POSITIONAL_ONLY:
+            raise FunctionDefinitionError(f"function {py_name!r}: positional-only parameter {param.name!r} cannot receive a packet column")
+        if param.name not in hints:
+            raise FunctionDefinitionError(f"function {py_name!r}: parameter {param.name!r} has no type annotation")
+        try:
+            check_user_column(param.name, f"function {py_name!r} parameter")
+        except InputValidationError as exc:
+            raise FunctionDefinitionError(str(exc)) from exc
+        tp = hints[param.name]
+        python_to_arrow(tp, f"function {py_name!r} parameter {param.name!r}")  # UnsupportedTypeError naming it
+        inputs[param.name] = tp
+        if param.default is not param.empty:
+            optional.append(param.name)
+
+    if "return" not in hints:
+        raise FunctionDefinitionError(f"function {py_name!r}: missing return type annotation (outputs {list(output_keys)})")
+    ret = hints["return"]
+    if len(output_keys) == 1:
+        types = [ret]
+    else:
+        args = typing.get_args(ret)
+        if typing.get_origin(ret) is not tuple or len(args) != len(output_keys) or Ellipsis in args:
+            raise FunctionDefinitionError(
+                f"function {py_name!r}: {len(output_keys)} output keys {list(output_keys)} need a return annotation "
+                f"tuple[...] of {len(output_keys)} types, got {type_to_string(ret)}"
+            )
+        types = list(args)
+    for key, tp in zip(output_keys, types):
+        python_to_arrow(tp, f"function {py_name!r} output {key!r}")
+    return Schema(inputs, optional), Schema(dict(zip(output_keys, types)))
+
+
+# --------------------------------------------------------------------------------------
+# Pod and its stream
+# --------------------------------------------------------------------------------------
+
+
+class FunctionPod:
+    """Applies a packet function to streams: ``pod(stream, label=...)`` → lazy stream.
+
+    >>> pod = FunctionPod(PythonPacketFunction(add, output_keys="total"))  # doctest: +SKIP
+    >>> pod(source).keys()                                                   # doctest: +SKIP
+    (('id',), ('total',))
+    """
+
+    def __init__(self, packet_function: PythonPacketFunction):
+        if not isinstance(packet_function, PythonPacketFunction):
+            raise InputValidationError(f"FunctionPod needs a PythonPacketFunction, got {type(packet_function).__name__}")
+        self._packet_function = packet_function
+
+    @property
+    def packet_function(self) -> PythonPacketFunction:
+        return self._packet_function
+
+    @property
+    def default_label(self) -> str:
+        return self._packet_function.function_name
+
+    @property
+    def uri(self) -> str:
+        return self._packet_function.uri
+
+    def identity_hash(self) -> ContentHash:
+        return self._packet_function.identity_hash()
+
+    def identity_structure(self) -> dict[str, Any]:
+        return {"kind": "function_pod", "function": self.identity_hash().to_string()}
+
+    def __repr__(self) -> str:
+        return f"FunctionPod({self._packet_function!r})"
+
+    def __call__(self, *streams: Stream, label: str | None = None) -> FunctionPodStream:
+        """Apply to one stream (or several, joined first); bad inputs raise here, rows are lazy."""
+        pf = self._packet_function
+        if not streams:
+            raise InputValidationError(f"function pod {pf.function_name!r} needs at least one input stream")
+        for i, s in enumerate(streams):
+            if not isinstance(s, Stream):
+                raise InputValidationError(
+                    f"function pod {pf.function_name!r}: input {i} is a {type(s).__name__}, not a stream"
+                )
+        if len(streams) == 1:
+            stream = streams[0]
+        else:
+            from orcapod_core.operators import Join
+
+            with untracked():  # this pod's own invocation records the inputs
+                stream = Join()(*streams)
+        out = FunctionPodStream(self, stream, inputs=streams, label=label)
+        record(Invocation(pod=self, inputs=tuple(streams), output=out, label=label))
+        return out
+
+    process = __call__
+
+
+class FunctionPodStream(Stream):
+    """The lazy output of a function pod: input tags and system tags, function outputs as
+    packet columns, source info ``<function uri>::<input packet hash hex>::<output key>``.
+
+    Rows are computed on first access; identical input packets are computed once.
+    """
+
+    def __init__(self, pod: FunctionPod, stream: Stream, *, inputs: Sequence[Stream] | None = None, label: str | None = None):
+        pf = pod.packet_function
+        tags, packets = stream.output_schema()
+        pf.check_input_schema(packets)
+        clash = [k for k in pf.output_keys if k in tags]
+        if clash:
+            raise SchemaMismatchError(
+                f"function {pf.function_name!r}: output key(s) {clash} collide with tag columns {list(tags)}"
+            )
+        self._pod = pod
+        self._input = stream
+        self._inputs = tuple(inputs) if inputs is not None else (stream,)
+        self.label = label
+
+    @property
+    def pod(self) -> FunctionPod:
+        return self._pod
+
+    @property
+    def producer(self) -> FunctionPod:
+        return self._pod
+
+    @property
+    def upstreams(self) -> tuple[Stream, ...]:
+        return self._inputs
+
+    @property
+    def input_stream(self) -> Stream:
+        """The stream the function reads (the join of the inputs when there are several)."""
+        return self._input
+
+    # -- Stream hooks ----------------------------------------------------------------
+    def _identity_hashes(self) -> tuple[ContentHash, ContentHash]:
+        identity = self._pod.identity_hash()
+        content = hash_object({"function": identity, "input": self._input.content_hash()})
+        pipeline = hash_object({"function": identity, "input": self._input.pipeline_hash()})
+        return content, pipeline
+
+    def _predict_layout(self) -> StreamLayout:
+        inp = self._input.layout
+        pf = self._pod.packet_function
+        return StreamLayout.build(
+            inp.fields(inp.tag_columns),
+            inp.fields(inp.system_tag_columns),
+            [arrow_field(k, t) for k, t in pf.output_schema.items()],
+            [pa.field(source_column(k), pa.large_string(), nullable=False) for k in pf.output_keys],
+        )
+
+    def _compute_table(self) -> pa.Table:
+        pf = self._pod.packet_function
+        inp = self._input
+        layout = inp.layout
+        table = inp._table()
+        n = table.num_rows
+        hashes = inp.packet_hashes()
+
+        # Dedupe identical input packets: compute each distinct packet hash once.
+        expand = None
+        unique_hashes = hashes
+        if n > 1:
+            encoded = pc.dictionary_encode(hashes)
+            if len(encoded.dictionary) < n:
+                unique_hashes = encoded.dictionary
+                expand = encoded.indices
+        packets = table.select(list(layout.packet_columns))
+        first_rows = None
+        if expand is not None:
+            first_rows = pc.index_in(unique_hashes, value_set=hashes)
+            packets = packets.take(first_rows)
+
+        result = pf.call_batch(packets, fail_fast=True)
+        if result.errors:
+            i, exc = next(iter(result.errors.items()))
+            row = i if first_rows is None else first_rows[i].as_py()
+            tag = table.slice(row, 1).select(list(layout.tag_columns)).to_pylist()[0]
+            exc.add_note(f"orcapod: function {pf.function_name!r} ({pf.uri}) failed on the packet with tag {tag}")
+            raise exc
+
+        record_ids = _hex_column(unique_hashes)
+        uri = pa.scalar(pf.uri, pa.large_string())
+        sep = pa.scalar("::", pa.large_string())
+        outputs = list(result.table.columns)
+        sources = [
+            pc.binary_join_element_wise(uri, record_ids, pa.scalar(k, pa.large_string()), sep) for k in pf.output_keys
+        ]
+        if expand is not None:
+            outputs = [c.take(expand) for c in outputs]
+            sources = [c.take(expand) for c in sources]
+
+        out = table.select([*layout.tag_columns, *layout.system_tag_columns])
+        for f, col in zip(self.layout.fields(self.layout.packet_columns), outputs):
+            out = out.append_column(f, col)
+        for f, col in zip(self.layout.fields(self.layout.source_columns), sources):
+            out = out.append_column(f, col)
+        return out
+
+
+# --------------------------------------------------------------------------------------
+# Decorator
+# --------------------------------------------------------------------------------------
+
+
+def function_pod(
+    output_keys: str | Sequence[str],
+    function_name: str | None = None,
+    version: str = "v0",
+    identity: str = "source",
+    executor: PythonFunctionExecutor | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Turn a typed function into a pod at ``fn.pod``; the function itself is returned unchanged.
+
+    >>> @function_pod(output_keys=["lo", "hi"])                    # doctest: +SKIP
+    ... def bounds(values: list[float]) -> tuple[float, float]:
+    ...     return min(values), max(values)
+    >>> bounds.pod(stream, label="bounds").keys()                   # doctest: +SKIP
+    (('id',), ('lo', 'hi'))
+    """
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        packet_function = PythonPacketFunction(function, output_keys, function_name, version, identity, executor)
+        function.pod = FunctionPod(packet_function)  # type: ignore[attr-defined]
+        return function
+
+    return decorate
