@@ -294,6 +294,8 @@ def canonicalize_table(table: pa.Table, infer_nullability: bool = True) -> pa.Ta
     for f, col in zip(table.schema, table.columns):
         dtype = canonical_arrow_type(f.type, f"column {f.name!r}")
         nullable = f.nullable and (col.null_count > 0 or not infer_nullability)
+        if infer_nullability:
+            dtype = _tighten_items(dtype, col)
         fields.append(pa.field(f.name, dtype, nullable=nullable))
     target = pa.schema(fields)
     if target == table.schema:
@@ -302,3 +304,20 @@ def canonicalize_table(table: pa.Table, infer_nullability: bool = True) -> pa.Ta
         return table.cast(target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise UnsupportedTypeError(f"cannot convert columns {table.schema.names} to orcapod types: {exc}") from exc
+
+
+def _tighten_items(dtype: pa.DataType, values: pa.ChunkedArray | pa.Array) -> pa.DataType:
+    """Make list items / map values non-nullable where the data holds no nulls (recursively),
+    so ``[["a", "b"]]`` is ``list[str]``, not ``list[str | None]``."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+    if pa.types.is_large_list(dtype) or pa.types.is_list(dtype):
+        items = values.cast(dtype).flatten() if len(values) else pa.array([], dtype.value_type)
+        inner = _tighten_items(dtype.value_type, items)
+        return pa.large_list(pa.field("item", inner, nullable=dtype.value_field.nullable and items.null_count > 0))
+    if pa.types.is_map(dtype):
+        cast = values.cast(dtype)
+        items = cast.items if len(values) else pa.array([], dtype.item_type)
+        inner = _tighten_items(dtype.item_type, items)
+        return pa.map_(dtype.key_field, pa.field("value", inner, nullable=dtype.item_field.nullable and items.null_count > 0))
+    return dtype

@@ -112,7 +112,9 @@ def test_canonicalize_casts_aliases_and_infers_nullability():
         }
     )
     out = canonicalize_table(table)
-    assert schema_from_arrow(out.schema) == {"i": int, "s": str | None, "l": list[int | None], "d": str}
+    assert schema_from_arrow(out.schema) == {"i": int, "s": str | None, "l": list[int], "d": str}
+    nested = canonicalize_table(pa.table({"n": [[1, None]], "m": [[["a"]]]}))
+    assert schema_from_arrow(nested.schema) == {"n": list[int | None], "m": list[list[str]]}
     assert out.column("i").to_pylist() == [1, 2]
 
 
