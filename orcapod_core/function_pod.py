@@ -46,7 +46,7 @@ from orcapod_core.errors import (
     SchemaMismatchError,
 )
 from orcapod_core.executors import LocalPythonFunctionExecutor, PythonFunctionExecutor, check_executor
-from orcapod_core.hashing import ContentHash, hash_object
+from orcapod_core.hashing import ContentHash, digests_to_hex, hash_object
 from orcapod_core.streams import Stream, StreamLayout
 from orcapod_core.tracking import Invocation, record, untracked
 from orcapod_core.types import Schema, arrow_field, is_assignable, python_to_arrow, type_to_string
@@ -215,6 +215,11 @@ class PythonPacketFunction:
     @property
     def output_keys(self) -> tuple[str, ...]:
         return self._output_keys
+
+    @property
+    def output_arrow_schema(self) -> pa.Schema:
+        """Arrow schema of the output columns."""
+        return self._output_arrow_schema
 
     @property
     def is_async(self) -> bool:
@@ -402,12 +407,13 @@ class PythonPacketFunction:
         )
 
     # -- many packets (the hot path) --------------------------------------------------------
-    def call_batch(self, table: pa.Table, *, fail_fast: bool = False) -> BatchResult:
+    def call_batch(self, table: pa.Table, *, fail_fast: bool = False, packet_hashes: pa.Array | None = None) -> BatchResult:
         """Compute every row of ``table`` (its columns named like the parameters; other
         columns are ignored) in one pass: each input column is converted to Python once,
         the executor runs the whole batch, and each output column is built with one
         ``pa.array`` call. Failed rows (user exceptions, wrong output values) are reported
-        in ``errors`` instead of raising.
+        in ``errors`` instead of raising. ``packet_hashes`` (the rows' input packet hashes)
+        is accepted for interface parity with cached functions and not needed here.
         """
         names = [p for p in self._input_schema if p in table.column_names]
         missing = [p for p in self._input_schema if p not in names and p not in self._input_schema.optional_fields]
@@ -479,15 +485,6 @@ class PythonPacketFunction:
                 continue
             arrays.append(arr)
         return arrays, bad
-
-
-def _hex_column(digests: pa.FixedSizeBinaryArray) -> pa.Array:
-    """Hex strings of fixed-width digests as a large_string array, without per-row Python."""
-    n, width = len(digests), digests.type.byte_width
-    data = digests.buffers()[1].to_pybytes()[digests.offset * width : (digests.offset + n) * width]
-    step = pa.scalar(2 * width, pa.int64())
-    offsets = pc.subtract(pc.cumulative_sum(pa.repeat(step, n + 1)), step)
-    return pa.LargeStringArray.from_buffers(n, offsets.buffers()[1], pa.py_buffer(data.hex().encode("ascii")))
 
 
 def _value_problem(value: Any, f: pa.Field) -> str | None:
@@ -593,6 +590,11 @@ class FunctionPod:
 
     @property
     def packet_function(self) -> PythonPacketFunction:
+        return self._packet_function
+
+    @property
+    def computing_function(self) -> Any:
+        """What computes packets: the packet function itself (a cached pod puts its cache here)."""
         return self._packet_function
 
     @property
@@ -713,7 +715,7 @@ class FunctionPodStream(Stream):
             first_rows = pc.index_in(unique_hashes, value_set=hashes)
             packets = packets.take(first_rows)
 
-        result = pf.call_batch(packets, fail_fast=True)
+        result = self._pod.computing_function.call_batch(packets, fail_fast=True, packet_hashes=unique_hashes)
         if result.errors:
             i, exc = next(iter(result.errors.items()))
             row = i if first_rows is None else first_rows[i].as_py()
@@ -721,7 +723,7 @@ class FunctionPodStream(Stream):
             exc.add_note(f"orcapod: function {pf.function_name!r} ({pf.uri}) failed on the packet with tag {tag}")
             raise exc
 
-        record_ids = _hex_column(unique_hashes)
+        record_ids = digests_to_hex(unique_hashes)
         uri = pa.scalar(pf.uri, pa.large_string())
         sep = pa.scalar("::", pa.large_string())
         outputs = list(result.table.columns)

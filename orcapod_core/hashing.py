@@ -49,6 +49,7 @@ __all__ = [
     "hash_rows",
     "hash_table",
     "encode_value",
+    "digests_to_hex",
 ]
 
 HASH_METHOD = "orcapod_v1"
@@ -255,8 +256,10 @@ def hash_table(table: pa.Table, columns: Sequence[str] | None = None) -> Content
     return ContentHash(HASH_METHOD, h.digest())
 
 
-def digests_to_hex(digests: pa.FixedSizeBinaryArray, n: int | None = None) -> list[str]:
-    """Hex strings of digests (optionally truncated)."""
-    if n is None:
-        return [d.hex() for d in digests.to_pylist()]
-    return [d.hex()[:n] for d in digests.to_pylist()]
+def digests_to_hex(digests: pa.FixedSizeBinaryArray) -> pa.Array:
+    """Hex strings of fixed-width digests as a large_string array, without per-row Python."""
+    n, width = len(digests), digests.type.byte_width
+    data = digests.buffers()[1].to_pybytes()[digests.offset * width : (digests.offset + n) * width]
+    step = pa.scalar(2 * width, pa.int64())
+    offsets = pc.subtract(pc.cumulative_sum(pa.repeat(step, n + 1)), step)
+    return pa.LargeStringArray.from_buffers(n, offsets.buffers()[1], pa.py_buffer(data.hex().encode("ascii")))
