@@ -1,0 +1,644 @@
+"""What every :class:`~orcapod_core.databases.ArrowDatabase` shares: write buffering, record-id
+dedup, schema evolution and reads that merge pending with committed rows.
+
+A backend supplies a few primitives — the committed schema, ids and rows of a table (always
+fresh: what any handle or process committed until now) and "write this batch as one transaction"
+— and :class:`BufferedArrowDatabase` builds the whole contract on top of them, so the in-memory
+and the Delta Lake database behave identically.
+
+Rules implemented here:
+
+- Records are buffered per table and committed as one batch when the table has ``batch_size``
+  pending rows, when its oldest pending row is ``max_batch_age_s`` old (checked on every add),
+  on ``flush=True``, ``flush()``/``flush_path()``, and (Delta) at interpreter exit.
+- A record whose id is already committed or pending, or repeated inside one call (the first
+  copy is kept), is skipped (``skip_duplicates=True``) or refused with
+  :class:`~orcapod_core.errors.DuplicateTagError`. At commit time the batch is anti-joined once
+  more against the committed ids, under the backend's commit lock, so records that another
+  process committed in the meantime are not written twice.
+- Columns are stored with large Arrow types (``large_string``, ``large_binary``,
+  ``large_list``); a later batch may add columns (nullable for older rows); a column whose type
+  changes is refused with :class:`~orcapod_core.errors.SchemaMismatchError` naming the column and
+  the table, before anything is buffered or written.
+- Reads return committed rows in commit order, then pending rows, after dropping repeated record
+  ids (first copy wins) — cheap: only done when the id column has duplicates.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from orcapod_core.databases.protocol import RECORD_ID_COLUMN, RecordPath, validate_record_path
+from orcapod_core.errors import (
+    CorruptStoreError,
+    DuplicateTagError,
+    InputValidationError,
+    SchemaMismatchError,
+    UnsupportedTypeError,
+)
+
+__all__ = ["BufferedArrowDatabase", "normalize_type", "normalize_schema", "normalize_table"]
+
+_log = logging.getLogger(__name__)
+
+# A lookup condition on one column: values it must be one of, or ``None`` for "is null".
+Condition = tuple[str, pa.Array | None]
+
+
+# --------------------------------------------------------------------------------------------
+# Canonical (large) Arrow types
+# --------------------------------------------------------------------------------------------
+
+
+def normalize_type(dtype: pa.DataType) -> pa.DataType:
+    """The storage form of an Arrow type: large string/binary/list variants, dictionaries
+    decoded, list items named ``item`` and map entries ``key``/``value`` (as in
+    :mod:`orcapod_core.types`), recursively. Other types are returned unchanged."""
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype):
+        return pa.large_string()
+    if pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype) or pa.types.is_binary_view(dtype):
+        return pa.large_binary()
+    if pa.types.is_dictionary(dtype):
+        return normalize_type(dtype.value_type)
+    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_list_view(dtype) or pa.types.is_large_list_view(dtype):
+        item = dtype.value_field
+        return pa.large_list(pa.field("item", normalize_type(item.type), nullable=item.nullable))
+    if pa.types.is_map(dtype):
+        item = dtype.item_field
+        return pa.map_(
+            pa.field("key", normalize_type(dtype.key_type), nullable=False),
+            pa.field("value", normalize_type(item.type), nullable=item.nullable),
+            keys_sorted=dtype.keys_sorted,
+        )
+    if pa.types.is_struct(dtype):
+        return pa.struct([f.with_type(normalize_type(f.type)) for f in dtype])
+    return dtype
+
+
+def normalize_schema(schema: pa.Schema) -> pa.Schema:
+    """:func:`normalize_type` applied to every field; names and nullability kept, Arrow metadata
+    dropped (Delta Lake does not keep it, so no backend does)."""
+    return pa.schema([pa.field(f.name, normalize_type(f.type), nullable=f.nullable) for f in schema])
+
+
+def normalize_table(table: pa.Table) -> pa.Table:
+    """``table`` cast to :func:`normalize_schema` (a no-op when it already is)."""
+    target = normalize_schema(table.schema)
+    if target.equals(table.schema, check_metadata=True) and _same_nested_names(target, table.schema):
+        return table
+    return table.cast(target).replace_schema_metadata(None)
+
+
+def _same_nested_names(a: pa.Schema, b: pa.Schema) -> bool:
+    # Arrow type equality ignores list item names ("item" vs Delta's "element"); we want one
+    # spelling everywhere so concatenation and Schema round trips never disagree.
+    return all(str(x.type) == str(y.type) for x, y in zip(a, b))
+
+
+def _align(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns: missing ones as nulls (types already agree)."""
+    if table.schema.equals(schema, check_metadata=False) and _same_nested_names(table.schema, schema):
+        return table
+    names = set(table.column_names)
+    arrays = [table[f.name] if f.name in names else pa.nulls(table.num_rows, f.type) for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def conform(where: str, existing: pa.Schema | None, table: pa.Table) -> tuple[pa.Schema, pa.Table]:
+    """Check new records against a table's schema; return the evolved schema and the records cast to it.
+
+    Shared columns must keep their type (an all-null column adopts it) and may not bring nulls into
+    a non-nullable column; columns the records lack are filled with nulls (if nullable); new
+    columns are appended as nullable. Raises before anything is stored.
+    """
+    if existing is None:
+        for f in table.schema:
+            if pa.types.is_null(f.type):
+                raise UnsupportedTypeError(
+                    f"column {f.name!r} of table {where} holds only nulls, so its type is unknown; "
+                    "give it a typed Arrow column"
+                )
+        return table.schema, table
+    n = table.num_rows
+    incoming = table.schema
+    fields: list[pa.Field] = []
+    arrays: list[pa.ChunkedArray | pa.Array] = []
+    for stored in existing:
+        idx = incoming.get_field_index(stored.name)
+        if idx < 0:
+            if not stored.nullable:
+                raise SchemaMismatchError(
+                    f"table {where} requires non-nullable column {stored.name!r}; the new records lack it"
+                )
+            arrays.append(pa.nulls(n, stored.type))
+        else:
+            new = incoming.field(idx)
+            column = table.column(idx)
+            if pa.types.is_null(new.type):
+                column = pa.nulls(n, stored.type)
+            elif not (new.type.equals(stored.type) and str(new.type) == str(stored.type)):
+                raise SchemaMismatchError(
+                    f"column {stored.name!r} of table {where} is stored as {stored.type}; "
+                    f"the new records have type {new.type} (nothing was stored)"
+                )
+            if not stored.nullable and column.null_count:
+                raise SchemaMismatchError(
+                    f"column {stored.name!r} of table {where} is non-nullable; the new records contain nulls"
+                )
+            arrays.append(column)
+        fields.append(stored)
+    for new in incoming:
+        if existing.get_field_index(new.name) >= 0:
+            continue
+        if pa.types.is_null(new.type):
+            raise UnsupportedTypeError(
+                f"new column {new.name!r} of table {where} holds only nulls, so its type is unknown"
+            )
+        fields.append(new.with_nullable(True))  # older records have no value for it
+        arrays.append(table[new.name])
+    schema = pa.schema(fields, metadata=existing.metadata)
+    return schema, pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _union(a: pa.Schema | None, b: pa.Schema | None) -> pa.Schema | None:
+    """Schema of committed + pending rows (they agree on shared columns by construction)."""
+    if a is None or b is None:
+        return a if b is None else b
+    names = set(a.names)
+    return pa.schema(list(a) + [f for f in b if f.name not in names])
+
+
+def _as_array(where: str, column: str, values: Any, dtype: pa.DataType) -> pa.Array:
+    """Lookup values as one Arrow array of the column's type."""
+    try:
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        elif isinstance(values, pl.Series):
+            values = values.to_arrow()
+        if isinstance(values, pa.Array):
+            return values if values.type.equals(dtype) else values.cast(dtype)
+        if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, set, frozenset)):
+            raise InputValidationError(
+                f"lookup values for column {column!r} of table {where} must be a sequence or an Arrow array, "
+                f"got {type(values).__name__}"
+            )
+        return pa.array(list(values), type=dtype)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, OverflowError) as exc:
+        raise InputValidationError(
+            f"cannot look up column {column!r} of table {where} (type {dtype}) by these values: {exc}"
+        ) from exc
+
+
+def _expression(conditions: Sequence[Condition]) -> pc.Expression | None:
+    expr = None
+    for column, values in conditions:
+        if values is None:
+            term = pc.field(column).is_null()
+        elif len(values) == 1 and values.null_count == 0:
+            term = pc.field(column) == values[0]  # equality prunes row groups/files by statistics
+        else:
+            term = pc.field(column).isin(values)
+        expr = term if expr is None else expr & term
+    return expr
+
+
+def drop_repeated_ids(table: pa.Table) -> pa.Table:
+    """``table`` without repeated record ids, the first copy kept (a no-op without repeats)."""
+    if RECORD_ID_COLUMN not in table.column_names or table.num_rows < 2:
+        return table
+    ids = pl.from_arrow(table[RECORD_ID_COLUMN])
+    if ids.n_unique() == table.num_rows:
+        return table
+    return table.filter(ids.is_first_distinct().to_arrow())
+
+
+# --------------------------------------------------------------------------------------------
+# The buffered database
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    """Uncommitted records of one table (already deduplicated and conformed)."""
+
+    schema: pa.Schema
+    since: float
+    chunks: list[pa.Table] = field(default_factory=list)
+    ids: set[str] = field(default_factory=set)
+    rows: int = 0
+
+    def table(self) -> pa.Table:
+        if len(self.chunks) != 1 or not self.chunks[0].schema.equals(self.schema):
+            self.chunks = [pa.concat_tables([_align(c, self.schema) for c in self.chunks])]
+        return self.chunks[0]
+
+
+def _path_name(key: RecordPath) -> str:
+    return repr("/".join(key))
+
+
+class BufferedArrowDatabase:
+    """Base of the two :class:`~orcapod_core.databases.ArrowDatabase` implementations.
+
+    Subclasses implement the committed-side primitives (``_committed_schema``,
+    ``_committed_ids``, ``_scan``, ``_write``, ``_committed_version``, ``_committed_paths``) and
+    may override ``_commit_lock`` and ``_storage_form``. Every public method is thread-safe.
+    """
+
+    #: Exceptions on which a commit is retried (re-checking ids and schema first).
+    _retryable: tuple[type[BaseException], ...] = ()
+    _max_commit_attempts = 5
+
+    def __init__(self, batch_size: int = 1000, max_batch_age_s: float | None = 10.0):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InputValidationError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if max_batch_age_s is not None and max_batch_age_s < 0:
+            raise InputValidationError(f"max_batch_age_s must be >= 0 or None, got {max_batch_age_s!r}")
+        self.batch_size = batch_size
+        self.max_batch_age_s = max_batch_age_s
+        self._lock = threading.RLock()
+        self._pending: dict[RecordPath, _Pending] = {}
+
+    # ---- primitives a backend provides ----------------------------------------------------
+
+    def _committed_schema(self, key: RecordPath) -> pa.Schema | None:
+        """Normalized schema of the committed table, ``None`` if it does not exist (fresh)."""
+        raise NotImplementedError
+
+    def _committed_ids(self, key: RecordPath) -> set[str] | frozenset[str]:
+        """Every committed record id (fresh); read-only for the caller."""
+        raise NotImplementedError
+
+    def _scan(self, key: RecordPath, columns: list[str] | None, expr: pc.Expression | None) -> pa.Table | None:
+        """Committed rows matching ``expr`` in commit order, normalized; ``None`` without a table."""
+        raise NotImplementedError
+
+    def _write(self, key: RecordPath, table: pa.Table, ids: set[str], evolve: bool) -> None:
+        """Commit ``table`` (new ids only, already conformed) as ONE transaction."""
+        raise NotImplementedError
+
+    def _committed_version(self, key: RecordPath) -> int | None:
+        raise NotImplementedError
+
+    def _committed_paths(self) -> list[RecordPath]:
+        raise NotImplementedError
+
+    def _storage_form(self, key: RecordPath, table: pa.Table) -> pa.Table:
+        """``table`` with the exact types the backend will store (default: normalized)."""
+        return table
+
+    @contextlib.contextmanager
+    def _commit_lock(self, key: RecordPath) -> Iterator[None]:
+        """Held around "check committed ids, then write" (cross-process where the backend can)."""
+        yield
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    def add_records(
+        self,
+        record_path: Sequence[str],
+        table: pa.Table,
+        record_id_column: str | None = None,
+        skip_duplicates: bool = True,
+        flush: bool = False,
+    ) -> int:
+        """Add many records in one call; return how many were actually added.
+
+        ``table`` holds one record per row; its ids are the :data:`RECORD_ID_COLUMN` column, or
+        the column ``record_id_column`` (copied into :data:`RECORD_ID_COLUMN`, kept as it is).
+        Ids already committed or pending, and repeats within ``table`` (the first copy is
+        kept), are skipped — or raise :class:`~orcapod_core.errors.DuplicateTagError` when
+        ``skip_duplicates=False`` (then nothing is added). ``flush=True`` commits right away.
+
+        >>> from orcapod_core.databases import InMemoryArrowDatabase
+        >>> db = InMemoryArrowDatabase()
+        >>> db.add_records(("t",), pa.table({"k": ["a", "a", "b"], "x": [1, 2, 3]}), record_id_column="k")
+        2
+        """
+        key = validate_record_path(record_path)
+        where = _path_name(key)
+        table = self._prepare(key, where, table, record_id_column)
+        with self._lock:
+            pending = self._pending.get(key)
+            committed_schema = self._committed_schema(key)
+            if committed_schema is not None and RECORD_ID_COLUMN not in committed_schema.names:
+                raise CorruptStoreError(f"table {where} has no {RECORD_ID_COLUMN!r} column: it is not a record table")
+            current = _union(committed_schema, pending.schema if pending else None)
+            schema, table = conform(where, current, table)
+            added = self._buffer(key, where, table, schema, skip_duplicates)
+            if flush:
+                self._flush_key(key)
+            now = time.monotonic()
+            for other in [k for k, p in self._pending.items() if self._due(p, now)]:
+                self._flush_key(other)
+        return added
+
+    def _prepare(self, key: RecordPath, where: str, table: Any, record_id_column: str | None) -> pa.Table:
+        if not isinstance(table, pa.Table):
+            try:
+                table = pa.table(table)
+            except (TypeError, ValueError, pa.ArrowInvalid) as exc:
+                raise InputValidationError(f"records for table {where} must be an Arrow table: {exc}") from exc
+        if record_id_column is not None and record_id_column != RECORD_ID_COLUMN:
+            if record_id_column not in table.column_names:
+                raise InputValidationError(
+                    f"record-id column {record_id_column!r} is not a column of the records for table {where}; "
+                    f"columns: {table.column_names}"
+                )
+            if RECORD_ID_COLUMN in table.column_names:
+                raise InputValidationError(
+                    f"records for table {where} have both {RECORD_ID_COLUMN!r} and record_id_column="
+                    f"{record_id_column!r}; pass one"
+                )
+            table = table.add_column(0, RECORD_ID_COLUMN, table[record_id_column])
+        if RECORD_ID_COLUMN not in table.column_names:
+            raise InputValidationError(
+                f"records for table {where} lack the record-id column {RECORD_ID_COLUMN!r} "
+                "(or pass record_id_column=)"
+            )
+        if len(set(table.column_names)) != table.num_columns:
+            raise InputValidationError(f"records for table {where} have repeated column names: {table.column_names}")
+        ids = table[RECORD_ID_COLUMN]
+        if ids.null_count:
+            raise InputValidationError(
+                f"record-id column {record_id_column or RECORD_ID_COLUMN!r} of the records for table {where} "
+                "contains nulls"
+            )
+        if not pa.types.is_large_string(ids.type):
+            try:
+                ids = ids.cast(pa.large_string())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise InputValidationError(
+                    f"record ids for table {where} must be strings; column "
+                    f"{record_id_column or RECORD_ID_COLUMN!r} has type {ids.type}"
+                ) from exc
+            table = table.set_column(table.schema.get_field_index(RECORD_ID_COLUMN), RECORD_ID_COLUMN, ids)
+        table = normalize_table(table)
+        table = self._storage_form(key, table)
+        # The id column is never null: declare it so the stored schema says so too.
+        idx = table.schema.get_field_index(RECORD_ID_COLUMN)
+        if table.schema.field(idx).nullable:
+            table = table.cast(table.schema.set(idx, table.schema.field(idx).with_nullable(False)))
+        return table
+
+    def _buffer(self, key: RecordPath, where: str, table: pa.Table, schema: pa.Schema, skip_duplicates: bool) -> int:
+        if table.num_rows == 0:
+            return 0
+        committed = self._committed_ids(key)
+        pending = self._pending.get(key)
+        pending_ids = pending.ids if pending is not None else set()
+        ids = table[RECORD_ID_COLUMN].to_pylist()
+        seen: set[str] = set()
+        keep: list[bool] = []
+        repeated: list[str] = []
+        for rid in ids:
+            if rid in seen or rid in pending_ids or rid in committed:
+                keep.append(False)
+                repeated.append(rid)
+            else:
+                seen.add(rid)
+                keep.append(True)
+        if repeated and not skip_duplicates:
+            shown = ", ".join(repr(r) for r in repeated[:5]) + (" ..." if len(repeated) > 5 else "")
+            raise DuplicateTagError(
+                f"{len(repeated)} record id(s) already in table {where} or repeated in the new records: {shown}"
+            )
+        if repeated:
+            table = table.filter(pa.array(keep, pa.bool_()))
+        if table.num_rows == 0:
+            return 0
+        if pending is None:
+            pending = self._pending[key] = _Pending(schema=schema, since=time.monotonic())
+        pending.schema = schema
+        pending.chunks.append(table)
+        pending.ids.update(seen)
+        pending.rows += table.num_rows
+        return table.num_rows
+
+    def _due(self, pending: _Pending, now: float) -> bool:
+        if pending.rows >= self.batch_size:
+            return True
+        return self.max_batch_age_s is not None and now - pending.since >= self.max_batch_age_s
+
+    def flush(self) -> None:
+        """Commit every table's pending batch (one transaction per table).
+
+        A table whose commit fails keeps its pending records; the others are still committed,
+        then the first error is raised."""
+        errors: list[BaseException] = []
+        with self._lock:
+            for key in list(self._pending):
+                try:
+                    self._flush_key(key)
+                except Exception as exc:  # commit the other tables before reporting
+                    errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def flush_path(self, record_path: Sequence[str]) -> None:
+        """Commit the pending batch of one table."""
+        key = validate_record_path(record_path)
+        with self._lock:
+            self._flush_key(key)
+
+    def _flush_key(self, key: RecordPath) -> None:
+        pending = self._pending.get(key)
+        if pending is None:
+            return
+        where = _path_name(key)
+        table = pending.table()
+        for attempt in range(self._max_commit_attempts):
+            try:
+                with self._commit_lock(key):
+                    # Anti-join against what is committed *now* (other handles/processes may have
+                    # committed some of these ids since they were buffered) and re-check the schema.
+                    committed = self._committed_ids(key)
+                    batch, ids = table, pending.ids
+                    if committed:
+                        keep = [rid not in committed for rid in table[RECORD_ID_COLUMN].to_pylist()]
+                        if not all(keep):
+                            batch = table.filter(pa.array(keep, pa.bool_()))
+                            ids = {rid for rid in ids if rid not in committed}
+                    if batch.num_rows:
+                        stored = self._committed_schema(key)
+                        schema, batch = conform(where, stored, batch)
+                        evolve = stored is not None and len(schema) != len(stored)
+                        self._write(key, batch, ids, evolve)
+                break
+            except self._retryable:
+                if attempt == self._max_commit_attempts - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        del self._pending[key]
+
+    def close(self) -> None:
+        """Commit everything pending (the handle stays usable)."""
+        self.flush()
+
+    def __enter__(self) -> BufferedArrowDatabase:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.flush()
+
+    def _flush_at_exit(self) -> None:
+        """Commit pending records when the handle is garbage-collected or the interpreter exits,
+        so records are never dropped silently (persistent backends call this in ``__init__``)."""
+        self._flush_on_release = True
+        ref = weakref.ref(self)
+
+        def _flush() -> None:
+            db = ref()
+            if db is not None and db._pending:
+                try:
+                    db.flush()
+                except Exception:  # never mask the interpreter's own exit status
+                    _log.exception("orcapod: flushing %r at exit failed", db)
+
+        atexit.register(_flush)
+
+    def __del__(self) -> None:
+        if getattr(self, "_flush_on_release", False) and getattr(self, "_pending", None):
+            try:
+                self.flush()
+            except Exception:  # a finalizer must not raise
+                _log.exception("orcapod: flushing %r on release failed", self)
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    def _select(
+        self,
+        record_path: Sequence[str],
+        columns: list[str] | None = None,
+        conditions: Sequence[tuple[str, Any]] = (),
+    ) -> pa.Table | None:
+        """Committed + pending rows (``columns`` only) satisfying every ``(column, values)``
+        condition (``values`` None: the column is null), repeated ids dropped."""
+        key = validate_record_path(record_path)
+        where = _path_name(key)
+        with self._lock:
+            pending = self._pending.get(key)
+            stored = self._committed_schema(key)
+            schema = _union(stored, pending.schema if pending else None)
+            if schema is None:
+                return None
+            for name in [*(columns or ()), *(c for c, _ in conditions)]:
+                if name not in schema.names:
+                    raise InputValidationError(f"table {where} has no column {name!r}; columns: {schema.names}")
+            conds: list[Condition] = [
+                (c, None if v is None else _as_array(where, c, v, schema.field(c).type)) for c, v in conditions
+            ]
+            read = None if columns is None else list(dict.fromkeys([*columns, RECORD_ID_COLUMN]))
+            if read is not None:
+                read = [c for c in read if c in schema.names]
+            out_schema = schema if read is None else pa.schema([schema.field(c) for c in read])
+            parts: list[pa.Table] = []
+            if any(v is not None and len(v) == 0 for _, v in conds):
+                return out_schema.empty_table()
+            if stored is not None:
+                committed = self._scan_committed(key, stored, read, conds)
+                if committed is not None and committed.num_rows:
+                    parts.append(_align(committed, out_schema))
+            if pending is not None:
+                rows = pending.table()
+                expr = _expression(conds)
+                if expr is not None:
+                    rows = rows.filter(expr)
+                if rows.num_rows:
+                    parts.append(_align(rows if read is None else rows.select(read), out_schema))
+        if not parts:
+            return out_schema.empty_table()
+        result = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+        return drop_repeated_ids(result)
+
+    def _scan_committed(
+        self, key: RecordPath, stored: pa.Schema, read: list[str] | None, conds: list[Condition]
+    ) -> pa.Table | None:
+        # Conditions on columns the committed table does not have yet (added by a pending batch):
+        # those rows are null there, so "is null" always holds and "is one of" never does.
+        kept: list[Condition] = []
+        for column, values in conds:
+            if column in stored.names:
+                kept.append((column, values))
+            elif values is not None:
+                return None
+        columns = None if read is None else [c for c in read if c in stored.names]
+        return self._scan(key, columns, _expression(kept))
+
+    def get_records_by_ids(self, record_path: Sequence[str], ids: Sequence[str] | pa.Array) -> pa.Table | None:
+        """The records whose id is in ``ids`` (one filtered read for any number of ids).
+
+        >>> from orcapod_core.databases import InMemoryArrowDatabase
+        >>> db = InMemoryArrowDatabase()
+        >>> _ = db.add_records(("t",), pa.table({"__record_id": ["a", "b"], "x": [1, 2]}))
+        >>> db.get_records_by_ids(("t",), ["b", "zzz"])["x"].to_pylist()
+        [2]
+        """
+        return self._select(record_path, None, [(RECORD_ID_COLUMN, ids)])
+
+    def get_records_by_values(self, record_path: Sequence[str], column: str, values: Any) -> pa.Table | None:
+        """The records whose ``column`` is one of ``values`` (a sequence or an Arrow array)."""
+        return self._select(record_path, None, [(column, values)])
+
+    def get_records_where(self, record_path: Sequence[str], equals: Mapping[str, Any]) -> pa.Table | None:
+        """The records where ``column == value`` for every item of ``equals`` (``None``: is null).
+
+        >>> from orcapod_core.databases import InMemoryArrowDatabase
+        >>> db = InMemoryArrowDatabase()
+        >>> _ = db.add_records(("t",), pa.table({"__record_id": ["a", "b"], "h": ["x", "x"], "v": [1, 2]}))
+        >>> db.get_records_where(("t",), {"h": "x", "v": 2})["__record_id"].to_pylist()
+        ['b']
+        """
+        conditions = [(c, None if v is None else [v]) for c, v in equals.items()]
+        return self._select(record_path, None, conditions)
+
+    def get_all_records(self, record_path: Sequence[str]) -> pa.Table | None:
+        """Every record of the table (committed in commit order, then pending)."""
+        return self._select(record_path)
+
+    def get_column(self, record_path: Sequence[str], column: str) -> pa.Array | None:
+        """One column of every record; only that column (and the id column) is read."""
+        table = self._select(record_path, [column])
+        if table is None:
+            return None
+        return table[column].combine_chunks()
+
+    # ---- table metadata ----------------------------------------------------------------------
+
+    def has_table(self, record_path: Sequence[str]) -> bool:
+        """True when the table has committed or pending records."""
+        key = validate_record_path(record_path)
+        with self._lock:
+            return key in self._pending or self._committed_schema(key) is not None
+
+    def list_tables(self) -> list[RecordPath]:
+        """Every table with committed or pending records, sorted."""
+        with self._lock:
+            return sorted(set(self._committed_paths()) | set(self._pending))
+
+    def table_version(self, record_path: Sequence[str]) -> int | None:
+        """Version of the committed table (0 after its first commit), ``None`` before that."""
+        key = validate_record_path(record_path)
+        with self._lock:
+            return self._committed_version(key)
+
+    def pending_count(self, record_path: Sequence[str] | None = None) -> int:
+        """Number of buffered, not yet committed records (of one table, or of all)."""
+        with self._lock:
+            if record_path is None:
+                return sum(p.rows for p in self._pending.values())
+            pending = self._pending.get(validate_record_path(record_path))
+            return pending.rows if pending else 0
+

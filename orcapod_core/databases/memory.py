@@ -1,0 +1,94 @@
+"""An :class:`~orcapod_core.databases.ArrowDatabase` that lives in the process's memory.
+
+Same semantics as :class:`~orcapod_core.databases.DeltaTableDatabase` (batching, dedup, schema
+evolution, versions bumped once per committed batch), without persistence: what tests and
+throw-away pipelines use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from orcapod_core.databases.buffered import BufferedArrowDatabase, _align
+from orcapod_core.databases.protocol import RecordPath
+
+__all__ = ["InMemoryArrowDatabase"]
+
+_NO_IDS: frozenset[str] = frozenset()
+
+
+@dataclass
+class _Table:
+    """Committed batches of one table, oldest first."""
+
+    schema: pa.Schema
+    version: int = 0
+    chunks: list[pa.Table] = field(default_factory=list)
+    ids: set[str] = field(default_factory=set)
+
+    def rows(self) -> pa.Table:
+        if len(self.chunks) != 1 or not self.chunks[0].schema.equals(self.schema):
+            self.chunks = [pa.concat_tables([_align(c, self.schema) for c in self.chunks])]
+        return self.chunks[0]
+
+
+class InMemoryArrowDatabase(BufferedArrowDatabase):
+    """In-memory record store with the :class:`~orcapod_core.databases.ArrowDatabase` contract.
+
+    >>> db = InMemoryArrowDatabase()
+    >>> db.add_records(("p", "t"), pa.table({"__record_id": ["a"], "x": [1]}), flush=True)
+    1
+    >>> db.table_version(("p", "t")), db.list_tables()
+    (0, [('p', 't')])
+    """
+
+    def __init__(self, batch_size: int = 1000, max_batch_age_s: float | None = 10.0):
+        super().__init__(batch_size, max_batch_age_s)
+        self._tables: dict[RecordPath, _Table] = {}
+
+    def __repr__(self) -> str:
+        return f"InMemoryArrowDatabase(tables={len(self._tables)}, pending={self.pending_count()})"
+
+    def to_config(self) -> dict[str, Any]:
+        """Config of an *empty* in-memory database of the same settings (data is not saved)."""
+        return {"type": "memory", "batch_size": self.batch_size, "max_batch_age_s": self.max_batch_age_s}
+
+    # ---- committed-side primitives -------------------------------------------------------------
+
+    def _committed_schema(self, key: RecordPath) -> pa.Schema | None:
+        table = self._tables.get(key)
+        return None if table is None else table.schema
+
+    def _committed_ids(self, key: RecordPath) -> set[str] | frozenset[str]:
+        table = self._tables.get(key)
+        return _NO_IDS if table is None else table.ids
+
+    def _scan(self, key: RecordPath, columns: list[str] | None, expr: pc.Expression | None) -> pa.Table | None:
+        table = self._tables.get(key)
+        if table is None:
+            return None
+        rows = table.rows()
+        if expr is not None:
+            rows = rows.filter(expr)
+        return rows if columns is None else rows.select(columns)
+
+    def _write(self, key: RecordPath, table: pa.Table, ids: set[str], evolve: bool) -> None:
+        stored = self._tables.get(key)
+        if stored is None:
+            self._tables[key] = _Table(schema=table.schema, chunks=[table], ids=set(ids))
+            return
+        stored.schema = table.schema
+        stored.chunks.append(table)
+        stored.ids.update(ids)
+        stored.version += 1
+
+    def _committed_version(self, key: RecordPath) -> int | None:
+        table = self._tables.get(key)
+        return None if table is None else table.version
+
+    def _committed_paths(self) -> list[RecordPath]:
+        return list(self._tables)
