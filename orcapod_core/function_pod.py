@@ -33,12 +33,13 @@ import subprocess
 import textwrap
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from orcapod_core.capture import captured_of, run_captured, run_captured_async
 from orcapod_core.columns import check_user_column, source_column
 from orcapod_core.errors import (
     FunctionDefinitionError,
@@ -129,6 +130,7 @@ class BatchResult:
     table: pa.Table
     rows: Sequence[int]
     errors: dict[int, BaseException]
+    captured: dict[int, dict[str, str]] = field(default_factory=dict)
 
 
 class PythonPacketFunction:
@@ -407,13 +409,23 @@ class PythonPacketFunction:
         )
 
     # -- many packets (the hot path) --------------------------------------------------------
-    def call_batch(self, table: pa.Table, *, fail_fast: bool = False, packet_hashes: pa.Array | None = None) -> BatchResult:
+    def call_batch(
+        self,
+        table: pa.Table,
+        *,
+        fail_fast: bool = False,
+        packet_hashes: pa.Array | None = None,
+        executor: PythonFunctionExecutor | None = None,
+        capture: bool = False,
+    ) -> BatchResult:
         """Compute every row of ``table`` (its columns named like the parameters; other
         columns are ignored) in one pass: each input column is converted to Python once,
         the executor runs the whole batch, and each output column is built with one
         ``pa.array`` call. Failed rows (user exceptions, wrong output values) are reported
         in ``errors`` instead of raising. ``packet_hashes`` (the rows' input packet hashes)
         is accepted for interface parity with cached functions and not needed here.
+        ``executor`` overrides the function's executor for this call; ``capture`` records
+        each call's stdout/stderr (and a failed call's traceback) in ``captured``.
         """
         names = [p for p in self._input_schema if p in table.column_names]
         missing = [p for p in self._input_schema if p not in names and p not in self._input_schema.optional_fields]
@@ -434,10 +446,22 @@ class PythonPacketFunction:
         else:
             kwargs_list = [{} for _ in range(n)]
 
-        raw = self._executor.execute_batch(self._function, kwargs_list, fail_fast=fail_fast)
+        if executor is None:
+            executor = self._executor
+        else:
+            check_executor(type(self), self.function_type, executor)
+        function = _capturing(self._function, self._is_async) if capture else self._function
+        raw = executor.execute_batch(function, kwargs_list, fail_fast=fail_fast)
+        captured: dict[int, dict[str, str]] = {}
+        if capture:
+            for i, r in enumerate(raw):
+                if isinstance(r, BaseException):
+                    captured[i] = captured_of(r)
+                else:
+                    raw[i], captured[i] = r
         errors: dict[int, BaseException] = {i: r for i, r in enumerate(raw) if isinstance(r, BaseException)}
         if errors and fail_fast:
-            return BatchResult(self._output_arrow_schema.empty_table(), [], errors)
+            return BatchResult(self._output_arrow_schema.empty_table(), [], errors, captured)
         rows: Sequence[int] = range(len(raw))
         results = raw
         if errors:
@@ -450,13 +474,13 @@ class PythonPacketFunction:
                 errors[rows[j]] = exc
             if fail_fast:
                 first = min(bad)
-                return BatchResult(self._output_arrow_schema.empty_table(), [], {rows[first]: bad[first]})
+                return BatchResult(self._output_arrow_schema.empty_table(), [], {rows[first]: bad[first]}, captured)
             keep = [j for j in range(len(results)) if j not in bad]
             rows = [rows[j] for j in keep]
             arrays, bad = self._output_arrays([results[j] for j in keep])
             assert not bad
         errors = dict(sorted(errors.items()))
-        return BatchResult(pa.Table.from_arrays(arrays, schema=self._output_arrow_schema), rows, errors)
+        return BatchResult(pa.Table.from_arrays(arrays, schema=self._output_arrow_schema), rows, errors, captured)
 
     def _output_arrays(self, results: list[Any]) -> tuple[list[pa.Array], dict[int, Exception]]:
         """One Arrow array per output key; or the rows whose values do not fit."""
@@ -485,6 +509,21 @@ class PythonPacketFunction:
                 continue
             arrays.append(arr)
         return arrays, bad
+
+
+def _capturing(function: Callable[..., Any], is_async: bool) -> Callable[..., Any]:
+    """Wrap ``function`` so each call returns ``(result, captured output)``."""
+    if is_async:
+
+        async def run_async(**kwargs: Any) -> Any:
+            return await run_captured_async(function, kwargs)
+
+        return run_async
+
+    def run(**kwargs: Any) -> Any:
+        return run_captured(function, kwargs)
+
+    return run
 
 
 def _value_problem(value: Any, f: pa.Field) -> str | None:

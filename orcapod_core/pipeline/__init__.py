@@ -1,0 +1,63 @@
+"""Pipelines: record, compile into nodes, run with an orchestrator, observe.
+
+>>> from orcapod_core.pipeline import Pipeline
+>>> from orcapod_core.databases import InMemoryArrowDatabase
+>>> with Pipeline("demo", pipeline_database=InMemoryArrowDatabase()) as p:  # doctest: +SKIP
+...     out = double.pod(source, label="doubled")
+>>> p.run()                                                                 # doctest: +SKIP
+"""
+
+from orcapod_core.pipeline.derived import DerivedSource
+from orcapod_core.pipeline.graph import DEFAULT_STORE, Pipeline, RunResult
+from orcapod_core.pipeline.nodes import (
+    CacheMode,
+    FunctionNode,
+    FunctionNodeProtocol,
+    LoadStatus,
+    Node,
+    OperatorNode,
+    OperatorNodeProtocol,
+    SourceNode,
+    SourceNodeProtocol,
+    is_function_node,
+    is_operator_node,
+    is_source_node,
+)
+from orcapod_core.pipeline.observers import (
+    CompositeObserver,
+    ExecutionObserver,
+    LoggingObserver,
+    NodeStats,
+    NoOpObserver,
+    ProgressObserver,
+    StatusObserver,
+)
+from orcapod_core.pipeline.orchestrators import AsyncPipelineOrchestrator, SyncPipelineOrchestrator
+
+__all__ = [
+    "Pipeline",
+    "RunResult",
+    "DEFAULT_STORE",
+    "DerivedSource",
+    "CacheMode",
+    "LoadStatus",
+    "Node",
+    "SourceNode",
+    "FunctionNode",
+    "OperatorNode",
+    "SourceNodeProtocol",
+    "FunctionNodeProtocol",
+    "OperatorNodeProtocol",
+    "is_source_node",
+    "is_function_node",
+    "is_operator_node",
+    "ExecutionObserver",
+    "NoOpObserver",
+    "CompositeObserver",
+    "StatusObserver",
+    "ProgressObserver",
+    "LoggingObserver",
+    "NodeStats",
+    "SyncPipelineOrchestrator",
+    "AsyncPipelineOrchestrator",
+]

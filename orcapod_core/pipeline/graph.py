@@ -1,0 +1,288 @@
+"""Pipeline: record what is built in a ``with`` block, compile it into nodes, run it.
+
+>>> with Pipeline("demo", pipeline_database=InMemoryArrowDatabase()) as p:   # doctest: +SKIP
+...     doubled = double.pod(source, label="doubled")
+>>> p.run().computed                                                           # doctest: +SKIP
+3
+>>> p.doubled.as_table()                                                       # doctest: +SKIP
+
+Storage layout (record paths in the databases):
+
+* function-node pipeline records and operator-node logs: ``(*pipeline name, label, <pipeline hash[:16]>)``
+  — keyed by the node's pipeline hash, so runs over different sources of the same shape share
+  one table (entry ids keep their rows apart) and a changed node never mixes with old rows;
+* function results: ``("results", <function name>, <version>, <identity[:16]>)`` in the result
+  database — shared by every pipeline and process that uses the same function.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from orcapod_core.databases import ArrowDatabase, validate_record_path
+from orcapod_core.errors import InvalidLabelError, InvalidPathError
+from orcapod_core.function_pod import FunctionPod
+from orcapod_core.operators import Operator
+from orcapod_core.pipeline.nodes import CacheMode, FunctionNode, Node, OperatorNode, SourceNode
+from orcapod_core.pipeline.observers import ExecutionObserver, NodeStats
+from orcapod_core.result_cache import ResultCache, result_record_path
+from orcapod_core.sources import Source
+from orcapod_core.streams import Stream
+from orcapod_core.tracking import Invocation, tracking
+
+__all__ = ["Pipeline", "RunResult", "DEFAULT_STORE"]
+
+#: Where a Pipeline stores its Delta tables when no database is given.
+DEFAULT_STORE = ".orcapod"
+
+_LABEL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_RESERVED = {"name", "nodes", "run", "compile", "save", "load", "flush", "record", "pipeline_database", "result_database"}
+
+
+@dataclass
+class RunResult:
+    """What ``pipeline.run()`` did: per-node stats and totals."""
+
+    run_id: str
+    stats: dict[str, NodeStats]
+    duration_s: float = 0.0
+    error: BaseException | None = field(default=None, repr=False)
+
+    @property
+    def failed(self) -> int:
+        return sum(s.failed for s in self.stats.values())
+
+    @property
+    def computed(self) -> int:
+        return sum(s.computed for s in self.stats.values())
+
+    @property
+    def cached(self) -> int:
+        return sum(s.cached for s in self.stats.values())
+
+    def summary(self) -> str:
+        from orcapod_core.pipeline.observers import format_summary
+
+        return format_summary(self.stats.values())
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def check_label(label: str) -> str:
+    """Validate a node label: ``[A-Za-z_][A-Za-z0-9_.-]*``, not a Pipeline attribute."""
+    if not isinstance(label, str) or not _LABEL_RE.match(label):
+        raise InvalidLabelError(
+            f"invalid label {label!r}: labels start with a letter or '_' and contain only letters, digits, '_', '.', '-'"
+        )
+    if label in _RESERVED:
+        raise InvalidLabelError(f"invalid label {label!r}: it is reserved by Pipeline ({sorted(_RESERVED)})")
+    return label
+
+
+class Pipeline:
+    """A recorded graph of sources, operators and function pods, compiled into nodes that
+    persist to ``pipeline_database`` (Delta Lake at ``./.orcapod`` by default) and memoize
+    function results in ``result_database`` (default: the pipeline database)."""
+
+    def __init__(
+        self,
+        name: str | Sequence[str],
+        pipeline_database: ArrowDatabase | None = None,
+        result_database: ArrowDatabase | None = None,
+        *,
+        operator_cache_mode: CacheMode = CacheMode.OFF,
+    ):
+        self.name: tuple[str, ...] = (name,) if isinstance(name, str) else tuple(name)
+        try:
+            validate_record_path(self.name)
+        except InvalidPathError as exc:
+            raise InvalidLabelError(f"invalid pipeline name {name!r}: {exc}") from exc
+        if pipeline_database is None:
+            from orcapod_core.databases import DeltaTableDatabase
+
+            pipeline_database = DeltaTableDatabase(DEFAULT_STORE)
+        self.pipeline_database = pipeline_database
+        self.result_database = result_database if result_database is not None else pipeline_database
+        self.operator_cache_mode = CacheMode(operator_cache_mode)
+        self._invocations: list[Invocation] = []
+        self._nodes: dict[str, Node] = {}
+        self._tracking = None
+
+    # -- recording ----------------------------------------------------------------------
+    def __enter__(self) -> Pipeline:
+        self._tracking = tracking(self)
+        self._tracking.__enter__()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        assert self._tracking is not None
+        self._tracking.__exit__(exc_type, exc, tb)
+        self._tracking = None
+        if exc_type is None:
+            self.compile()
+
+    def record(self, invocation: Invocation) -> None:
+        """Called for every pod invocation made inside the ``with`` block."""
+        self._invocations.append(invocation)
+
+    # -- compiling ----------------------------------------------------------------------
+    def compile(self) -> dict[str, Node]:
+        """Turn the recorded invocations into nodes (in topological order)."""
+        nodes: dict[str, Node] = dict(self._nodes)
+        by_stream: dict[int, Node] = {id(getattr(n, "_recorded_stream", n)): n for n in nodes.values()}
+        explicit = {inv.label for inv in self._invocations if inv.label is not None}
+        for label in explicit:
+            check_label(label)
+        seen_explicit: set[str] = set()
+
+        def unique(base: str, explicit_label: bool) -> str:
+            if explicit_label:
+                if base in seen_explicit or base in nodes:
+                    raise InvalidLabelError(f"label {base!r} is used by two nodes of pipeline {'/'.join(self.name)!r}")
+                seen_explicit.add(base)
+                return base
+            base = re.sub(r"[^A-Za-z0-9_.-]", "_", base) or "node"
+            if not re.match(r"[A-Za-z_]", base):
+                base = f"_{base}"
+            label, i = base, 0
+            while label in nodes or label in explicit or label in _RESERVED:
+                i += 1
+                label = f"{base}_{i}"
+            return label
+
+        def node_for(stream: Stream) -> Node:
+            found = by_stream.get(id(stream))
+            if found is not None:
+                return found
+            if isinstance(stream, Node):
+                return stream
+            # A stream entering from outside the block: a source (or a bare stream) becomes a SourceNode.
+            label_given = getattr(stream, "label", None)
+            base = label_given or _snake(type(stream).__name__)
+            label = unique(base, False)
+            node = SourceNode(stream, label, self.pipeline_database, self._path(label, stream))
+            node._recorded_stream = stream  # type: ignore[attr-defined]
+            by_stream[id(stream)] = node
+            nodes[label] = node
+            return node
+
+        for inv in self._invocations:
+            if id(inv.output) in by_stream:
+                continue
+            upstream = [node_for(s) for s in inv.inputs]
+            if isinstance(inv.pod, FunctionPod):
+                label = unique(inv.label or inv.pod.default_label, inv.label is not None)
+                pf = inv.pod.packet_function
+                cache = ResultCache(self.result_database, result_record_path(pf))
+                node: Node = FunctionNode(inv.pod, upstream, label, self.pipeline_database, (), cache)
+            elif isinstance(inv.pod, Operator):
+                label = unique(inv.label or _snake(type(inv.pod).__name__), inv.label is not None)
+                node = OperatorNode(inv.pod, upstream, label, self.pipeline_database, (), self.operator_cache_mode)
+            else:
+                raise InvalidLabelError(f"cannot compile invocation of {type(inv.pod).__name__}")
+            node.record_path = self._path(label, node)
+            node._recorded_stream = inv.output  # type: ignore[attr-defined]
+            by_stream[id(inv.output)] = node
+            nodes[label] = node
+        self._invocations.clear()
+        self._nodes = _topological(nodes)
+        return self._nodes
+
+    def _path(self, label: str, stream: Stream) -> tuple[str, ...]:
+        return validate_record_path((*self.name, label, stream.pipeline_hash().to_hex(16)))
+
+    # -- access ---------------------------------------------------------------------------
+    @property
+    def nodes(self) -> dict[str, Node]:
+        """Compiled nodes by label, in topological order."""
+        return dict(self._nodes)
+
+    def __getattr__(self, label: str) -> Node:
+        nodes = self.__dict__.get("_nodes", {})
+        if label in nodes:
+            return nodes[label]
+        raise AttributeError(f"pipeline {'/'.join(self.__dict__.get('name', ('?',)))!r} has no node or attribute {label!r}")
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self._nodes.values())
+
+    def __repr__(self) -> str:
+        return f"Pipeline({'/'.join(self.name)!r}, nodes={list(self._nodes)})"
+
+    def upstream_closure(self, labels: Sequence[str]) -> list[str]:
+        """``labels`` plus every node they depend on, in topological order."""
+        wanted: set[str] = set()
+        stack = list(labels)
+        while stack:
+            label = stack.pop()
+            if label not in self._nodes:
+                raise InvalidLabelError(f"pipeline {'/'.join(self.name)!r} has no node {label!r}")
+            if label not in wanted:
+                wanted.add(label)
+                stack.extend(u.label for u in self._nodes[label].upstream_nodes)
+        return [label for label in self._nodes if label in wanted]
+
+    # -- running --------------------------------------------------------------------------
+    def run(
+        self,
+        orchestrator: Any = None,
+        executor: Any = None,
+        observer: ExecutionObserver | None = None,
+        error_policy: str = "continue",
+        *,
+        nodes: Sequence[str] | None = None,
+    ) -> RunResult:
+        """Run the pipeline (or the ``nodes`` given): compute only what is missing.
+
+        ``error_policy="continue"`` reports failing packets (observer + ``failed`` count) and
+        stores everything else; ``"fail_fast"`` raises the first error after committing what
+        was already computed.
+        """
+        from orcapod_core.pipeline.orchestrators import SyncPipelineOrchestrator
+
+        if error_policy not in ("continue", "fail_fast"):
+            raise ValueError(f"error_policy must be 'continue' or 'fail_fast', got {error_policy!r}")
+        if self._tracking is not None:
+            raise RuntimeError("run the pipeline after its `with` block has closed")
+        orchestrator = orchestrator or SyncPipelineOrchestrator()
+        return orchestrator.run(
+            self, observer=observer, executor=executor, error_policy=error_policy, nodes=list(nodes) if nodes else None
+        )
+
+    def flush(self) -> None:
+        """Commit all pending writes of both databases."""
+        self.pipeline_database.flush()
+        if self.result_database is not self.pipeline_database:
+            self.result_database.flush()
+
+    @staticmethod
+    def new_run_id() -> str:
+        return f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+
+
+def _topological(nodes: dict[str, Node]) -> dict[str, Node]:
+    """Nodes in a topological order that keeps recording order where possible."""
+    order: dict[str, Node] = {}
+    visiting: set[str] = set()
+
+    def visit(node: Node) -> None:
+        if node.label in order:
+            return
+        if node.label in visiting:
+            raise InvalidLabelError(f"cycle through node {node.label!r}")
+        visiting.add(node.label)
+        for up in node.upstream_nodes:
+            visit(up)
+        visiting.discard(node.label)
+        order[node.label] = node
+
+    for node in nodes.values():
+        visit(node)
+    return order

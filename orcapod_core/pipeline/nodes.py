@@ -1,0 +1,638 @@
+"""Compiled pipeline nodes: SourceNode, FunctionNode, OperatorNode.
+
+A node is a stream (same API as any stream) bound to the pipeline's databases. The
+orchestrator drives it through ``execute``; reading a node that was not executed in this
+process serves what is stored and never computes new function results.
+
+**FunctionNode** (orcapod PR #84). For the current input it computes, in one columnar pass,
+each row's input packet hash and its **entry id** = hash(tag + system tags + input packet
+hash + node content hash). One anti-join of the entry ids against the stored entry-id
+column splits the input into "recorded" and "new"; one result-cache lookup over the distinct
+packet hashes splits what is left into "result exists" and "compute". Only the "compute"
+packets become Python calls (each distinct packet once); results and pipeline records are
+written in batches. Pipeline records hold the tag, system tags, the entry id, the input
+packet hash (the link to the result record), the input packets' source info and whether the
+packet was computed in that run.
+
+**OperatorNode** cache modes: ``CacheMode.OFF`` (compute, store nothing), ``LOG`` (compute
+and append output rows deduplicated by row hash), ``REPLAY`` (serve stored rows).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, runtime_checkable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from orcapod_core.columns import source_column
+from orcapod_core.databases import RECORD_ID_COLUMN, ArrowDatabase
+from orcapod_core.datagrams import Packet, Tag
+from orcapod_core.function_pod import FunctionPod, FunctionPodStream
+from orcapod_core.hashing import ContentHash, digests_to_hex, hash_rows
+from orcapod_core.operators import Join, Operator
+from orcapod_core.operators.base import OperatorStream
+from orcapod_core.pipeline.observers import ExecutionObserver, NodeStats, NoOpObserver
+from orcapod_core.result_cache import PACKET_HASH_COLUMN, CachedPacketFunction, ResultCache
+from orcapod_core.sources import Source
+from orcapod_core.streams import Stream, StreamLayout, TableStream, conform
+from orcapod_core.tracking import untracked
+
+if TYPE_CHECKING:
+    from orcapod_core.executors import PythonFunctionExecutor
+
+__all__ = [
+    "CacheMode",
+    "LoadStatus",
+    "Node",
+    "SourceNode",
+    "FunctionNode",
+    "OperatorNode",
+    "SourceNodeProtocol",
+    "FunctionNodeProtocol",
+    "OperatorNodeProtocol",
+    "is_source_node",
+    "is_function_node",
+    "is_operator_node",
+    "ENTRY_ID_COLUMN",
+    "COMPUTED_COLUMN",
+    "INPUT_SOURCE_COLUMN",
+    "RUN_ID_COLUMN",
+]
+
+ENTRY_ID_COLUMN = RECORD_ID_COLUMN
+COMPUTED_COLUMN = "__computed"
+INPUT_SOURCE_COLUMN = "__input_source_info"
+RUN_ID_COLUMN = "__run_id"
+_INPUT_SOURCE_TYPE = pa.map_(pa.field("key", pa.large_string(), False), pa.field("value", pa.large_string(), True))
+
+
+class CacheMode(enum.Enum):
+    """What an OperatorNode stores: nothing, its output rows, or replays stored rows."""
+
+    OFF = "off"
+    LOG = "log"
+    REPLAY = "replay"
+
+
+class LoadStatus(enum.Enum):
+    """How much of a node is usable (relevant for pipelines loaded from their saved form)."""
+
+    FULL = "full"
+    READ_ONLY = "read_only"
+    CACHE_ONLY = "cache_only"
+    UNAVAILABLE = "unavailable"
+
+
+class Node(Stream):
+    """Base of compiled nodes: a labelled stream with upstream nodes and a storage location."""
+
+    kind: str = "node"
+    load_status: LoadStatus = LoadStatus.FULL
+
+    def __init__(self, label: str, upstream_nodes: Sequence[Node], database: ArrowDatabase, record_path: tuple[str, ...]):
+        self.label = label
+        self.upstream_nodes = tuple(upstream_nodes)
+        self.database = database
+        self.record_path = record_path
+        self.last_stats: NodeStats | None = None
+
+    @property
+    def upstreams(self) -> tuple[Stream, ...]:
+        return self.upstream_nodes
+
+    def _set_output(self, table: pa.Table) -> None:
+        """Make ``table`` (already in this node's layout) the node's current rows."""
+        self.__dict__["_cached_table"] = table
+        self.__dict__.pop("_cached_packet_hashes", None)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.label!r}>"
+
+
+# --------------------------------------------------------------------------------------
+# Source nodes
+# --------------------------------------------------------------------------------------
+
+
+class SourceNode(Node):
+    """A source (or any stream entering the pipeline from outside) as a node."""
+
+    kind = "source"
+
+    def __init__(self, stream: Stream, label: str, database: ArrowDatabase, record_path: tuple[str, ...]):
+        super().__init__(label, (), database, record_path)
+        self.stream = stream
+
+    @property
+    def source(self) -> Stream:
+        return self.stream
+
+    @property
+    def producer(self) -> Any:
+        return self.stream
+
+    def _predict_layout(self) -> StreamLayout:
+        return self.stream.layout
+
+    def _identity_hashes(self) -> tuple[ContentHash, ContentHash]:
+        return self.stream.content_hash(), self.stream.pipeline_hash()
+
+    def _compute_table(self) -> pa.Table:
+        return self.stream._table()
+
+    def execute(self, observer: ExecutionObserver | None = None) -> Stream:
+        """Read the source; returns this node with its rows loaded."""
+        observer = observer or NoOpObserver()
+        start = time.perf_counter()
+        table = self._table()
+        observer.on_node_start(self, table.num_rows)
+        stats = NodeStats(self.label, self.kind, total=table.num_rows, duration_s=time.perf_counter() - start)
+        self.last_stats = stats
+        observer.on_node_end(self, stats)
+        return self
+
+    def as_source(self) -> Stream:
+        return self.stream
+
+
+# --------------------------------------------------------------------------------------
+# Operator nodes
+# --------------------------------------------------------------------------------------
+
+
+class OperatorNode(Node):
+    """An operator applied to upstream nodes."""
+
+    kind = "operator"
+
+    def __init__(
+        self,
+        operator: Operator,
+        upstream_nodes: Sequence[Node],
+        label: str,
+        database: ArrowDatabase,
+        record_path: tuple[str, ...],
+        cache_mode: CacheMode = CacheMode.OFF,
+    ):
+        super().__init__(label, upstream_nodes, database, record_path)
+        self.operator = operator
+        self.cache_mode = CacheMode(cache_mode)
+        self._stream = OperatorStream(operator, tuple(upstream_nodes), label=label)
+
+    @property
+    def producer(self) -> Operator:
+        return self.operator
+
+    def _predict_layout(self) -> StreamLayout:
+        return self._stream.layout
+
+    def _identity_hashes(self) -> tuple[ContentHash, ContentHash]:
+        return self._stream.content_hash(), self._stream.pipeline_hash()
+
+    def identity_hash(self) -> ContentHash:
+        """The operator's identity (class + config): the node's code version."""
+        from orcapod_core.hashing import hash_object
+
+        return hash_object(self.operator.identity_structure())
+
+    def _compute_table(self) -> pa.Table:
+        if self.cache_mode is CacheMode.REPLAY:
+            return self._stored_rows()
+        return self.operator.compute(*self.upstream_nodes)
+
+    def _stored_rows(self) -> pa.Table:
+        stored = self.database.get_all_records(self.record_path)
+        if stored is None:
+            return self.layout.schema.empty_table()
+        return stored.select(self.layout.schema.names)
+
+    def execute(self, *inputs: Stream, observer: ExecutionObserver | None = None) -> Stream:
+        """Compute the operator on ``inputs`` (or replay stored rows); LOG stores new rows."""
+        observer = observer or NoOpObserver()
+        start = time.perf_counter()
+        observer.on_node_start(self, sum(len(s) for s in inputs))
+        if self.cache_mode is CacheMode.REPLAY:
+            table = self._stored_rows()
+        else:
+            table = conform(self.operator.compute(*(inputs or self.upstream_nodes)), self.layout)
+            if self.cache_mode is CacheMode.LOG and table.num_rows:
+                ids = digests_to_hex(hash_rows(table))
+                self.database.add_records(
+                    self.record_path, table.append_column(pa.field(RECORD_ID_COLUMN, pa.large_string(), False), ids)
+                )
+                self.database.flush_path(self.record_path)
+        self._set_output(table)
+        stats = NodeStats(self.label, self.kind, total=table.num_rows, duration_s=time.perf_counter() - start)
+        self.last_stats = stats
+        observer.on_node_end(self, stats)
+        return self
+
+    def as_source(self) -> Stream:
+        from orcapod_core.pipeline.derived import DerivedSource
+
+        return DerivedSource(self)
+
+
+# --------------------------------------------------------------------------------------
+# Function nodes
+# --------------------------------------------------------------------------------------
+
+
+class FunctionNode(Node):
+    """A function pod applied to upstream nodes (joined first when there are several),
+    memoized twice: per row by entry id (pipeline records) and per packet by input packet
+    hash (the shared result cache)."""
+
+    kind = "function"
+    chunk_size = 256  # packets per executor batch: the unit of progress, observer events and writes
+
+    def __init__(
+        self,
+        pod: FunctionPod,
+        upstream_nodes: Sequence[Node],
+        label: str,
+        database: ArrowDatabase,
+        record_path: tuple[str, ...],
+        result_cache: ResultCache,
+    ):
+        super().__init__(label, upstream_nodes, database, record_path)
+        self.pod = pod
+        self.result_cache = result_cache
+        self._stream = FunctionPodStream(pod, self._joined(self.upstream_nodes), inputs=self.upstream_nodes, label=label)
+
+    # -- structure --------------------------------------------------------------------
+    @staticmethod
+    def _joined(inputs: Sequence[Stream]) -> Stream:
+        if len(inputs) == 1:
+            return inputs[0]
+        with untracked():
+            return Join()(*inputs)
+
+    @property
+    def packet_function(self) -> Any:
+        return self.pod.packet_function
+
+    @property
+    def producer(self) -> FunctionPod:
+        return self.pod
+
+    def identity_hash(self) -> ContentHash:
+        """The function's identity: the node's code version."""
+        return self.pod.identity_hash()
+
+    def _predict_layout(self) -> StreamLayout:
+        return self._stream.layout
+
+    def _identity_hashes(self) -> tuple[ContentHash, ContentHash]:
+        return self._stream.content_hash(), self._stream.pipeline_hash()
+
+    # -- reading without computing ------------------------------------------------------
+    def _compute_table(self) -> pa.Table:
+        """The stored outputs for the current input: never computes new results."""
+        table, _ = self._assemble(self._joined(self.upstream_nodes), compute=False)
+        return table
+
+    def join_inputs(self, inputs: Sequence[Stream]) -> Stream:
+        """The stream this node reads from its upstream outputs (joined when several)."""
+        return self._joined(inputs)
+
+    # -- orchestrator-facing ------------------------------------------------------------
+    def execute(
+        self,
+        input_stream: Stream | None = None,
+        observer: ExecutionObserver | None = None,
+        *,
+        error_policy: str = "continue",
+        executor: PythonFunctionExecutor | None = None,
+        run_id: str | None = None,
+    ) -> Stream:
+        """Bring the node up to date for ``input_stream`` (default: the join of its upstream
+        nodes' current outputs): compute what is missing, store it, and return this node with
+        its current rows."""
+        if error_policy not in ("continue", "fail_fast"):
+            raise ValueError(f"error_policy must be 'continue' or 'fail_fast', got {error_policy!r}")
+        stream = self._joined(self.upstream_nodes) if input_stream is None else input_stream
+        table, stats = self._assemble(
+            stream, compute=True, observer=observer or NoOpObserver(), error_policy=error_policy, executor=executor, run_id=run_id
+        )
+        self._set_output(table)
+        return self
+
+    def execute_packet(self, tag: Tag, packet: Packet, observer: ExecutionObserver | None = None) -> Packet | None:
+        """Compute (or fetch) one packet through the cache and record it; ``None`` if it failed."""
+        tag_table = tag.as_table(columns={"system_tags": True})
+        packet_table = packet.as_table(columns={"source": True})
+        row = pa.Table.from_arrays(
+            [*tag_table.columns, *packet_table.columns], names=[*tag_table.column_names, *packet_table.column_names]
+        )
+        layout = self._stream.input_stream.layout
+        stream = TableStream(row, layout.tag_columns, layout=layout)
+        self._assemble(stream, compute=True, observer=observer or NoOpObserver(), error_policy="continue")
+        out, _ = self._assemble(stream, compute=False)
+        if out.num_rows == 0:
+            return None
+        keys = list(self.packet_function.output_keys)
+        values = out.select(keys).to_pylist(maps_as_pydicts="strict")[0]
+        return Packet(values, hidden={source_column(k): out.column(source_column(k))[0].as_py() for k in keys})
+
+    def process_packet(self, tag: Tag, packet: Packet) -> dict[str, Any]:
+        """Pure computation of one packet (no cache, no records)."""
+        return self.packet_function.call(dict(packet))
+
+    # -- the engine -------------------------------------------------------------------
+    def _entry_ids(self, table: pa.Table, layout: StreamLayout, packet_hashes: pa.Array) -> pa.Array:
+        """Entry id per row = hash(tag + system tags + input packet hash + node content hash)."""
+        parts = table.select([*layout.tag_columns, *layout.system_tag_columns])
+        n = table.num_rows
+        parts = parts.append_column("__packet_hash", packet_hashes.cast(pa.large_binary()))
+        node_hash = pa.scalar(self.content_hash().digest, pa.large_binary())
+        parts = parts.append_column("__node_hash", pa.repeat(node_hash, n))
+        return digests_to_hex(hash_rows(parts))
+
+    def _assemble(
+        self,
+        stream: Stream,
+        *,
+        compute: bool,
+        observer: ExecutionObserver | None = None,
+        error_policy: str = "continue",
+        executor: PythonFunctionExecutor | None = None,
+        run_id: str | None = None,
+        report: bool = True,
+    ) -> tuple[pa.Table, NodeStats]:
+        start = time.perf_counter()
+        observer = observer or NoOpObserver()
+        layout = stream.layout
+        if layout.schema != self._stream.input_stream.layout.schema:
+            from orcapod_core.errors import SchemaMismatchError
+
+            raise SchemaMismatchError(
+                f"node {self.label!r}: input schema {layout.schema} differs from the compiled input schema "
+                f"{self._stream.input_stream.layout.schema}"
+            )
+        table = stream._table()
+        n = table.num_rows
+        if compute and report:
+            observer.on_node_start(self, n)
+        stats = NodeStats(self.label, self.kind, total=n)
+        pf = self.packet_function
+        keys = list(pf.output_keys)
+
+        digests = stream.packet_hashes()
+        hexes = digests_to_hex(digests)
+        entry_ids = self._entry_ids(table, layout, digests) if n else pa.array([], pa.large_string())
+
+        # Phase 1: which rows are already recorded (read only the entry-id column).
+        stored_ids = self.database.get_column(self.record_path, ENTRY_ID_COLUMN) if n else None
+        recorded = pc.is_in(entry_ids, value_set=stored_ids) if stored_ids is not None and len(stored_ids) else pa.array([False] * n)
+
+        # Phase 2: one result lookup for the distinct packet hashes of all rows.
+        unique = pc.unique(hexes)
+        found = self.result_cache.lookup(unique) if n else self.result_cache._empty()
+        found_hashes = found.column(PACKET_HASH_COLUMN) if found.num_rows else pa.array([], pa.large_string())
+        missing = unique.filter(pc.invert(pc.is_in(unique, value_set=found_hashes))) if len(found_hashes) else unique
+
+        computed_tables: list[pa.Table] = []
+        computed_hashes: list[pa.Array] = []
+        failed_hashes: set[str] = set()
+        first_error: BaseException | None = None
+        if compute and len(missing):
+            first_error = self._compute_missing(
+                stream, table, hexes, missing, observer, error_policy, executor, computed_tables, computed_hashes, failed_hashes, stats
+            )
+
+        # Outputs per row: stored results + what was computed now.
+        result_tables = [found.select([PACKET_HASH_COLUMN, *keys]).cast(self._result_schema())] if found.num_rows else []
+        for h, t in zip(computed_hashes, computed_tables):
+            result_tables.append(t.select(keys).add_column(0, pa.field(PACKET_HASH_COLUMN, pa.large_string(), False), h).cast(self._result_schema()))
+        results = pa.concat_tables(result_tables) if result_tables else self._result_schema().empty_table()
+        position = pc.index_in(hexes, value_set=results.column(PACKET_HASH_COLUMN)) if n else pa.array([], pa.int32())
+        available = pc.is_valid(position) if n else pa.array([], pa.bool_())
+        rows = pc.indices_nonzero(available)
+        out_layout = self.layout
+        out = table.select([*layout.tag_columns, *layout.system_tag_columns]).take(rows)
+        outputs = results.select(keys).take(position.filter(available))
+        uri = pa.scalar(pf.uri, pa.large_string())
+        sep = pa.scalar("::", pa.large_string())
+        row_hashes = hexes.take(rows)
+        for f in out_layout.fields(out_layout.packet_columns):
+            out = out.append_column(f, outputs.column(f.name))
+        for k in keys:
+            out = out.append_column(
+                pa.field(source_column(k), pa.large_string(), False),
+                pc.binary_join_element_wise(uri, row_hashes, pa.scalar(k, pa.large_string()), sep),
+            )
+
+        if compute:
+            newly_computed = pa.concat_arrays(computed_hashes) if computed_hashes else pa.array([], pa.large_string())
+            row_computed = pc.is_in(hexes, value_set=newly_computed) if len(newly_computed) else pa.array([False] * n)
+            stats.computed = pc.sum(row_computed.cast(pa.int64())).as_py() or 0 if n else 0
+            row_failed = pc.is_in(hexes, value_set=pa.array(sorted(failed_hashes), pa.large_string())) if failed_hashes else pa.array([False] * n)
+            stats.failed = pc.sum(row_failed.cast(pa.int64())).as_py() or 0 if n else 0
+            stats.cached = len(rows) - stats.computed
+            # Record every available row that was not yet recorded.
+            new_rows = pc.indices_nonzero(pc.and_(available, pc.invert(recorded))) if n else pa.array([], pa.uint64())
+            if len(new_rows):
+                self._record_entries(table, layout, entry_ids, hexes, row_computed, new_rows, run_id)
+            self.database.flush_path(self.record_path)
+            self.result_cache.flush()
+            stats.duration_s = time.perf_counter() - start
+            if report:
+                self.last_stats = stats
+                observer.on_node_end(self, stats)
+            if first_error is not None and error_policy == "fail_fast":
+                raise first_error
+        return conform(out, out_layout), stats
+
+    def _result_schema(self) -> pa.Schema:
+        pf = self.packet_function
+        return pa.schema([pa.field(PACKET_HASH_COLUMN, pa.large_string(), False), *pf.output_arrow_schema])
+
+    def _compute_missing(
+        self,
+        stream: Stream,
+        table: pa.Table,
+        hexes: pa.Array,
+        missing: pa.Array,
+        observer: ExecutionObserver,
+        error_policy: str,
+        executor: PythonFunctionExecutor | None,
+        computed_tables: list[pa.Table],
+        computed_hashes: list[pa.Array],
+        failed_hashes: set[str],
+        stats: NodeStats,
+    ) -> BaseException | None:
+        """Compute each missing distinct packet once, chunk by chunk, storing as we go."""
+        layout = stream.layout
+        pf = self.packet_function
+        cached_fn = CachedPacketFunction(pf, self.result_cache)
+        first_rows = pc.index_in(missing, value_set=hexes)
+        packets = table.select(list(layout.packet_columns)).take(first_rows)
+        wants_events = getattr(observer, "wants_packet_events", True)
+        capture = getattr(observer, "wants_captured_output", False)
+        done = 0
+        total = len(missing)
+        for start in range(0, total, self.chunk_size):
+            chunk = packets.slice(start, self.chunk_size)
+            chunk_hashes = missing.slice(start, self.chunk_size)
+            chunk_rows = first_rows.slice(start, self.chunk_size)
+            tags = packets_objs = None
+            if wants_events:
+                tags, packets_objs = self._objects(table, layout, chunk_rows)
+                for t, p in zip(tags, packets_objs):
+                    observer.on_packet_start(self, t, p)
+            result = cached_fn._pf.call_batch(
+                chunk, fail_fast=error_policy == "fail_fast", executor=executor, capture=capture
+            )
+            if result.table.num_rows:
+                ok = pa.array(list(result.rows), pa.int64())
+                ok_hashes = chunk_hashes.take(ok)
+                cached_fn._store(ok_hashes, result.table)
+                computed_tables.append(result.table)
+                computed_hashes.append(ok_hashes)
+            if wants_events:
+                outputs = result.table.to_pylist(maps_as_pydicts="strict")
+                for j, i in enumerate(result.rows):
+                    observer.on_packet_end(self, tags[i], packets_objs[i], outputs[j], False, result.captured.get(i))
+            for i, exc in result.errors.items():
+                failed_hashes.add(chunk_hashes[i].as_py())
+                message = f"{type(exc).__name__}: {exc}"
+                stats.errors.append(message)
+                if wants_events:
+                    observer.on_packet_crash(self, tags[i], packets_objs[i], exc, result.captured.get(i))
+                if error_policy == "fail_fast":
+                    tag = table.slice(chunk_rows[i].as_py(), 1).select(list(layout.tag_columns)).to_pylist()[0]
+                    exc.add_note(f"orcapod: node {self.label!r} ({pf.uri}) failed on the packet with tag {tag}")
+                    return exc
+            done += len(chunk)
+            progress = getattr(observer, "on_node_progress", None)
+            if progress is not None:
+                progress(self, done, total)
+        return None
+
+    def _objects(self, table: pa.Table, layout: StreamLayout, rows: pa.Array) -> tuple[list[Tag], list[Packet]]:
+        sub = table.take(rows)
+        tag_schema = pa.schema(layout.fields([*layout.tag_columns, *layout.system_tag_columns]))
+        packet_schema = pa.schema(layout.fields([*layout.packet_columns, *layout.source_columns]))
+        tags = [
+            Tag({k: v for k, v in r.items() if k in layout.tag_columns}, hidden={k: r[k] for k in layout.system_tag_columns}, arrow_schema=tag_schema)
+            for r in sub.select(tag_schema.names).to_pylist(maps_as_pydicts="strict")
+        ]
+        packets = [
+            Packet({k: r[k] for k in layout.packet_columns}, hidden={k: r[k] for k in layout.source_columns}, arrow_schema=packet_schema)
+            for r in sub.select(packet_schema.names).to_pylist(maps_as_pydicts="strict")
+        ]
+        return tags, packets
+
+    def _record_entries(
+        self,
+        table: pa.Table,
+        layout: StreamLayout,
+        entry_ids: pa.Array,
+        hexes: pa.Array,
+        row_computed: pa.Array,
+        rows: pa.Array,
+        run_id: str | None,
+    ) -> None:
+        """Append pipeline records for ``rows`` (tags, system tags, entry id, packet hash link,
+        input source info, computed flag)."""
+        records = table.select([*layout.tag_columns, *layout.system_tag_columns]).take(rows)
+        records = records.append_column(pa.field(ENTRY_ID_COLUMN, pa.large_string(), False), entry_ids.take(rows))
+        records = records.append_column(pa.field(PACKET_HASH_COLUMN, pa.large_string(), False), hexes.take(rows))
+        records = records.append_column(pa.field(INPUT_SOURCE_COLUMN, _INPUT_SOURCE_TYPE), _source_map(table.take(rows), layout))
+        records = records.append_column(pa.field(COMPUTED_COLUMN, pa.bool_(), False), row_computed.take(rows))
+        run = pa.scalar(run_id or uuid.uuid4().hex, pa.large_string())
+        records = records.append_column(pa.field(RUN_ID_COLUMN, pa.large_string(), False), pa.repeat(run, len(rows)))
+        self.database.add_records(self.record_path, records)
+
+    def get_pipeline_records(self) -> pa.Table | None:
+        """Every pipeline record of this node's table."""
+        return self.database.get_all_records(self.record_path)
+
+    def as_source(self) -> Stream:
+        from orcapod_core.pipeline.derived import DerivedSource
+
+        return DerivedSource(self)
+
+
+def _source_map(table: pa.Table, layout: StreamLayout) -> pa.Array:
+    """Input source info per row as a map ``{packet column: source info}`` (list-valued source
+    info, e.g. after a Batch, is stored as its JSON text)."""
+    n = table.num_rows
+    cols = [c for c in layout.packet_columns if source_column(c) in table.column_names]
+    if not cols or n == 0:
+        return pa.array([[] for _ in range(n)], _INPUT_SOURCE_TYPE)
+    k = len(cols)
+    texts = []
+    for c in cols:
+        col = table.column(source_column(c)).combine_chunks()
+        if not pa.types.is_large_string(col.type):
+            col = pa.array([None if v is None else json.dumps(v) for v in col.to_pylist()], pa.large_string())
+        texts.append(col)
+    keys = pa.concat_arrays([pa.repeat(pa.scalar(c, pa.large_string()), n) for c in cols])
+    values = pa.concat_arrays(texts)
+    if k > 1:  # interleave row-major: row 0 col 0, row 0 col 1, ..., row 1 col 0, ...
+        i = pa.array(range(n * k), pa.int64())
+        col_of = pc.subtract(i, pc.multiply(pc.divide(i, pa.scalar(k, pa.int64())), pa.scalar(k, pa.int64())))
+        row_of = pc.divide(i, pa.scalar(k, pa.int64()))
+        order = pc.add(pc.multiply(col_of, pa.scalar(n, pa.int64())), row_of)
+        keys, values = keys.take(order), values.take(order)
+    offsets = pa.array(range(0, n * k + 1, k), pa.int32())
+    return pa.MapArray.from_arrays(offsets, keys, values, type=_INPUT_SOURCE_TYPE)
+
+
+# --------------------------------------------------------------------------------------
+# Node protocols (what orchestrators rely on) and TypeGuard dispatch
+# --------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class SourceNodeProtocol(Protocol):
+    kind: str
+    label: str
+
+    def execute(self, observer: ExecutionObserver | None = None) -> Stream: ...
+
+
+@runtime_checkable
+class OperatorNodeProtocol(Protocol):
+    kind: str
+    label: str
+
+    def execute(self, *inputs: Stream, observer: ExecutionObserver | None = None) -> Stream: ...
+
+
+@runtime_checkable
+class FunctionNodeProtocol(Protocol):
+    kind: str
+    label: str
+
+    def execute(
+        self,
+        input_stream: Stream | None = None,
+        observer: ExecutionObserver | None = None,
+        *,
+        error_policy: str = "continue",
+        executor: Any = None,
+        run_id: str | None = None,
+    ) -> Stream: ...
+
+    def execute_packet(self, tag: Tag, packet: Packet, observer: ExecutionObserver | None = None) -> Packet | None: ...
+
+
+def is_source_node(node: Any) -> TypeGuard[SourceNodeProtocol]:
+    return getattr(node, "kind", None) == "source" and isinstance(node, SourceNodeProtocol)
+
+
+def is_operator_node(node: Any) -> TypeGuard[OperatorNodeProtocol]:
+    return getattr(node, "kind", None) == "operator" and isinstance(node, OperatorNodeProtocol)
+
+
+def is_function_node(node: Any) -> TypeGuard[FunctionNodeProtocol]:
+    return getattr(node, "kind", None) == "function" and isinstance(node, FunctionNodeProtocol)

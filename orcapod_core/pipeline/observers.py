@@ -1,0 +1,340 @@
+"""Execution observers: how a pipeline run reports what it does.
+
+Orchestrators and nodes call these hooks; ``on_run_end`` always fires (try/finally).
+Per-packet hooks (start/end/crash, with Tag and Packet objects) fire for packets that are
+computed, and only for observers that want them (``wants_packet_events``: true when a
+subclass overrides a packet hook). Packets served from the store are reported in bulk
+through ``on_node_end``'s stats — a warm run over a million rows builds no per-row
+objects. ``on_node_progress(node, done, total)`` reports computed-packet progress per chunk.
+
+>>> pipeline.run(observer=CompositeObserver(ProgressObserver(), my_observer))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TextIO, runtime_checkable
+
+__all__ = [
+    "NodeStats",
+    "ExecutionObserver",
+    "NoOpObserver",
+    "CompositeObserver",
+    "StatusObserver",
+    "ProgressObserver",
+    "LoggingObserver",
+]
+
+
+@dataclass
+class NodeStats:
+    """What one node did in one run."""
+
+    label: str
+    kind: str
+    total: int = 0
+    computed: int = 0
+    cached: int = 0
+    failed: int = 0
+    duration_s: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "kind": self.kind,
+            "total": self.total,
+            "computed": self.computed,
+            "cached": self.cached,
+            "failed": self.failed,
+            "duration_s": round(self.duration_s, 6),
+        }
+
+
+@runtime_checkable
+class ExecutionObserver(Protocol):
+    """Receives run, node and packet events. Implement only what you need by subclassing
+    :class:`NoOpObserver`."""
+
+    wants_packet_events: bool
+    wants_captured_output: bool
+
+    def on_run_start(self, pipeline: Any, run_id: str) -> None: ...
+
+    def on_run_end(self, pipeline: Any, run_id: str, stats: dict[str, NodeStats], error: BaseException | None) -> None: ...
+
+    def on_node_start(self, node: Any, total: int) -> None: ...
+
+    def on_node_end(self, node: Any, stats: NodeStats) -> None: ...
+
+    def on_node_progress(self, node: Any, done: int, total: int) -> None: ...
+
+    def on_packet_start(self, node: Any, tag: Any, packet: Any) -> None: ...
+
+    def on_packet_end(self, node: Any, tag: Any, packet: Any, output: Any, cached: bool, captured: dict[str, str] | None = None) -> None: ...
+
+    def on_packet_crash(self, node: Any, tag: Any, packet: Any, error: BaseException, captured: dict[str, str] | None = None) -> None: ...
+
+
+_PACKET_HOOKS = ("on_packet_start", "on_packet_end", "on_packet_crash")
+
+
+class NoOpObserver:
+    """Ignores everything; the base to subclass (override only the hooks you need)."""
+
+    wants_captured_output = False
+
+    @property
+    def wants_packet_events(self) -> bool:
+        """True when a subclass overrides a per-packet hook."""
+        return any(getattr(type(self), h) is not getattr(NoOpObserver, h) for h in _PACKET_HOOKS)
+
+    def on_run_start(self, pipeline: Any, run_id: str) -> None:
+        pass
+
+    def on_run_end(self, pipeline: Any, run_id: str, stats: dict[str, NodeStats], error: BaseException | None) -> None:
+        pass
+
+    def on_node_start(self, node: Any, total: int) -> None:
+        pass
+
+    def on_node_end(self, node: Any, stats: NodeStats) -> None:
+        pass
+
+    def on_node_progress(self, node: Any, done: int, total: int) -> None:
+        pass
+
+    def on_packet_start(self, node: Any, tag: Any, packet: Any) -> None:
+        pass
+
+    def on_packet_end(self, node: Any, tag: Any, packet: Any, output: Any, cached: bool, captured: dict[str, str] | None = None) -> None:
+        pass
+
+    def on_packet_crash(self, node: Any, tag: Any, packet: Any, error: BaseException, captured: dict[str, str] | None = None) -> None:
+        pass
+
+
+class CompositeObserver(NoOpObserver):
+    """Forwards every event to several observers, in order."""
+
+    def __init__(self, *observers: ExecutionObserver | None):
+        self.observers = [o for o in observers if o is not None]
+
+    @property
+    def wants_packet_events(self) -> bool:  # type: ignore[override]
+        return any(o.wants_packet_events for o in self.observers)
+
+    @property
+    def wants_captured_output(self) -> bool:  # type: ignore[override]
+        return any(o.wants_captured_output for o in self.observers)
+
+    def _each(self, name: str, *args: Any, **kwargs: Any) -> None:
+        for o in self.observers:
+            getattr(o, name)(*args, **kwargs)
+
+    def on_run_start(self, *a: Any, **k: Any) -> None:
+        self._each("on_run_start", *a, **k)
+
+    def on_run_end(self, *a: Any, **k: Any) -> None:
+        self._each("on_run_end", *a, **k)
+
+    def on_node_start(self, *a: Any, **k: Any) -> None:
+        self._each("on_node_start", *a, **k)
+
+    def on_node_end(self, *a: Any, **k: Any) -> None:
+        self._each("on_node_end", *a, **k)
+
+    def on_node_progress(self, *a: Any, **k: Any) -> None:
+        self._each("on_node_progress", *a, **k)
+
+    def _packet_event(self, name: str, *args: Any) -> None:
+        for o in self.observers:
+            if o.wants_packet_events:
+                getattr(o, name)(*args)
+
+    def on_packet_start(self, *a: Any) -> None:
+        self._packet_event("on_packet_start", *a)
+
+    def on_packet_end(self, *a: Any) -> None:
+        self._packet_event("on_packet_end", *a)
+
+    def on_packet_crash(self, *a: Any) -> None:
+        self._packet_event("on_packet_crash", *a)
+
+
+class StatusObserver(NoOpObserver):
+    """Keeps the live status of a run in memory: per-node state and counts, thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.run_id: str | None = None
+        self.state = "idle"
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self.failures: list[dict[str, str]] = []
+
+    def on_run_start(self, pipeline: Any, run_id: str) -> None:
+        with self._lock:
+            self.run_id, self.state, self.nodes, self.failures = run_id, "running", {}, []
+
+    def on_run_end(self, pipeline: Any, run_id: str, stats: dict[str, NodeStats], error: BaseException | None) -> None:
+        with self._lock:
+            self.state = "failed" if error is not None else "succeeded"
+
+    def on_node_start(self, node: Any, total: int) -> None:
+        with self._lock:
+            self.nodes[node.label] = {"state": "running", "total": total, "done": 0, "failed": 0}
+
+    def on_node_progress(self, node: Any, done: int, total: int) -> None:
+        with self._lock:
+            self.nodes.setdefault(node.label, {"state": "running", "total": 0, "done": 0, "failed": 0})["done"] = done
+
+    def on_packet_crash(self, node: Any, tag: Any, packet: Any, error: BaseException, captured: dict[str, str] | None = None) -> None:
+        with self._lock:
+            entry = self.nodes.setdefault(node.label, {"state": "running", "total": 0, "done": 0, "failed": 0})
+            entry["failed"] += 1
+            self.failures.append({"node": node.label, "tag": repr(dict(tag)), "error": repr(error)})
+
+    def on_node_end(self, node: Any, stats: NodeStats) -> None:
+        with self._lock:
+            self.nodes[node.label] = {**stats.as_dict(), "state": "failed" if stats.failed else "done"}
+
+
+class ProgressObserver(NoOpObserver):
+    """Terminal progress: per-node computed/total and rate while computing (throttled to
+    ``every_s``), a line per finished node (rows, computed vs cached, failed, time), and a
+    summary table at run end."""
+
+    def __init__(self, stream: TextIO | None = None, every_s: float = 1.0):
+        self.stream = stream or sys.stderr
+        self.every_s = every_s
+        self._lock = threading.Lock()
+        self._started: dict[str, float] = {}
+        self._last = 0.0
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def on_node_start(self, node: Any, total: int) -> None:
+        with self._lock:
+            self._started[node.label] = time.perf_counter()
+
+    def on_node_progress(self, node: Any, done: int, total: int) -> None:
+        now = time.perf_counter()
+        with self._lock:
+            if now - self._last < self.every_s and done < total:
+                return
+            self._last = now
+            elapsed = max(now - self._started.get(node.label, now), 1e-9)
+        self._print(f"  {node.label}: computed {done}/{total} new packets ({done / elapsed:,.0f}/s)")
+
+    def on_node_end(self, node: Any, stats: NodeStats) -> None:
+        rate = stats.total / stats.duration_s if stats.duration_s > 0 else float("inf")
+        self._print(
+            f"  {stats.label} [{stats.kind}]: {stats.total} rows — {stats.computed} computed, "
+            f"{stats.cached} cached, {stats.failed} failed in {stats.duration_s:.2f}s ({rate:,.0f} rows/s)"
+        )
+
+    def on_run_end(self, pipeline: Any, run_id: str, stats: dict[str, NodeStats], error: BaseException | None) -> None:
+        self._print(format_summary(stats.values()))
+        if error is not None:
+            self._print(f"run {run_id} failed: {''.join(traceback.format_exception_only(error)).strip()}")
+
+
+class LoggingObserver(NoOpObserver):
+    """Stores one log record per computed packet — captured stdout, stderr and (for failures)
+    the traceback — in the pipeline database, in batches.
+
+    Records go to ``record_path`` (default ``(*pipeline name, "_logs")``) with columns
+    ``node``, ``run_id``, ``tag`` (JSON), ``status`` (``ok``/``failed``), ``stdout``,
+    ``stderr``, ``traceback``, ``logged_at``.
+
+    >>> pipeline.run(observer=LoggingObserver())                 # doctest: +SKIP
+    >>> LoggingObserver.read(pipeline)                            # doctest: +SKIP
+    """
+
+    wants_captured_output = True
+
+    def __init__(self, database: Any = None, record_path: tuple[str, ...] | None = None, batch_size: int = 1000):
+        self.database = database
+        self.record_path = record_path
+        self.batch_size = batch_size
+        self._rows: list[dict[str, Any]] = []
+        self._run_id = ""
+        self._lock = threading.Lock()
+
+    def on_run_start(self, pipeline: Any, run_id: str) -> None:
+        if self.database is None:
+            self.database = pipeline.pipeline_database
+        if self.record_path is None:
+            self.record_path = (*pipeline.name, "_logs")
+        self._run_id = run_id
+
+    def _add(self, node: Any, tag: Any, status: str, captured: dict[str, str] | None, error: BaseException | None) -> None:
+        import datetime
+        import json
+
+        captured = captured or {}
+        tb = captured.get("traceback") or ("".join(traceback.format_exception(error)) if error is not None else "")
+        row = {
+            "node": node.label,
+            "run_id": self._run_id,
+            "tag": json.dumps(dict(tag), sort_keys=True, default=str),
+            "status": status,
+            "stdout": captured.get("stdout", ""),
+            "stderr": captured.get("stderr", ""),
+            "traceback": tb,
+            "logged_at": datetime.datetime.now(datetime.UTC).replace(tzinfo=None),
+        }
+        with self._lock:
+            self._rows.append(row)
+            full = len(self._rows) >= self.batch_size
+        if full:
+            self.flush()
+
+    def on_packet_end(self, node: Any, tag: Any, packet: Any, output: Any, cached: bool, captured: dict[str, str] | None = None) -> None:
+        if not cached:
+            self._add(node, tag, "ok", captured, None)
+
+    def on_packet_crash(self, node: Any, tag: Any, packet: Any, error: BaseException, captured: dict[str, str] | None = None) -> None:
+        self._add(node, tag, "failed", captured, error)
+
+    def on_node_end(self, node: Any, stats: NodeStats) -> None:
+        self.flush()
+
+    def on_run_end(self, pipeline: Any, run_id: str, stats: dict[str, NodeStats], error: BaseException | None) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        """Write buffered log records (one batch) to the database."""
+        import uuid
+
+        import pyarrow as pa
+
+        with self._lock:
+            rows, self._rows = self._rows, []
+        if not rows or self.database is None or self.record_path is None:
+            return
+        table = pa.Table.from_pylist(rows)
+        ids = pa.array([uuid.uuid4().hex for _ in rows], pa.large_string())
+        table = table.add_column(0, "__record_id", ids)
+        self.database.add_records(self.record_path, table, flush=True)
+
+    @staticmethod
+    def read(pipeline: Any, record_path: tuple[str, ...] | None = None) -> Any:
+        """The stored log records of ``pipeline`` (a pyarrow Table, or ``None``)."""
+        return pipeline.pipeline_database.get_all_records(record_path or (*pipeline.name, "_logs"))
+
+
+def format_summary(stats: Iterable[NodeStats]) -> str:
+    """A plain-text per-node summary table."""
+    rows = [("node", "kind", "rows", "computed", "cached", "failed", "seconds")]
+    rows += [(s.label, s.kind, str(s.total), str(s.computed), str(s.cached), str(s.failed), f"{s.duration_s:.2f}") for s in stats]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,262 @@
+"""Orchestrators: walk a compiled pipeline and drive its nodes.
+
+Both talk to nodes only through the node protocols (``is_source_node`` /
+``is_operator_node`` / ``is_function_node`` TypeGuards) and give the same results, errors
+included:
+
+* :class:`SyncPipelineOrchestrator` — nodes one after the other in topological order, each
+  node's whole output buffered for its consumers.
+* :class:`AsyncPipelineOrchestrator` — every node is a task; rows flow as Arrow chunks over
+  bounded channels (backpressure), fanned out to every consumer (broadcast). Function nodes
+  with one input process chunks as they arrive, so downstream work starts before upstream
+  work ends; operators (which need whole inputs) gather first.
+
+>>> pipeline.run(orchestrator=AsyncPipelineOrchestrator(buffer_size=64))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from orcapod_core.executors import run_coroutine_sync
+from orcapod_core.pipeline.nodes import (
+    FunctionNode,
+    Node,
+    is_function_node,
+    is_operator_node,
+    is_source_node,
+)
+from orcapod_core.pipeline.observers import ExecutionObserver, NodeStats, NoOpObserver
+from orcapod_core.streams import Stream, TableStream
+
+__all__ = ["SyncPipelineOrchestrator", "AsyncPipelineOrchestrator"]
+
+
+class _Run:
+    """Bookkeeping shared by both orchestrators: run id, stats, start/end events, flushing."""
+
+    def __init__(self, pipeline: Any, observer: ExecutionObserver | None, nodes: Sequence[str] | None):
+        self.pipeline = pipeline
+        self.observer = observer or NoOpObserver()
+        self.run_id = pipeline.new_run_id()
+        labels = pipeline.upstream_closure(nodes) if nodes else list(pipeline.nodes)
+        self.nodes: list[Node] = [pipeline.nodes[label] for label in labels]
+        self.stats: dict[str, NodeStats] = {}
+        self.start = time.perf_counter()
+
+    def finish(self, error: BaseException | None) -> Any:
+        from orcapod_core.pipeline.graph import RunResult
+
+        try:
+            self.pipeline.flush()
+        finally:
+            ordered = {n.label: self.stats[n.label] for n in self.nodes if n.label in self.stats}
+            self.observer.on_run_end(self.pipeline, self.run_id, ordered, error)
+        return RunResult(self.run_id, ordered, time.perf_counter() - self.start, error)
+
+
+class SyncPipelineOrchestrator:
+    """Runs nodes one at a time in topological order."""
+
+    def run(
+        self,
+        pipeline: Any,
+        *,
+        observer: ExecutionObserver | None = None,
+        executor: Any = None,
+        error_policy: str = "continue",
+        nodes: Sequence[str] | None = None,
+    ) -> Any:
+        run = _Run(pipeline, observer, nodes)
+        obs = run.observer
+        obs.on_run_start(pipeline, run.run_id)
+        error: BaseException | None = None
+        try:
+            outputs: dict[str, Stream] = {}
+            for node in run.nodes:
+                inputs = [outputs.get(u.label, u) for u in node.upstream_nodes]
+                if is_source_node(node):
+                    outputs[node.label] = node.execute(obs)
+                elif is_operator_node(node):
+                    outputs[node.label] = node.execute(*inputs, observer=obs)
+                elif is_function_node(node):
+                    stream = node.join_inputs(inputs)  # type: ignore[attr-defined]
+                    try:
+                        outputs[node.label] = node.execute(
+                            stream, obs, error_policy=error_policy, executor=executor, run_id=run.run_id
+                        )
+                    finally:
+                        if node.last_stats is not None:  # type: ignore[attr-defined]
+                            run.stats[node.label] = node.last_stats  # type: ignore[attr-defined]
+                    continue
+                else:
+                    raise TypeError(f"node {getattr(node, 'label', node)!r} implements no known node protocol")
+                run.stats[node.label] = node.last_stats
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            result = run.finish(error)
+        return result
+
+
+_DONE = object()
+
+
+class AsyncPipelineOrchestrator:
+    """Runs all nodes concurrently on bounded channels of Arrow chunks.
+
+    ``buffer_size`` bounds each channel (in chunks of up to ``chunk_rows`` rows); a full
+    channel suspends its producer (backpressure). A node's output is broadcast to every
+    consumer's channel.
+    """
+
+    def __init__(self, buffer_size: int = 64, chunk_rows: int = 1024):
+        if buffer_size < 1 or chunk_rows < 1:
+            raise ValueError("buffer_size and chunk_rows must be >= 1")
+        self.buffer_size = buffer_size
+        self.chunk_rows = chunk_rows
+
+    def run(
+        self,
+        pipeline: Any,
+        *,
+        observer: ExecutionObserver | None = None,
+        executor: Any = None,
+        error_policy: str = "continue",
+        nodes: Sequence[str] | None = None,
+    ) -> Any:
+        run = _Run(pipeline, observer, nodes)
+        run.observer.on_run_start(pipeline, run.run_id)
+        error: BaseException | None = None
+        try:
+            run_coroutine_sync(self._run_all(run, executor, error_policy))
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            result = run.finish(error)
+        return result
+
+    async def _run_all(self, run: _Run, executor: Any, error_policy: str) -> None:
+        included = {n.label for n in run.nodes}
+        consumers: dict[str, list[asyncio.Queue]] = {n.label: [] for n in run.nodes}
+        inboxes: dict[str, list[asyncio.Queue]] = {}
+        for node in run.nodes:
+            inboxes[node.label] = []
+            for up in node.upstream_nodes:
+                if up.label in included:
+                    q: asyncio.Queue = asyncio.Queue(maxsize=self.buffer_size)
+                    consumers[up.label].append(q)
+                    inboxes[node.label].append(q)
+        tasks = [
+            asyncio.create_task(self._run_node(node, run, inboxes[node.label], consumers[node.label], executor, error_policy), name=node.label)
+            for node in run.nodes
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def _emit(self, table: pa.Table, outboxes: list[asyncio.Queue]) -> None:
+        for start in range(0, max(table.num_rows, 1), self.chunk_rows):
+            chunk = table.slice(start, self.chunk_rows)
+            for q in outboxes:
+                await q.put(chunk)
+        for q in outboxes:
+            await q.put(_DONE)
+
+    @staticmethod
+    async def _gather_input(up: Node, inbox: asyncio.Queue | None) -> Stream:
+        """Wait until ``up`` has sent its whole output. The node itself then holds that output
+        (it is set before the end-of-stream marker is sent) with its identity intact, which a
+        consumer needs: multi-input joins name system tags by their inputs' pipeline hashes."""
+        if inbox is not None:
+            while await inbox.get() is not _DONE:
+                pass
+        return up
+
+    async def _run_node(
+        self,
+        node: Node,
+        run: _Run,
+        inbox_list: list[asyncio.Queue],
+        outboxes: list[asyncio.Queue],
+        executor: Any,
+        error_policy: str,
+    ) -> None:
+        obs = run.observer
+        inboxes = iter(inbox_list)
+        ups = [(up, next(inboxes) if any(up is n for n in run.nodes) else None) for up in node.upstream_nodes]
+        if is_source_node(node):
+            out = await asyncio.to_thread(node.execute, obs)
+            run.stats[node.label] = node.last_stats
+            await self._emit(out._table(), outboxes)
+            return
+        if is_function_node(node) and len(ups) == 1 and ups[0][1] is not None:
+            await self._stream_function(node, run, ups[0][0], ups[0][1], outboxes, executor, error_policy)
+            return
+        inputs = [await self._gather_input(up, inbox) for up, inbox in ups]
+        if is_operator_node(node):
+            out = await asyncio.to_thread(lambda: node.execute(*inputs, observer=obs))
+            run.stats[node.label] = node.last_stats
+        elif is_function_node(node):
+            stream = node.join_inputs(inputs)  # type: ignore[attr-defined]
+            try:
+                out = await asyncio.to_thread(
+                    lambda: node.execute(stream, obs, error_policy=error_policy, executor=executor, run_id=run.run_id)
+                )
+            finally:
+                if node.last_stats is not None:
+                    run.stats[node.label] = node.last_stats
+        else:
+            raise TypeError(f"node {getattr(node, 'label', node)!r} implements no known node protocol")
+        await self._emit(out._table(), outboxes)
+
+    async def _stream_function(
+        self,
+        node: FunctionNode,
+        run: _Run,
+        up: Node,
+        inbox: asyncio.Queue,
+        outboxes: list[asyncio.Queue],
+        executor: Any,
+        error_policy: str,
+    ) -> None:
+        """Process a single-input function node chunk by chunk as its input arrives."""
+        obs = run.observer
+        started = time.perf_counter()
+        total = NodeStats(node.label, node.kind)
+        outputs = []
+        obs.on_node_start(node, 0)
+        try:
+            while (chunk := await inbox.get()) is not _DONE:
+                stream = TableStream(chunk, up.layout.tag_columns, layout=up.layout)
+                table, stats = await asyncio.to_thread(
+                    lambda: node._assemble(
+                        stream, compute=True, observer=obs, error_policy=error_policy, executor=executor, run_id=run.run_id, report=False
+                    )
+                )
+                for name in ("total", "computed", "cached", "failed"):
+                    setattr(total, name, getattr(total, name) + getattr(stats, name))
+                total.errors.extend(stats.errors)
+                outputs.append(table)
+                for q in outboxes:
+                    await q.put(table)
+        finally:
+            total.duration_s = time.perf_counter() - started
+            node.last_stats = total
+            run.stats[node.label] = total
+            out = pa.concat_tables(outputs) if outputs else node.layout.schema.empty_table()
+            node._set_output(out)
+            obs.on_node_end(node, total)
+        for q in outboxes:
+            await q.put(_DONE)

@@ -1,0 +1,255 @@
+"""ResultCache: function outputs stored by input-packet content hash (orcapod PR #84).
+
+One table per function identity (``record_path``). Each record holds the input packet hash
+(its record id), the output columns, the execution context as typed columns
+(``__variation_<k>`` and ``__execution_<k>``; ``dict[str, str]`` values as Arrow maps) and
+``__stored_at``. When a hash has several records (e.g. racing writers on an object store),
+the most recent wins.
+
+:class:`CachedPacketFunction` and :class:`CachedFunctionPod` both delegate to it; the key is
+the input packet hash only, so the same packet under different tags is one computation.
+
+>>> cache = ResultCache(InMemoryArrowDatabase(), ("results", "double", "v0", "abc"))  # doctest: +SKIP
+>>> cached = CachedPacketFunction(double.pod.packet_function, cache)                  # doctest: +SKIP
+>>> cached.call({"x": 2}), cached.call({"x": 2})   # the second call is a lookup     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from orcapod_core.databases import ArrowDatabase
+from orcapod_core.function_pod import BatchResult, FunctionPod, PythonPacketFunction
+from orcapod_core.hashing import digests_to_hex, hash_rows
+from orcapod_core.types import Schema, arrow_field
+
+__all__ = [
+    "PACKET_HASH_COLUMN",
+    "STORED_AT_COLUMN",
+    "ResultCache",
+    "CachedPacketFunction",
+    "CachedFunctionPod",
+    "result_record_path",
+]
+
+PACKET_HASH_COLUMN = "__packet_hash"
+STORED_AT_COLUMN = "__stored_at"
+VARIATION_PREFIX = "__variation_"
+EXECUTION_PREFIX = "__execution_"
+
+
+def result_record_path(packet_function: Any, prefix: Sequence[str] = ("results",)) -> tuple[str, ...]:
+    """Where a function's results live: ``(*prefix, name, version, identity hex[:16])``."""
+    return (*prefix, *packet_function.uri.split("/"))
+
+
+def _as_hex_array(packet_hashes: Any) -> pa.Array:
+    if isinstance(packet_hashes, pa.ChunkedArray):
+        packet_hashes = packet_hashes.combine_chunks()
+    if isinstance(packet_hashes, pa.Array):
+        if pa.types.is_fixed_size_binary(packet_hashes.type):
+            return digests_to_hex(packet_hashes)
+        return packet_hashes.cast(pa.large_string())
+    return pa.array(list(packet_hashes), pa.large_string())
+
+
+def _constant_column(value: Any, field: pa.Field, n: int) -> pa.Array:
+    one = pa.array([value], field.type)
+    return one.take(pa.repeat(pa.scalar(0, pa.int64()), n)) if n else one.slice(0, 0)
+
+
+class ResultCache:
+    """Stores and looks up function results by input packet hash (hex)."""
+
+    def __init__(self, database: ArrowDatabase, record_path: Sequence[str]):
+        self.database = database
+        self.record_path = tuple(record_path)
+
+    def __repr__(self) -> str:
+        return f"ResultCache({self.record_path!r})"
+
+    def lookup(self, packet_hashes: Any, additional_constraints: Mapping[str, Any] | None = None) -> pa.Table:
+        """Records for the given input packet hashes (hex strings or 32-byte digests), one per
+        hash found (most recent wins), optionally filtered by column equalities. One query."""
+        hexes = _as_hex_array(packet_hashes)
+        found = self.database.get_records_by_ids(self.record_path, hexes) if len(hexes) else None
+        if found is None or found.num_rows == 0:
+            return self._empty()
+        if additional_constraints:
+            mask = None
+            for column, value in additional_constraints.items():
+                if column not in found.column_names:
+                    return self._empty(found.schema)
+                cond = pc.is_null(found.column(column)) if value is None else pc.equal(found.column(column), value)
+                mask = cond if mask is None else pc.and_(mask, cond)
+            found = found.filter(mask)
+        return _most_recent(found)
+
+    def _empty(self, schema: pa.Schema | None = None) -> pa.Table:
+        if schema is None:
+            schema = pa.schema([pa.field(PACKET_HASH_COLUMN, pa.large_string(), False)])
+        return schema.empty_table()
+
+    def store(
+        self,
+        packet_hashes: Any,
+        outputs: pa.Table,
+        variation_data: Mapping[str, Any] | None = None,
+        execution_data: Mapping[str, Any] | None = None,
+        *,
+        variation_schema: Mapping[str, Any] | None = None,
+        execution_schema: Mapping[str, Any] | None = None,
+        flush: bool = False,
+    ) -> int:
+        """Store one record per row of ``outputs`` keyed by its input packet hash, with the
+        execution context as typed columns. Returns how many records were new."""
+        hexes = _as_hex_array(packet_hashes)
+        n = outputs.num_rows
+        if len(hexes) != n:
+            raise ValueError(f"{len(hexes)} packet hashes for {n} output rows")
+        table = outputs.add_column(0, pa.field(PACKET_HASH_COLUMN, pa.large_string(), False), hexes)
+        for prefix, data, schema in (
+            (VARIATION_PREFIX, variation_data, variation_schema),
+            (EXECUTION_PREFIX, execution_data, execution_schema),
+        ):
+            if not data:
+                continue
+            types = Schema(schema) if schema is not None else Schema({k: str for k in data})
+            for key, tp in types.items():
+                field = arrow_field(prefix + key, tp)
+                table = table.append_column(field, _constant_column(data.get(key), field, n))
+        now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+        table = table.append_column(
+            pa.field(STORED_AT_COLUMN, pa.timestamp("us"), False), _constant_column(now, pa.field("t", pa.timestamp("us")), n)
+        )
+        return self.database.add_records(self.record_path, table, record_id_column=PACKET_HASH_COLUMN, flush=flush)
+
+    def get_all_records(self) -> pa.Table | None:
+        """Every stored result (most recent per hash), or ``None`` if nothing was stored."""
+        table = self.database.get_all_records(self.record_path)
+        return None if table is None else _most_recent(table)
+
+    def flush(self) -> None:
+        self.database.flush_path(self.record_path)
+
+
+def _most_recent(table: pa.Table) -> pa.Table:
+    """Keep the newest record per packet hash (no-op when hashes are unique)."""
+    hashes = table.column(PACKET_HASH_COLUMN)
+    if pc.count_distinct(hashes).as_py() == table.num_rows:
+        return table
+    idx = (
+        pl.DataFrame({"h": pl.from_arrow(hashes), "t": pl.from_arrow(table.column(STORED_AT_COLUMN))})
+        .with_row_index("i")
+        .sort(["h", "t", "i"], descending=[False, True, False])
+        .unique(subset="h", keep="first", maintain_order=True)
+        .sort("i")["i"]
+    )
+    return table.take(idx.to_arrow())
+
+
+class CachedPacketFunction:
+    """A packet function whose results go through a :class:`ResultCache`: a packet whose hash
+    is stored is looked up, never recomputed. Same interface as the function it wraps."""
+
+    def __init__(self, packet_function: PythonPacketFunction, result_cache: ResultCache):
+        self._pf = packet_function
+        self.result_cache = result_cache
+
+    def __getattr__(self, name: str) -> Any:  # identity, schemas, uri, executor... are the function's
+        return getattr(self._pf, name)
+
+    @property
+    def packet_function(self) -> PythonPacketFunction:
+        return self._pf
+
+    def __repr__(self) -> str:
+        return f"CachedPacketFunction({self._pf!r}, {self.result_cache!r})"
+
+    def _store(self, hashes: pa.Array, outputs: pa.Table) -> None:
+        self.result_cache.store(
+            hashes,
+            outputs,
+            self._pf.get_function_variation_data(),
+            self._pf.get_execution_data(),
+            variation_schema=self._pf.get_function_variation_data_schema(),
+            execution_schema=self._pf.get_execution_data_schema(),
+        )
+
+    def _hash(self, table: pa.Table) -> pa.FixedSizeBinaryArray:
+        return hash_rows(table, [c for c in self._pf.input_schema if c in table.column_names])
+
+    def call(self, packet: Mapping[str, Any]) -> dict[str, Any]:
+        """One packet: a stored result if its hash is known, else computed and stored."""
+        schema = pa.schema([arrow_field(k, self._pf.input_schema[k]) for k in packet if k in self._pf.input_schema])
+        table = pa.Table.from_pylist([dict(packet)], schema=schema)
+        result = self.call_batch(table, fail_fast=True)
+        if result.errors:
+            raise next(iter(result.errors.values()))
+        return result.table.to_pylist(maps_as_pydicts="strict")[0]
+
+    def call_batch(
+        self,
+        table: pa.Table,
+        *,
+        fail_fast: bool = False,
+        packet_hashes: pa.Array | None = None,
+        executor: Any = None,
+        capture: bool = False,
+    ) -> BatchResult:
+        """Bulk: one lookup for all rows, compute only the misses, store them, return all."""
+        hashes = packet_hashes if packet_hashes is not None else self._hash(table)
+        hexes = _as_hex_array(hashes)
+        found = self.result_cache.lookup(hexes)
+        keys = list(self._pf.output_keys)
+        if found.num_rows:
+            position = pc.index_in(hexes, value_set=found.column(PACKET_HASH_COLUMN))
+            hit = pc.is_valid(position)
+        else:
+            position, hit = None, pa.array([False] * table.num_rows)
+        miss_rows = pc.indices_nonzero(pc.invert(hit))
+        computed = (
+            self._pf.call_batch(table.take(miss_rows), fail_fast=fail_fast, executor=executor, capture=capture)
+            if len(miss_rows)
+            else None
+        )
+        errors: dict[int, BaseException] = {}
+        captured: dict[int, dict[str, str]] = {}
+        parts = []
+        if computed is not None:
+            miss = miss_rows.to_pylist()
+            errors = {miss[i]: e for i, e in computed.errors.items()}
+            captured = {miss[i]: c for i, c in computed.captured.items()}
+            ok_rows = pa.array([miss[i] for i in computed.rows], pa.int64())
+            if computed.table.num_rows:
+                self._store(hexes.take(ok_rows), computed.table)
+            parts.append((ok_rows, computed.table))
+        if found.num_rows:
+            hit_rows = pc.indices_nonzero(hit)
+            parts.append((hit_rows.cast(pa.int64()), found.select(keys).take(position.filter(hit)).cast(self._pf.output_arrow_schema)))
+        if not parts:
+            return BatchResult(self._pf.output_arrow_schema.empty_table(), [], errors, captured)
+        rows = pa.concat_arrays([p[0].cast(pa.int64()) for p in parts])
+        out = pa.concat_tables([p[1].cast(self._pf.output_arrow_schema) for p in parts])
+        order = pc.sort_indices(rows)
+        return BatchResult(out.take(order), rows.take(order).to_pylist(), errors, captured)
+
+
+class CachedFunctionPod(FunctionPod):
+    """A function pod whose packets go through a :class:`ResultCache` (key: input packet hash)."""
+
+    def __init__(self, pod: FunctionPod | PythonPacketFunction, result_cache: ResultCache):
+        pf = pod.packet_function if isinstance(pod, FunctionPod) else pod
+        super().__init__(pf)
+        self.result_cache = result_cache
+        self._cached = CachedPacketFunction(pf, result_cache)
+
+    @property
+    def computing_function(self) -> CachedPacketFunction:
+        return self._cached
