@@ -201,6 +201,10 @@ def _as_array(where: str, column: str, values: Any, dtype: pa.DataType) -> pa.Ar
         ) from exc
 
 
+#: Above this many values, an "is one of" condition is applied after reading (see _scan_committed).
+_PUSHDOWN_MAX_VALUES = 1000
+
+
 def _expression(conditions: Sequence[Condition]) -> pc.Expression | None:
     expr = None
     for column, values in conditions:
@@ -273,12 +277,13 @@ class BufferedArrowDatabase:
 
     # ---- primitives a backend provides ----------------------------------------------------
 
-    def _committed_schema(self, key: RecordPath) -> pa.Schema | None:
+    def _committed_schema(self, key: RecordPath, fresh: bool = True) -> pa.Schema | None:
         """Normalized schema of the committed table, ``None`` if it does not exist (fresh)."""
         raise NotImplementedError
 
-    def _committed_ids(self, key: RecordPath) -> set[str] | frozenset[str]:
-        """Every committed record id (fresh); read-only for the caller."""
+    def _committed_ids(self, key: RecordPath, fresh: bool = True) -> set[str] | frozenset[str]:
+        """Every committed record id; read-only for the caller. ``fresh=False`` may answer from
+        what this handle last saw (used when buffering: the flush re-checks under the lock)."""
         raise NotImplementedError
 
     def _scan(self, key: RecordPath, columns: list[str] | None, expr: pc.Expression | None) -> pa.Table | None:
@@ -332,7 +337,9 @@ class BufferedArrowDatabase:
         table = self._prepare(key, where, table, record_id_column)
         with self._lock:
             pending = self._pending.get(key)
-            committed_schema = self._committed_schema(key)
+            # Buffering checks against what this handle last saw; the flush re-checks fresh state
+            # under the commit lock, so adds stay cheap (no round trip to the store per call).
+            committed_schema = self._committed_schema(key, fresh=False)
             if committed_schema is not None and RECORD_ID_COLUMN not in committed_schema.names:
                 raise CorruptStoreError(f"table {where} has no {RECORD_ID_COLUMN!r} column: it is not a record table")
             current = _union(committed_schema, pending.schema if pending else None)
@@ -396,7 +403,7 @@ class BufferedArrowDatabase:
     def _buffer(self, key: RecordPath, where: str, table: pa.Table, schema: pa.Schema, skip_duplicates: bool) -> int:
         if table.num_rows == 0:
             return 0
-        committed = self._committed_ids(key)
+        committed = self._committed_ids(key, fresh=False)
         pending = self._pending.get(key)
         pending_ids = pending.ids if pending is not None else set()
         ids = table[RECORD_ID_COLUMN].to_pylist()
@@ -575,6 +582,20 @@ class BufferedArrowDatabase:
             elif values is not None:
                 return None
         columns = None if read is None else [c for c in read if c in stored.names]
+        if any(values is not None and len(values) > _PUSHDOWN_MAX_VALUES for _, values in kept):
+            # Pushing a large "is one of" set into the scan makes the reader evaluate it against
+            # every row group's statistics, which costs far more than reading the few needed
+            # columns whole and filtering them in memory with one hash lookup per row.
+            wanted = None if columns is None else list(dict.fromkeys([*columns, *(c for c, _ in kept)]))
+            table = self._scan(key, wanted, None)
+            if table is None:
+                return None
+            mask = None
+            for column, values in kept:
+                cond = pc.is_null(table[column]) if values is None else pc.is_in(table[column], value_set=values)
+                mask = cond if mask is None else pc.and_(mask, cond)
+            table = table.filter(mask)
+            return table if columns is None else table.select(columns)
         return self._scan(key, columns, _expression(kept))
 
     def get_records_by_ids(self, record_path: Sequence[str], ids: Sequence[str] | pa.Array) -> pa.Table | None:

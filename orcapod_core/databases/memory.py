@@ -59,11 +59,11 @@ class InMemoryArrowDatabase(BufferedArrowDatabase):
 
     # ---- committed-side primitives -------------------------------------------------------------
 
-    def _committed_schema(self, key: RecordPath) -> pa.Schema | None:
+    def _committed_schema(self, key: RecordPath, fresh: bool = True) -> pa.Schema | None:
         table = self._tables.get(key)
         return None if table is None else table.schema
 
-    def _committed_ids(self, key: RecordPath) -> set[str] | frozenset[str]:
+    def _committed_ids(self, key: RecordPath, fresh: bool = True) -> set[str] | frozenset[str]:
         table = self._tables.get(key)
         return _NO_IDS if table is None else table.ids
 

@@ -69,6 +69,7 @@ ENTRY_ID_COLUMN = RECORD_ID_COLUMN
 COMPUTED_COLUMN = "__computed"
 INPUT_SOURCE_COLUMN = "__input_source_info"
 RUN_ID_COLUMN = "__run_id"
+NODE_CONTENT_COLUMN = "__node_content_hash"  # operator logs: which input a row was logged for
 _INPUT_SOURCE_TYPE = pa.map_(pa.field("key", pa.large_string(), False), pa.field("value", pa.large_string(), True))
 
 
@@ -207,10 +208,14 @@ class OperatorNode(Node):
         return self.operator.compute(*self.upstream_nodes)
 
     def _stored_rows(self) -> pa.Table:
-        stored = self.database.get_all_records(self.record_path)
+        # The log table is shared by every input of this shape (its path is keyed by the
+        # pipeline hash): replay only the rows logged for this node's current input.
+        if not self.database.has_table(self.record_path):
+            return self.layout.schema.empty_table()
+        stored = self.database.get_records_where(self.record_path, {NODE_CONTENT_COLUMN: self.content_hash().to_string()})
         if stored is None:
             return self.layout.schema.empty_table()
-        return stored.select(self.layout.schema.names)
+        return conform(stored.select(self.layout.schema.names), self.layout)
 
     def execute(self, *inputs: Stream, observer: ExecutionObserver | None = None) -> Stream:
         """Compute the operator on ``inputs`` (or replay stored rows); LOG stores new rows."""
@@ -222,9 +227,11 @@ class OperatorNode(Node):
         else:
             table = conform(self.operator.compute(*(inputs or self.upstream_nodes)), self.layout)
             if self.cache_mode is CacheMode.LOG and table.num_rows:
-                ids = digests_to_hex(hash_rows(table))
+                content = pa.repeat(pa.scalar(self.content_hash().to_string(), pa.large_string()), table.num_rows)
+                logged = table.append_column(pa.field(NODE_CONTENT_COLUMN, pa.large_string(), False), content)
+                ids = digests_to_hex(hash_rows(logged))  # row + input identity: dedup per input
                 self.database.add_records(
-                    self.record_path, table.append_column(pa.field(RECORD_ID_COLUMN, pa.large_string(), False), ids)
+                    self.record_path, logged.append_column(pa.field(RECORD_ID_COLUMN, pa.large_string(), False), ids)
                 )
                 self.database.flush_path(self.record_path)
         self._set_output(table)
@@ -250,7 +257,10 @@ class FunctionNode(Node):
     hash (the shared result cache)."""
 
     kind = "function"
-    chunk_size = 256  # packets per executor batch: the unit of progress, observer events and writes
+    # Packets go to the executor in chunks — the unit of progress reports, observer events and
+    # result writes. Chunks start small and grow while they finish fast (cheap functions pay
+    # little per-chunk overhead), and shrink when slow (expensive functions still report often).
+    min_chunk, max_chunk, target_chunk_s = 16, 16_384, 0.5
 
     def __init__(
         self,
@@ -478,10 +488,12 @@ class FunctionNode(Node):
         capture = getattr(observer, "wants_captured_output", False)
         done = 0
         total = len(missing)
-        for start in range(0, total, self.chunk_size):
-            chunk = packets.slice(start, self.chunk_size)
-            chunk_hashes = missing.slice(start, self.chunk_size)
-            chunk_rows = first_rows.slice(start, self.chunk_size)
+        size = self.min_chunk
+        while done < total:
+            started = time.perf_counter()
+            chunk = packets.slice(done, size)
+            chunk_hashes = missing.slice(done, size)
+            chunk_rows = first_rows.slice(done, size)
             tags = packets_objs = None
             if wants_events:
                 tags, packets_objs = self._objects(table, layout, chunk_rows)
@@ -493,7 +505,7 @@ class FunctionNode(Node):
             if result.table.num_rows:
                 ok = pa.array(list(result.rows), pa.int64())
                 ok_hashes = chunk_hashes.take(ok)
-                cached_fn._store(ok_hashes, result.table)
+                cached_fn._store(ok_hashes, result.table, executor)
                 computed_tables.append(result.table)
                 computed_hashes.append(ok_hashes)
             if wants_events:
@@ -514,6 +526,11 @@ class FunctionNode(Node):
             progress = getattr(observer, "on_node_progress", None)
             if progress is not None:
                 progress(self, done, total)
+            elapsed = time.perf_counter() - started
+            if elapsed < self.target_chunk_s / 2:
+                size = min(size * 2, self.max_chunk)
+            elif elapsed > self.target_chunk_s * 2:
+                size = max(size // 2, self.min_chunk)
         return None
 
     def _objects(self, table: pa.Table, layout: StreamLayout, rows: pa.Array) -> tuple[list[Tag], list[Packet]]:
