@@ -32,6 +32,7 @@ ui: install $(DAGSTER_HOME)/dagster.yaml
 
 bench: install
 	$(BIN)/python benchmarks/bench_core.py
+	$(BIN)/python benchmarks/bench_pipeline.py
 
 clean:
 	rm -rf $(VENV) .orcapod .dagster

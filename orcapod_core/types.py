@@ -284,6 +284,11 @@ def canonical_arrow_type(dtype: pa.DataType, where: str = "type") -> pa.DataType
             pa.field("key", pa.large_string(), nullable=False),
             item.with_type(canonical_arrow_type(item.type, where)).with_name("value"),
         )
+    if pa.types.is_struct(dtype):
+        raise UnsupportedTypeError(
+            f"{where}: Arrow type {dtype} (a struct, e.g. inferred from Python dicts) is not in the orcapod "
+            f"type table; declare the column as a map, e.g. schema={{...: dict[str, str]}}"
+        )
     raise UnsupportedTypeError(f"{where}: Arrow type {dtype} is not in the orcapod type table")
 
 
