@@ -58,3 +58,8 @@ class PipelineLoadError(OrcapodError):
 
 class PacketComputationError(OrcapodError):
     """A user function raised while computing one packet (the original is the ``__cause__``)."""
+
+
+class NotMaterializedError(OrcapodError, LookupError):
+    """A node's output was asked for as of a materialization that does not exist (never
+    materialized, or its snapshot is missing from the store); the message names the node/asset."""

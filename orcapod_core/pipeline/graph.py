@@ -193,10 +193,15 @@ class Pipeline:
             nodes[label] = node
         self._invocations.clear()
         self._nodes = _topological(nodes)
+        for node in self._nodes.values():
+            node.pipeline_name = self.name
         return self._nodes
 
     def _path(self, label: str, stream: Stream) -> tuple[str, ...]:
-        return validate_record_path((*self.name, label, stream.pipeline_hash().to_hex(16)))
+        try:
+            return validate_record_path((*self.name, label, stream.pipeline_hash().to_hex(16)))
+        except InvalidPathError as exc:  # e.g. a label too long to be a table name
+            raise InvalidLabelError(f"invalid label {label!r}: {exc}") from exc
 
     # -- access ---------------------------------------------------------------------------
     @property
@@ -238,12 +243,18 @@ class Pipeline:
         error_policy: str = "continue",
         *,
         nodes: Sequence[str] | None = None,
+        include_upstream: bool = True,
     ) -> RunResult:
         """Run the pipeline (or the ``nodes`` given): compute only what is missing.
 
         ``error_policy="continue"`` reports failing packets (observer + ``failed`` count) and
         stores everything else; ``"fail_fast"`` raises the first error after committing what
         was already computed.
+
+        ``nodes`` run together with every node they depend on; with ``include_upstream=False``
+        only the ``nodes`` themselves run, and the upstream nodes they read are not executed:
+        they serve their current rows (e.g. rows pinned with
+        :func:`~orcapod_core.pipeline.snapshots.pinned_outputs`).
         """
         from orcapod_core.pipeline.orchestrators import SyncPipelineOrchestrator
 
@@ -252,8 +263,10 @@ class Pipeline:
         if self._tracking is not None:
             raise RuntimeError("run the pipeline after its `with` block has closed")
         orchestrator = orchestrator or SyncPipelineOrchestrator()
+        # Passed only when set, so orchestrators written before the option keep working.
+        extra = {} if include_upstream else {"include_upstream": False}
         return orchestrator.run(
-            self, observer=observer, executor=executor, error_policy=error_policy, nodes=list(nodes) if nodes else None
+            self, observer=observer, executor=executor, error_policy=error_policy, nodes=list(nodes) if nodes else None, **extra
         )
 
     def flush(self) -> None:
@@ -265,6 +278,10 @@ class Pipeline:
     @staticmethod
     def new_run_id() -> str:
         return f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+
+
+# Every public Pipeline attribute (methods included), so ``pipeline.<label>`` always means the node.
+_RESERVED |= {n for n in dir(Pipeline) if not n.startswith("_")} | {"operator_cache_mode"}
 
 
 def _topological(nodes: dict[str, Node]) -> dict[str, Node]:

@@ -95,6 +95,8 @@ class Node(Stream):
 
     kind: str = "node"
     load_status: LoadStatus = LoadStatus.FULL
+    #: Name of the pipeline that compiled this node (set by ``Pipeline.compile``).
+    pipeline_name: tuple[str, ...] = ()
 
     def __init__(self, label: str, upstream_nodes: Sequence[Node], database: ArrowDatabase, record_path: tuple[str, ...]):
         self.label = label

@@ -40,11 +40,17 @@ __all__ = ["SyncPipelineOrchestrator", "AsyncPipelineOrchestrator"]
 class _Run:
     """Bookkeeping shared by both orchestrators: run id, stats, start/end events, flushing."""
 
-    def __init__(self, pipeline: Any, observer: ExecutionObserver | None, nodes: Sequence[str] | None):
+    def __init__(
+        self, pipeline: Any, observer: ExecutionObserver | None, nodes: Sequence[str] | None, include_upstream: bool = True
+    ):
         self.pipeline = pipeline
         self.observer = observer or NoOpObserver()
         self.run_id = pipeline.new_run_id()
-        labels = pipeline.upstream_closure(nodes) if nodes else list(pipeline.nodes)
+        if nodes and not include_upstream:  # exactly these nodes; upstream ones serve their current rows
+            named = set(pipeline.upstream_closure(nodes)) & set(nodes)  # upstream_closure validates the labels
+            labels = [label for label in pipeline.nodes if label in named]
+        else:
+            labels = pipeline.upstream_closure(nodes) if nodes else list(pipeline.nodes)
         self.nodes: list[Node] = [pipeline.nodes[label] for label in labels]
         self.stats: dict[str, NodeStats] = {}
         self.start = time.perf_counter()
@@ -71,8 +77,9 @@ class SyncPipelineOrchestrator:
         executor: Any = None,
         error_policy: str = "continue",
         nodes: Sequence[str] | None = None,
+        include_upstream: bool = True,
     ) -> Any:
-        run = _Run(pipeline, observer, nodes)
+        run = _Run(pipeline, observer, nodes, include_upstream)
         obs = run.observer
         obs.on_run_start(pipeline, run.run_id)
         error: BaseException | None = None
@@ -130,8 +137,9 @@ class AsyncPipelineOrchestrator:
         executor: Any = None,
         error_policy: str = "continue",
         nodes: Sequence[str] | None = None,
+        include_upstream: bool = True,
     ) -> Any:
-        run = _Run(pipeline, observer, nodes)
+        run = _Run(pipeline, observer, nodes, include_upstream)
         run.observer.on_run_start(pipeline, run.run_id)
         error: BaseException | None = None
         try:
@@ -204,7 +212,9 @@ class AsyncPipelineOrchestrator:
         if is_function_node(node) and len(ups) == 1 and ups[0][1] is not None:
             await self._stream_function(node, run, ups[0][0], ups[0][1], outboxes, executor, error_policy)
             return
-        inputs = [await self._gather_input(up, inbox) for up, inbox in ups]
+        # Drain every inbox at once: reading them one after the other deadlocks a diamond
+        # (A feeds B and C, C = f(B, A)) once A's channel to C is full while C waits on B.
+        inputs = list(await asyncio.gather(*(self._gather_input(up, inbox) for up, inbox in ups)))
         if is_operator_node(node):
             out = await asyncio.to_thread(lambda: node.execute(*inputs, observer=obs))
             run.stats[node.label] = node.last_stats

@@ -1,0 +1,23 @@
+"""orcapod_dagster: compiled orcapod pipelines as Dagster assets.
+
+Each compiled node is a Dagster asset; the IO manager is the orcapod Delta Lake store, so
+Dagster schedules, lineage and UI sit on top of packet-level memoization.
+
+>>> from example_project.pipeline import build_pipeline          # doctest: +SKIP
+>>> defs = build_definitions(build_pipeline(".orcapod"), schedule="0 * * * *")  # doctest: +SKIP
+"""
+
+from orcapod_dagster.assets import orcapod_assets
+from orcapod_dagster.definitions import build_definitions
+from orcapod_dagster.io_manager import OrcapodIOManager
+from orcapod_dagster.observer import DagsterLogObserver
+from orcapod_dagster.translator import OrcapodTranslator, OrcapodTranslatorSettings
+
+__all__ = [
+    "OrcapodTranslator",
+    "OrcapodTranslatorSettings",
+    "orcapod_assets",
+    "build_definitions",
+    "OrcapodIOManager",
+    "DagsterLogObserver",
+]

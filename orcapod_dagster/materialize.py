@@ -1,0 +1,161 @@
+"""What an orcapod asset step does: run the selected nodes, snapshot them, report to Dagster.
+
+1. The upstream nodes the selected nodes read but do not run are **pinned** to the rows of
+   their latest materialization (a missing one raises
+   :class:`~orcapod_core.errors.NotMaterializedError` naming the asset).
+2. The selected nodes run together with the orchestrator — nothing upstream of them is
+   recomputed — with ``error_policy="continue"``: a failing packet never loses the others.
+3. Each node's output is saved as a snapshot (its data version = a hash over its rows) and
+   reported in topological order as a ``MaterializeResult`` with counts, hashes, the pinning
+   snapshot and a preview, plus the node's check results.
+4. ``on_packet_error="raise"`` withholds nodes with failed packets (and what is downstream of
+   them) and fails the step; ``"warn"`` materializes them and the ``no_failed_packets`` check
+   reports the failures. Either way a rerun computes only the missing packets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+
+from orcapod_core.errors import InvalidLabelError
+from orcapod_core.pipeline import Node, NodeStats, Pipeline
+from orcapod_core.pipeline.snapshots import pinned_outputs, save_snapshot
+from orcapod_core.streams import Stream
+from orcapod_dagster.checks import evaluate_checks
+from orcapod_dagster.metadata import materialization_metadata
+from orcapod_dagster.observer import DagsterLogObserver
+from orcapod_dagster.store import latest_output
+from orcapod_dagster.translator import OrcapodTranslator
+
+__all__ = ["PipelineAssets", "ON_PACKET_ERROR"]
+
+ON_PACKET_ERROR = ("raise", "warn")
+
+
+@dataclass
+class PipelineAssets:
+    """A pipeline as seen by its Dagster assets: node keys and how their steps run."""
+
+    pipeline: Pipeline
+    translator: OrcapodTranslator
+    on_packet_error: str = "raise"
+    orchestrator: Any = None
+    function_executor: Any = None
+
+    def __post_init__(self) -> None:
+        if self.on_packet_error not in ON_PACKET_ERROR:
+            raise ValueError(f"on_packet_error must be one of {ON_PACKET_ERROR}, got {self.on_packet_error!r}")
+        self.keys: dict[str, dg.AssetKey] = {}
+        owner: dict[dg.AssetKey, str] = {}
+        for label, node in self.pipeline.nodes.items():
+            key = self.translator.get_asset_key(node)
+            if key in owner:
+                raise InvalidLabelError(
+                    f"nodes {owner[key]!r} and {label!r} of pipeline {'/'.join(self.pipeline.name)!r} both map to "
+                    f"asset key {key.to_user_string()!r}; give one of them another label"
+                )
+            owner[key] = label
+            self.keys[label] = key
+        self.labels: dict[dg.AssetKey, str] = owner
+
+    # -- selection ---------------------------------------------------------------------
+    def selected_labels(self, context: dg.AssetExecutionContext) -> list[str]:
+        """The selected nodes, in topological order."""
+        selected = {self.labels[k] for k in context.selected_asset_keys if k in self.labels}
+        return [label for label in self.pipeline.nodes if label in selected]
+
+    def frontier(self, labels: Sequence[str]) -> list[Node]:
+        """Upstream nodes read by ``labels`` but not among them."""
+        chosen = set(labels)
+        seen: dict[str, Node] = {}
+        for label in labels:
+            for up in self.pipeline.nodes[label].upstream_nodes:
+                if up.label not in chosen:
+                    seen.setdefault(up.label, up)
+        return [self.pipeline.nodes[label] for label in self.pipeline.nodes if label in seen]
+
+    def pins_from_store(self, context: dg.AssetExecutionContext, labels: Sequence[str]) -> dict[Node, Stream]:
+        """The frontier of ``labels`` read as of each node's latest materialization."""
+        consumer = ", ".join(self.keys[label].to_user_string() for label in labels)
+        pins: dict[Node, Stream] = {}
+        for node in self.frontier(labels):
+            output = latest_output(context.instance, self.keys[node.label], consumer=consumer)
+            pins[node] = output.read_snapshot(node.database, layout=node.layout)
+        return pins
+
+    # -- the step ----------------------------------------------------------------------
+    def materialize(
+        self, context: dg.AssetExecutionContext, labels: Sequence[str], pins: Mapping[Node, Stream]
+    ) -> Iterator[dg.MaterializeResult]:
+        """Run ``labels`` on the pinned upstream rows and yield their results in topological order."""
+        # Checks selected without their asset are evaluated against what is stored.
+        yield from self.stored_checks(context, skip=labels)
+        if not labels:
+            return
+        nodes = self.pipeline.nodes
+        with pinned_outputs(pins):
+            result = self.pipeline.run(
+                orchestrator=self.orchestrator,
+                executor=self.function_executor,
+                observer=DagsterLogObserver(context.log),
+                error_policy="continue",
+                nodes=list(labels),
+                include_upstream=False,
+            )
+        failed = [label for label in labels if label in result.stats and result.stats[label].failed]
+        withheld = self._withheld(labels, failed)
+        selected_checks = set(context.selected_asset_check_keys)
+        blocking = self.translator.settings.blocking_failed_packets
+        for label in labels:
+            if label in withheld:
+                continue
+            node, key, stats = nodes[label], self.keys[label], result.stats.get(label)
+            snapshot = save_snapshot(node)
+            checks = evaluate_checks(node, key, stats, selected_checks, blocking) if node.kind == "function" else []  # type: ignore[arg-type]
+            yield dg.MaterializeResult(
+                asset_key=key,
+                metadata=materialization_metadata(node, stats, snapshot),
+                data_version=dg.DataVersion(snapshot.data_version),
+                check_results=checks,
+            )
+        if failed and self.on_packet_error == "raise":
+            lines = []
+            for label in failed:
+                stats = result.stats[label]
+                example = f", e.g. {stats.errors[0]}" if stats.errors else ""
+                lines.append(f"{self.keys[label].to_user_string()}: {stats.failed} failed packet(s){example}")
+            raise dg.Failure(
+                description="orcapod: packets failed (results of the other packets are stored; a rerun computes only the "
+                "missing ones):\n" + "\n".join(lines),
+                metadata={"orcapod/failed_assets": [self.keys[label].to_user_string() for label in failed]},
+            )
+
+    def stored_checks(self, context: dg.AssetExecutionContext, skip: Sequence[str] = ()) -> Iterator[dg.AssetCheckResult]:
+        """The selected checks of assets not in ``skip``, evaluated on each asset's latest materialization."""
+        blocking = self.translator.settings.blocking_failed_packets
+        for check_key in context.selected_asset_check_keys:
+            label = self.labels.get(check_key.asset_key)
+            if label is None or label in skip or self.pipeline.nodes[label].kind != "function":
+                continue
+            event = context.instance.get_latest_materialization_event(check_key.asset_key)
+            if event is None or event.asset_materialization is None:
+                continue  # nothing materialized yet: nothing to check
+            failed = event.asset_materialization.metadata.get("orcapod/failed")
+            stats = NodeStats(label, "function", failed=int(failed.value) if failed is not None else 0)
+            node = self.pipeline.nodes[label]
+            yield from evaluate_checks(node, check_key.asset_key, stats, {check_key}, blocking)  # type: ignore[arg-type]
+
+    def _withheld(self, labels: Sequence[str], failed: Sequence[str]) -> set[str]:
+        """Nodes not to report: with "raise", failed nodes and everything downstream of them;
+        with a blocking check, what is downstream of failed nodes."""
+        if not failed or (self.on_packet_error == "warn" and not self.translator.settings.blocking_failed_packets):
+            return set()
+        tainted = set(failed)
+        for label in labels:
+            if any(up.label in tainted for up in self.pipeline.nodes[label].upstream_nodes):
+                tainted.add(label)
+        return tainted if self.on_packet_error == "raise" else tainted - set(failed)

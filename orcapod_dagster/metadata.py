@@ -1,0 +1,71 @@
+"""Materialization metadata: what one materialization of a node did and produced.
+
+>>> materialization_metadata(node, stats, snapshot)          # doctest: +SKIP
+{'dagster/row_count': 72, 'orcapod/computed': 72, 'orcapod/cached': 0, ...}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+
+from orcapod_core.pipeline import Node, NodeStats
+from orcapod_core.pipeline.snapshots import Snapshot, snapshot_path
+from orcapod_dagster.store import DELTA_VERSION_KEY, snapshot_metadata
+from orcapod_dagster.translator import column_schema, node_table_uri
+
+__all__ = ["materialization_metadata", "markdown_preview"]
+
+PREVIEW_ROWS = 5
+
+
+def _node_table_version(node: Node) -> int | None:
+    path = node.record_path if node.kind == "function" else (*snapshot_path(node), "rows")
+    return node.database.table_version(tuple(path))
+
+
+def materialization_metadata(node: Node, stats: NodeStats | None, snapshot: Snapshot, preview_rows: int = PREVIEW_ROWS) -> dict[str, Any]:
+    """Counts, timing, hashes, table location and version, column schema and a preview."""
+    stats = stats or NodeStats(node.label, node.kind, total=snapshot.row_count)
+    version = _node_table_version(node)
+    metadata: dict[str, Any] = {
+        "dagster/row_count": dg.MetadataValue.int(snapshot.row_count),
+        "orcapod/computed": dg.MetadataValue.int(stats.computed),
+        "orcapod/cached": dg.MetadataValue.int(stats.cached),
+        "orcapod/failed": dg.MetadataValue.int(stats.failed),
+        "orcapod/duration_s": dg.MetadataValue.float(round(float(stats.duration_s), 6)),
+        DELTA_VERSION_KEY: dg.MetadataValue.int(version) if version is not None else dg.MetadataValue.null(),
+        "orcapod/content_hash": dg.MetadataValue.text(node.content_hash().to_string()),
+        "orcapod/pipeline_hash": dg.MetadataValue.text(node.pipeline_hash().to_string()),
+        "dagster/column_schema": column_schema(node),
+        "orcapod/preview": dg.MetadataValue.md(markdown_preview(node.as_table().slice(0, preview_rows))),
+        **snapshot_metadata(snapshot),
+    }
+    uri = node_table_uri(node)
+    if uri is not None:
+        metadata["dagster/uri"] = dg.MetadataValue.text(uri)
+    if stats.errors:
+        shown = "\n".join(f"- `{e[:300]}`" for e in stats.errors[:10])
+        more = f"\n- … and {len(stats.errors) - 10} more" if len(stats.errors) > 10 else ""
+        metadata["orcapod/errors"] = dg.MetadataValue.md(shown + more)
+    return metadata
+
+
+def _cell(value: Any) -> str:
+    text = str(value).replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def markdown_preview(table: pa.Table) -> str:
+    """A markdown table of ``table``'s rows (values shortened to 60 characters).
+
+    >>> markdown_preview(pa.table({"id": [1], "x": ["a"]}))
+    '| id | x |\\n| --- | --- |\\n| 1 | a |'
+    """
+    names = table.column_names
+    lines = ["| " + " | ".join(_cell(n) for n in names) + " |", "| " + " | ".join("---" for _ in names) + " |"]
+    for row in table.to_pylist(maps_as_pydicts="strict"):
+        lines.append("| " + " | ".join(_cell(row[n]) for n in names) + " |")
+    return "\n".join(lines)

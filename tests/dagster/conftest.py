@@ -1,0 +1,111 @@
+"""Tiny real pipelines for the Dagster tests, written as module files so that functions have
+source (identity), edits are real file edits, and other processes can import them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import textwrap
+from pathlib import Path
+from types import ModuleType
+
+import dagster as dg
+import pytest
+
+MODULE = '''
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+from orcapod_core.databases import DeltaTableDatabase
+from orcapod_core.function_pod import function_pod
+from orcapod_core.pipeline import Pipeline
+from orcapod_core.sources import DictSource
+from orcapod_dagster import build_definitions
+
+STORE = {store!r}
+DATA = {data!r}
+FAIL_ON = set()
+
+
+@function_pod(output_keys="y")
+def double(x: int) -> int:
+    """Twice x."""
+    {double_body}
+
+
+@function_pod(output_keys="label")
+def describe(y: int, name: str) -> str:
+    if y in FAIL_ON:
+        raise ValueError(f"refusing y={{y}}")
+    return f"{{name}}={{y}}"
+
+
+def build_pipeline() -> Pipeline:
+    rows = json.load(open(DATA))
+    numbers = DictSource({{"id": rows["id"], "x": rows["x"]}}, tag_columns=["id"], source_id="numbers", label="numbers")
+    names = DictSource({{"id": rows["id"], "name": rows["name"]}}, tag_columns=["id"], source_id="names", label="names")
+    with Pipeline("demo", pipeline_database=DeltaTableDatabase(STORE)) as pipeline:
+        doubled = double.pod(numbers, label="doubled")
+        joined = doubled.join(names, label="joined")
+        describe.pod(joined, label="described")
+    return pipeline
+
+
+pipeline = build_pipeline()
+defs = build_definitions(pipeline, {defs_kwargs})
+{extra}
+'''
+
+
+def write_data(path: Path, ids: list[int], xs: list[int] | None = None) -> Path:
+    xs = xs if xs is not None else ids
+    path.write_text(json.dumps({"id": ids, "x": xs, "name": [f"n{i}" for i in ids]}))
+    return path
+
+
+def load_module(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def make_project(tmp_path: Path):
+    """``make_project(name, double_body=..., defs_kwargs=..., extra=...)`` → the imported module."""
+    data = write_data(tmp_path / "data.json", [1, 2, 3])
+    store = tmp_path / "store"
+
+    def make(name: str = "pipe_v1", *, double_body: str = "return 2 * x", defs_kwargs: str = "", extra: str = "") -> ModuleType:
+        path = tmp_path / f"{name}.py"
+        path.write_text(
+            MODULE.format(store=str(store), data=str(data), double_body=double_body, defs_kwargs=defs_kwargs, extra=textwrap.dedent(extra))
+        )
+        return load_module(path, name)
+
+    make.tmp_path = tmp_path  # type: ignore[attr-defined]
+    make.data = data  # type: ignore[attr-defined]
+    make.store = store  # type: ignore[attr-defined]
+    return make
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def materializations(result: dg.ExecuteInProcessResult | dg.ExecutionResult) -> dict[str, dict]:
+    """``{asset key string: {metadata key: value, "data_version": ...}}`` of a run."""
+    out = {}
+    for event in result.get_asset_materialization_events():
+        mat = event.materialization
+        values = {k: v.value for k, v in mat.metadata.items()}
+        values["data_version"] = mat.tags.get("dagster/data_version")
+        out[mat.asset_key.to_user_string()] = values
+    return out

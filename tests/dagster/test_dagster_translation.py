@@ -1,0 +1,125 @@
+"""Translation of compiled nodes into asset specs, and the example code location."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from orcapod_core.databases import InMemoryArrowDatabase
+from orcapod_core.errors import InputValidationError, InvalidLabelError
+from orcapod_core.function_pod import function_pod
+from orcapod_core.pipeline import Pipeline
+from orcapod_core.sources import DictSource
+from orcapod_dagster import OrcapodTranslator, OrcapodTranslatorSettings, build_definitions, orcapod_assets
+
+
+def spec_by_key(assets: list[dg.AssetsDefinition]) -> dict[str, dg.AssetSpec]:
+    return {spec.key.to_user_string(): spec for a in assets for spec in a.specs}
+
+
+def test_keys_deps_groups_kinds_and_code_versions(make_project):
+    mod = make_project()
+    specs = spec_by_key(orcapod_assets(mod.pipeline))
+    assert set(specs) == {"demo/numbers", "demo/names", "demo/doubled", "demo/joined", "demo/described"}
+    assert {d.asset_key.to_user_string() for d in specs["demo/joined"].deps} == {"demo/doubled", "demo/names"}
+    assert {s.group_name for s in specs.values()} == {"demo"}
+    assert specs["demo/doubled"].kinds == {"orcapod", "python", "deltalake"}
+    assert specs["demo/joined"].kinds == {"orcapod", "deltalake"}
+    # code version = node identity: function identity / operator identity
+    assert specs["demo/doubled"].code_version == mod.pipeline.doubled.identity_hash().to_string()
+    assert specs["demo/joined"].code_version == mod.pipeline.joined.identity_hash().to_string()
+    assert specs["demo/doubled"].description == "Twice x."
+    assert "Join" in specs["demo/joined"].description
+
+    md = specs["demo/doubled"].metadata
+    assert md["orcapod/node_type"] == "function"
+    assert md["orcapod/function"] == "pipe_v1.double"
+    assert md["orcapod/pipeline_hash"] == mod.pipeline.doubled.pipeline_hash().to_string()
+    assert md["orcapod/identity"] == specs["demo/doubled"].code_version
+    assert [c.name for c in md["dagster/column_schema"].columns] == ["id", "y"]
+    assert md["dagster/uri"].startswith(str(make_project.store))
+    lineage = specs["demo/joined"].metadata["dagster/column_lineage"]
+    assert lineage.deps_by_column["name"][0].asset_key == dg.AssetKey(["demo", "names"])
+    assert {d.asset_key.to_user_string() for d in lineage.deps_by_column["id"]} == {"demo/doubled", "demo/names"}
+
+    # Code versions are deterministic: a second build of the same module agrees.
+    again = spec_by_key(orcapod_assets(make_project("pipe_v1_again").pipeline))
+    assert {k: s.code_version for k, s in again.items()} == {k: s.code_version for k, s in specs.items()}
+
+
+def test_checks_only_on_function_nodes_and_blocking_opt_in(make_project):
+    mod = make_project()
+    [assets] = orcapod_assets(mod.pipeline)
+    names = {(k.asset_key.to_user_string(), k.name) for k in assets.check_keys}
+    assert names == {(a, c) for a in ("demo/doubled", "demo/described") for c in ("no_failed_packets", "schema_matches")}
+    assert not any(s.blocking for s in assets.check_specs)
+    blocking = OrcapodTranslator(OrcapodTranslatorSettings(blocking_failed_packets=True))
+    [assets] = orcapod_assets(mod.pipeline, translator=blocking)
+    assert {s.name for s in assets.check_specs if s.blocking} == {"no_failed_packets"}
+
+
+def test_custom_translator_is_asked_everywhere(make_project):
+    class Science(OrcapodTranslator):
+        def get_asset_key(self, node):
+            return dg.AssetKey(["science", node.label])
+
+        def get_group_name(self, node):
+            return "lab"
+
+    [assets] = orcapod_assets(make_project().pipeline, translator=Science())
+    specs = spec_by_key([assets])
+    assert "science/joined" in specs and specs["science/joined"].group_name == "lab"
+    assert {d.asset_key.to_user_string() for d in specs["science/joined"].deps} == {"science/doubled", "science/names"}
+    assert {k.asset_key.to_user_string() for k in assets.check_keys} == {"science/doubled", "science/described"}
+
+
+@function_pod(output_keys="y")
+def plus_one(x: int) -> int:
+    return x + 1
+
+
+def test_sanitised_keys_and_collisions():
+    source = DictSource({"id": [1], "x": [1]}, tag_columns=["id"], source_id="s")
+    with Pipeline(("my-lab", "v2"), pipeline_database=InMemoryArrowDatabase()) as p:
+        plus_one.pod(source, label="step.one")
+    specs = spec_by_key(orcapod_assets(p))
+    assert "my_lab/v2/step_one" in specs and specs["my_lab/v2/step_one"].group_name == "my_lab_v2"
+
+    with Pipeline("clash", pipeline_database=InMemoryArrowDatabase()) as p:
+        plus_one.pod(source, label="a.b")
+        plus_one.pod(source, label="a-b")
+    with pytest.raises(InvalidLabelError, match=r"'a\.b' and 'a-b'.*clash/a_b"):
+        orcapod_assets(p)
+
+
+def test_bad_options_and_foreign_store(make_project, tmp_path):
+    mod = make_project()
+    with pytest.raises(ValueError, match="granularity"):
+        orcapod_assets(mod.pipeline, granularity="step")
+    with pytest.raises(ValueError, match="on_packet_error"):
+        orcapod_assets(mod.pipeline, on_packet_error="ignore")
+    with pytest.raises(InputValidationError, match="is not the store of pipeline"):
+        build_definitions(mod.pipeline, store=tmp_path / "elsewhere")
+
+
+def test_definitions_have_job_schedule_io_manager_and_load(make_project):
+    mod = make_project(defs_kwargs='schedule="0 * * * *"')
+    dg.Definitions.validate_loadable(mod.defs)
+    assert mod.defs.resolve_job_def("demo_job") is not None
+    [schedule] = list(mod.defs.schedules)
+    assert schedule.cron_schedule == "0 * * * *" and schedule.job_name == "demo_job"
+    io_manager = mod.defs.resources["io_manager"]
+    assert io_manager.store_uri == str(make_project.store)
+
+
+def test_example_project_code_location(monkeypatch, tmp_path):
+    monkeypatch.setenv("ORCAPOD_STORE", str(tmp_path / "store"))
+    import importlib
+
+    import example_project.definitions as example
+
+    example = importlib.reload(example)
+    dg.Definitions.validate_loadable(example.defs)
+    keys = {k.to_user_string() for k in example.defs.resolve_asset_graph().get_all_asset_keys()}
+    assert {"water_quality/scored", "water_quality/survey", "water_quality/network_summary", "water_quality/readings"} <= keys
+    assert [s.cron_schedule for s in example.defs.schedules] == ["0 * * * *"]
