@@ -461,7 +461,10 @@ class PythonPacketFunction:
                     raw[i], captured[i] = r
         errors: dict[int, BaseException] = {i: r for i, r in enumerate(raw) if isinstance(r, BaseException)}
         if errors and fail_fast:
-            return BatchResult(self._output_arrow_schema.empty_table(), [], errors, captured)
+            # Keep what was computed before the first failure (a pipeline stores it, so a
+            # rerun does not compute it again); rows after it are neither result nor error.
+            first = min(errors)
+            raw, errors = raw[:first], {first: errors[first]}
         rows: Sequence[int] = range(len(raw))
         results = raw
         if errors:
@@ -472,9 +475,13 @@ class PythonPacketFunction:
         if bad:
             for j, exc in bad.items():
                 errors[rows[j]] = exc
-            if fail_fast:
+                if rows[j] in captured:  # the call itself succeeded: the failure is its output
+                    captured[rows[j]]["traceback"] = captured_of(exc)["traceback"]
+            if fail_fast:  # report the first failing row only; keep the rows before it
                 first = min(bad)
-                return BatchResult(self._output_arrow_schema.empty_table(), [], {rows[first]: bad[first]}, captured)
+                arrays, _ = self._output_arrays(results[:first])
+                table = pa.Table.from_arrays(arrays, schema=self._output_arrow_schema)
+                return BatchResult(table, list(rows[:first]), {rows[first]: bad[first]}, captured)
             keep = [j for j in range(len(results)) if j not in bad]
             rows = [rows[j] for j in keep]
             arrays, bad = self._output_arrays([results[j] for j in keep])

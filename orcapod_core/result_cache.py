@@ -17,6 +17,7 @@ the input packet hash only, so the same packet under different tags is one compu
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -44,9 +45,21 @@ VARIATION_PREFIX = "__variation_"
 EXECUTION_PREFIX = "__execution_"
 
 
+_UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9_.:=-]")
+
+
 def result_record_path(packet_function: Any, prefix: Sequence[str] = ("results",)) -> tuple[str, ...]:
-    """Where a function's results live: ``(*prefix, name, version, identity hex[:16])``."""
-    return (*prefix, *packet_function.uri.split("/"))
+    """Where a function's results live: ``(*prefix, name, version, identity hex[:16])``.
+
+    Name and version may hold characters a record path does not allow (``def größe``,
+    ``version="1.0 beta"``); those become ``_``. The identity part keeps tables apart."""
+    name, version, identity = packet_function.uri.split("/")
+    return (*prefix, _path_component(name), _path_component(version), identity)
+
+
+def _path_component(text: str) -> str:
+    safe = _UNSAFE_PATH_CHARS.sub("_", text)[:200]
+    return "_" * len(safe) if safe in (".", "..") else safe
 
 
 def _as_hex_array(packet_hashes: Any) -> pa.Array:
@@ -172,12 +185,16 @@ class CachedPacketFunction:
     def __repr__(self) -> str:
         return f"CachedPacketFunction({self._pf!r}, {self.result_cache!r})"
 
-    def _store(self, hashes: pa.Array, outputs: pa.Table) -> None:
+    def _store(self, hashes: pa.Array, outputs: pa.Table, executor: Any = None) -> None:
+        execution = self._pf.get_execution_data()
+        if executor is not None:  # a per-run override computed these: record it, not the default
+            execution["executor_type"] = executor.executor_type
+            execution["executor_info"] = executor.get_executor_data()
         self.result_cache.store(
             hashes,
             outputs,
             self._pf.get_function_variation_data(),
-            self._pf.get_execution_data(),
+            execution,
             variation_schema=self._pf.get_function_variation_data_schema(),
             execution_schema=self._pf.get_execution_data_schema(),
         )
@@ -187,8 +204,9 @@ class CachedPacketFunction:
 
     def call(self, packet: Mapping[str, Any]) -> dict[str, Any]:
         """One packet: a stored result if its hash is known, else computed and stored."""
-        schema = pa.schema([arrow_field(k, self._pf.input_schema[k]) for k in packet if k in self._pf.input_schema])
-        table = pa.Table.from_pylist([dict(packet)], schema=schema)
+        packet = self._pf._kwargs(packet)  # same checks as the uncached call: missing/unknown columns
+        schema = pa.schema([arrow_field(k, self._pf.input_schema[k]) for k in packet])
+        table = pa.Table.from_pylist([packet], schema=schema)
         result = self.call_batch(table, fail_fast=True)
         if result.errors:
             raise next(iter(result.errors.values()))
@@ -228,7 +246,7 @@ class CachedPacketFunction:
             captured = {miss[i]: c for i, c in computed.captured.items()}
             ok_rows = pa.array([miss[i] for i in computed.rows], pa.int64())
             if computed.table.num_rows:
-                self._store(hexes.take(ok_rows), computed.table)
+                self._store(hexes.take(ok_rows), computed.table, executor)
             parts.append((ok_rows, computed.table))
         if found.num_rows:
             hit_rows = pc.indices_nonzero(hit)

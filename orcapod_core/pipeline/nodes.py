@@ -377,7 +377,11 @@ class FunctionNode(Node):
         executor: PythonFunctionExecutor | None = None,
         run_id: str | None = None,
         report: bool = True,
+        computed_in_run: list[pa.Array] | None = None,
     ) -> tuple[pa.Table, NodeStats]:
+        # ``computed_in_run``: packet hashes computed by earlier parts of this run (the async
+        # orchestrator assembles a node chunk by chunk); rows with those packets count as
+        # computed, as they do when the whole input is assembled at once. Extended in place.
         start = time.perf_counter()
         observer = observer or NoOpObserver()
         layout = stream.layout
@@ -442,6 +446,9 @@ class FunctionNode(Node):
             )
 
         if compute:
+            if computed_in_run is not None:
+                computed_in_run.extend(computed_hashes)
+                computed_hashes = computed_in_run
             newly_computed = pa.concat_arrays(computed_hashes) if computed_hashes else pa.array([], pa.large_string())
             row_computed = pc.is_in(hexes, value_set=newly_computed) if len(newly_computed) else pa.array([False] * n)
             stats.computed = pc.sum(row_computed.cast(pa.int64())).as_py() or 0 if n else 0

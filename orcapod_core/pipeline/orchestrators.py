@@ -246,13 +246,21 @@ class AsyncPipelineOrchestrator:
         started = time.perf_counter()
         total = NodeStats(node.label, node.kind)
         outputs = []
+        computed_in_run: list[pa.Array] = []  # so chunks count and flag rows like one sync pass
         obs.on_node_start(node, 0)
         try:
             while (chunk := await inbox.get()) is not _DONE:
                 stream = TableStream(chunk, up.layout.tag_columns, layout=up.layout)
                 table, stats = await asyncio.to_thread(
                     lambda: node._assemble(
-                        stream, compute=True, observer=obs, error_policy=error_policy, executor=executor, run_id=run.run_id, report=False
+                        stream,
+                        compute=True,
+                        observer=obs,
+                        error_policy=error_policy,
+                        executor=executor,
+                        run_id=run.run_id,
+                        report=False,
+                        computed_in_run=computed_in_run,
                     )
                 )
                 for name in ("total", "computed", "cached", "failed"):
