@@ -3,7 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Reinstall when the project metadata changes or a package's __init__.py appears/changes: an
+# editable install maps the packages that exist when it runs (one missing then would later be
+# imported as a namespace package).
+PACKAGES := orcapod_core orcapod_dagster example_project
+# `make run` and `make ui` share this instance (run history, materializations, schedules).
 export DAGSTER_HOME := $(CURDIR)/.dagster
+# Step logs at INFO: orcapod's per-node lines without Dagster's debug events.
+RUN_CONFIG := {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 .PHONY: run test ui bench install clean
 
@@ -11,18 +18,24 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml $(PACKAGES:%=%/__init__.py) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -I -c "import importlib; bad = [p for p in '$(PACKAGES)'.split() if not (importlib.import_module(p).__file__ or '').startswith('$(CURDIR)/')]; assert not bad, f'not installed as regular packages from $(CURDIR): {bad}'"
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# Default sqlite storage under DAGSTER_HOME (shared by the CLI and `dagster dev`); no telemetry.
 $(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
 	printf 'telemetry:\n  enabled: false\n' > $@
 
+# Materialize every asset of the example code location into ./.orcapod/, then summarize the
+# latest materialization of each asset (run it twice: everything is cached the second time).
 run: install $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/python -m example_project
+	$(BIN)/dagster asset materialize --select '*' -m example_project.definitions --config-json '$(RUN_CONFIG)'
+	@echo
+	$(BIN)/python -m example_project.summary
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -33,6 +46,7 @@ ui: install $(DAGSTER_HOME)/dagster.yaml
 bench: install
 	$(BIN)/python benchmarks/bench_core.py
 	$(BIN)/python benchmarks/bench_pipeline.py
+	$(BIN)/python benchmarks/bench_dagster.py
 
 clean:
 	rm -rf $(VENV) .orcapod .dagster

@@ -18,4 +18,5 @@ from orcapod_dagster import build_definitions
 #: The project root's ``.orcapod/``, whatever the working directory of the process loading us.
 STORE = os.environ.get("ORCAPOD_STORE") or str(Path(__file__).resolve().parent.parent / ".orcapod")
 
-defs = build_definitions(build_pipeline(STORE), schedule="0 * * * *")
+pipeline = build_pipeline(STORE)
+defs = build_definitions(pipeline, schedule="0 * * * *")

@@ -16,10 +16,16 @@ from orcapod_core.pipeline import DEFAULT_STORE, Pipeline
 PIPELINE_NAME = "water_quality"
 
 
-def build_pipeline(store: str | os.PathLike[str] | ArrowDatabase | None = None, name: str = PIPELINE_NAME) -> Pipeline:
-    """Record and compile the pipeline against ``store`` (a Delta Lake directory/URI or a database)."""
+def build_pipeline(
+    store: str | os.PathLike[str] | ArrowDatabase | None = None,
+    name: str = PIPELINE_NAME,
+    data: str | os.PathLike[str] = sources.DATA,
+) -> Pipeline:
+    """Record and compile the pipeline against ``store`` (a Delta Lake directory/URI or a database),
+    reading ``stations.csv``, ``samples.csv`` and ``calibration.json`` from ``data`` (default: the
+    bundled files)."""
     database = store if isinstance(store, ArrowDatabase) else DeltaTableDatabase(os.fspath(store or DEFAULT_STORE))
-    stations, samples, calibration = sources.stations(), sources.samples(), sources.calibration()
+    stations, samples, calibration = sources.stations(data), sources.samples(data), sources.calibration(data)
     with Pipeline(name, pipeline_database=database) as pipeline:
         # Each sample with its station's probe calibration.
         readings = samples.join(calibration, label="readings")
