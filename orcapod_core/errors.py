@@ -52,6 +52,14 @@ class PacketFunctionUnavailableError(OrcapodError):
     """A packet function's code could not be loaded, so new packets cannot be computed."""
 
 
+class FunctionBindError(InputValidationError):
+    """A packet function bound to a proxy differs from the saved one (every mismatch is listed)."""
+
+
+class SourceUnavailableError(OrcapodError):
+    """A source of a loaded pipeline cannot be rebuilt and has no stored rows to serve."""
+
+
 class PipelineLoadError(OrcapodError):
     """A saved pipeline description cannot be loaded (corrupt file, wrong version, bad field)."""
 

@@ -50,7 +50,10 @@ from orcapod_core.executors import LocalPythonFunctionExecutor, PythonFunctionEx
 from orcapod_core.hashing import ContentHash, digests_to_hex, hash_object
 from orcapod_core.streams import Stream, StreamLayout
 from orcapod_core.tracking import Invocation, record, untracked
-from orcapod_core.types import Schema, arrow_field, is_assignable, python_to_arrow, type_to_string
+if typing.TYPE_CHECKING:
+    from orcapod_core.packet_function_proxy import PacketFunctionProxy
+
+from orcapod_core.types import Schema, arrow_field, arrow_schema_to_json, is_assignable, python_to_arrow, type_to_string
 
 __all__ = [
     "function_pod",
@@ -59,6 +62,7 @@ __all__ = [
     "FunctionPodStream",
     "BatchResult",
     "normalized_source",
+    "check_packet_schema",
 ]
 
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError, ValueError)
@@ -273,6 +277,32 @@ class PythonPacketFunction:
         """``<name>/<version>/<identity hex[:16]>`` — the function part of output source info."""
         return f"{self._function_name}/{self._version}/{self.identity_hash().to_hex(16)}"
 
+    def to_config(self) -> dict[str, Any]:
+        """JSON description that :func:`~orcapod_core.packet_function_proxy.resolve_packet_function_from_config`
+        rebuilds: where the code lives (module + qualified name) and everything that defines
+        the function's identity, so a :class:`~orcapod_core.packet_function_proxy.PacketFunctionProxy`
+        can stand in for it when the code is gone.
+
+        >>> pf.to_config()["uri"] == pf.uri                    # doctest: +SKIP
+        True
+        """
+        return {
+            "type": self.function_type,
+            "module": self._function.__module__,
+            "callable": self._function.__qualname__,
+            "function_name": self._function_name,
+            "version": self._version,
+            "identity": self._identity_mode,
+            "identity_hash": self.identity_hash().to_string(),
+            "uri": self.uri,
+            "input_schema": dict(self._input_schema.to_strings()),
+            "optional_fields": sorted(self._input_schema.optional_fields),
+            "output_schema": dict(self._output_schema.to_strings()),
+            "output_keys": list(self._output_keys),
+            "output_arrow_schema": arrow_schema_to_json(self._output_arrow_schema),
+            "is_async": self._is_async,
+        }
+
     # -- execution context ------------------------------------------------------------
     def get_function_variation_data(self) -> dict[str, str]:
         """What varies with the function's code: name, signature hash, content hash, git commit."""
@@ -336,24 +366,7 @@ class PythonPacketFunction:
     # -- input checks -------------------------------------------------------------------
     def check_input_schema(self, packet_schema: Mapping[str, Any]) -> None:
         """Raise :class:`SchemaMismatchError` listing every column that does not fit a parameter."""
-        problems = []
-        optional = self._input_schema.optional_fields
-        for param, tp in self._input_schema.items():
-            if param not in packet_schema:
-                if param not in optional:
-                    problems.append(f"parameter {param!r} ({type_to_string(tp)}) has no column in the stream")
-            elif not is_assignable(packet_schema[param], tp):
-                problems.append(
-                    f"column {param!r} is {type_to_string(packet_schema[param])} but parameter {param!r} expects {type_to_string(tp)}"
-                )
-        for column, tp in packet_schema.items():
-            if column not in self._input_schema:
-                problems.append(f"column {column!r} ({type_to_string(tp)}) is not a parameter of the function")
-        if problems:
-            raise SchemaMismatchError(
-                f"function {self._function_name!r}: the input packet schema {dict(Schema(packet_schema).to_strings())} "
-                f"does not match its parameters {dict(self._input_schema.to_strings())}: " + "; ".join(problems)
-            )
+        check_packet_schema(self._function_name, self._input_schema, packet_schema)
 
     def _kwargs(self, packet: Mapping[str, Any]) -> dict[str, Any]:
         schema = self._input_schema
@@ -518,6 +531,29 @@ class PythonPacketFunction:
         return arrays, bad
 
 
+def check_packet_schema(function_name: str, input_schema: Schema, packet_schema: Mapping[str, Any]) -> None:
+    """Raise :class:`SchemaMismatchError` listing every column of ``packet_schema`` that does
+    not fit a parameter of ``input_schema`` (and every required parameter without a column)."""
+    problems = []
+    optional = input_schema.optional_fields
+    for param, tp in input_schema.items():
+        if param not in packet_schema:
+            if param not in optional:
+                problems.append(f"parameter {param!r} ({type_to_string(tp)}) has no column in the stream")
+        elif not is_assignable(packet_schema[param], tp):
+            problems.append(
+                f"column {param!r} is {type_to_string(packet_schema[param])} but parameter {param!r} expects {type_to_string(tp)}"
+            )
+    for column, tp in packet_schema.items():
+        if column not in input_schema:
+            problems.append(f"column {column!r} ({type_to_string(tp)}) is not a parameter of the function")
+    if problems:
+        raise SchemaMismatchError(
+            f"function {function_name!r}: the input packet schema {dict(Schema(packet_schema).to_strings())} "
+            f"does not match its parameters {dict(input_schema.to_strings())}: " + "; ".join(problems)
+        )
+
+
 def _capturing(function: Callable[..., Any], is_async: bool) -> Callable[..., Any]:
     """Wrap ``function`` so each call returns ``(result, captured output)``."""
     if is_async:
@@ -629,13 +665,26 @@ class FunctionPod:
     (('id',), ('total',))
     """
 
-    def __init__(self, packet_function: PythonPacketFunction):
-        if not isinstance(packet_function, PythonPacketFunction):
+    def __init__(self, packet_function: PythonPacketFunction | PacketFunctionProxy):
+        from orcapod_core.packet_function_proxy import PacketFunctionProxy
+
+        if not isinstance(packet_function, (PythonPacketFunction, PacketFunctionProxy)):
             raise InputValidationError(f"FunctionPod needs a PythonPacketFunction, got {type(packet_function).__name__}")
         self._packet_function = packet_function
 
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], fallback_to_proxy: bool = False) -> FunctionPod:
+        """A pod over :func:`~orcapod_core.packet_function_proxy.resolve_packet_function_from_config`.
+
+        >>> FunctionPod.from_config(pod.packet_function.to_config()).uri == pod.uri   # doctest: +SKIP
+        True
+        """
+        from orcapod_core.packet_function_proxy import resolve_packet_function_from_config
+
+        return cls(resolve_packet_function_from_config(config, fallback_to_proxy))
+
     @property
-    def packet_function(self) -> PythonPacketFunction:
+    def packet_function(self) -> PythonPacketFunction | PacketFunctionProxy:
         return self._packet_function
 
     @property

@@ -50,6 +50,9 @@ __all__ = [
     "canonical_arrow_type",
     "canonicalize_table",
     "type_to_string",
+    "type_from_string",
+    "arrow_schema_to_json",
+    "arrow_schema_from_json",
     "is_optional",
     "is_assignable",
 ]
@@ -146,6 +149,58 @@ def type_to_string(tp: Any) -> str:
     if tp in (datetime.date, datetime.datetime, datetime.time):
         return f"datetime.{tp.__name__}"
     return getattr(tp, "__name__", str(tp))
+
+
+_NAMED_TYPES: dict[str, Any] = {
+    "int": int,
+    "float": float,
+    "str": str,
+    "bool": bool,
+    "bytes": bytes,
+    "None": type(None),
+    "datetime.date": datetime.date,
+    "datetime.datetime": datetime.datetime,
+    "datetime.time": datetime.time,
+    "Any": typing.Any,
+}
+
+
+def type_from_string(text: str) -> Any:
+    """Inverse of :func:`type_to_string` (``"list[int | None]"`` → ``list[int | None]``).
+
+    Names outside the type table (e.g. a saved user class) become ``object``, so a schema
+    saved by another version or program can still be described.
+
+    >>> type_from_string("dict[str, list[float] | None]")
+    dict[str, list[float] | None]
+    """
+    import ast
+
+    def build(node: ast.expr) -> Any:
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+            left, right = build(node.left), build(node.right)
+            return left | right if left is not object and right is not object else object
+        if isinstance(node, ast.Constant) and node.value is None:
+            return type(None)
+        if isinstance(node, (ast.Name, ast.Attribute)):
+            return _NAMED_TYPES.get(ast.unparse(node), object)
+        if isinstance(node, ast.Subscript):
+            origin = ast.unparse(node.value)
+            args = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+            inner = [build(a) for a in args]
+            if object in inner:
+                return object
+            if origin == "list" and len(inner) == 1:
+                return list[inner[0]]
+            if origin == "dict" and len(inner) == 2:
+                return dict[inner[0], inner[1]]
+        return object
+
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError:
+        return object
+    return build(tree.body)
 
 
 def is_assignable(source: Any, target: Any) -> bool:
@@ -326,3 +381,31 @@ def _tighten_items(dtype: pa.DataType, values: pa.ChunkedArray | pa.Array) -> pa
         inner = _tighten_items(dtype.item_type, items)
         return pa.map_(dtype.key_field, pa.field("value", inner, nullable=dtype.item_field.nullable and items.null_count > 0))
     return dtype
+
+
+def arrow_schema_to_json(schema: pa.Schema) -> dict[str, Any]:
+    """A JSON description of an Arrow schema: readable ``columns`` (name → Arrow type string,
+    ``nullable`` names) and ``arrow_ipc``, the exact schema in Arrow's IPC format (base64), from
+    which :func:`arrow_schema_from_json` rebuilds it.
+
+    >>> arrow_schema_to_json(pa.schema([pa.field("x", pa.int64(), False)]))["columns"]
+    {'x': 'int64'}
+    """
+    import base64
+
+    return {
+        "columns": {f.name: str(f.type) for f in schema},
+        "nullable": [f.name for f in schema if f.nullable],
+        "arrow_ipc": base64.b64encode(schema.serialize().to_pybytes()).decode("ascii"),
+    }
+
+
+def arrow_schema_from_json(config: Mapping[str, Any]) -> pa.Schema:
+    """Inverse of :func:`arrow_schema_to_json`; raises ``ValueError`` when it is not one."""
+    import base64
+    import binascii
+
+    try:
+        return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(config["arrow_ipc"], validate=True)))
+    except (KeyError, TypeError, binascii.Error, pa.ArrowInvalid) as exc:
+        raise ValueError(f"not a saved Arrow schema ({type(exc).__name__}: {exc})") from exc

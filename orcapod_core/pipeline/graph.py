@@ -17,11 +17,13 @@ Storage layout (record paths in the databases):
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from orcapod_core.databases import ArrowDatabase, validate_record_path
@@ -167,7 +169,7 @@ class Pipeline:
             label_given = getattr(stream, "label", None)
             base = label_given or _snake(type(stream).__name__)
             label = unique(base, False)
-            node = SourceNode(stream, label, self.pipeline_database, self._path(label, stream))
+            node = self._source_node(stream, label)
             node._recorded_stream = stream  # type: ignore[attr-defined]
             by_stream[id(stream)] = node
             nodes[label] = node
@@ -179,23 +181,37 @@ class Pipeline:
             upstream = [node_for(s) for s in inv.inputs]
             if isinstance(inv.pod, FunctionPod):
                 label = unique(inv.label or inv.pod.default_label, inv.label is not None)
-                pf = inv.pod.packet_function
-                cache = ResultCache(self.result_database, result_record_path(pf))
-                node: Node = FunctionNode(inv.pod, upstream, label, self.pipeline_database, (), cache)
+                node: Node = self._function_node(inv.pod, upstream, label)
             elif isinstance(inv.pod, Operator):
                 label = unique(inv.label or _snake(type(inv.pod).__name__), inv.label is not None)
-                node = OperatorNode(inv.pod, upstream, label, self.pipeline_database, (), self.operator_cache_mode)
+                node = self._operator_node(inv.pod, upstream, label, self.operator_cache_mode)
             else:
                 raise InvalidLabelError(f"cannot compile invocation of {type(inv.pod).__name__}")
-            node.record_path = self._path(label, node)
             node._recorded_stream = inv.output  # type: ignore[attr-defined]
             by_stream[id(inv.output)] = node
             nodes[label] = node
         self._invocations.clear()
         self._nodes = _topological(nodes)
-        for node in self._nodes.values():
-            node.pipeline_name = self.name
         return self._nodes
+
+    # Node factories, shared by ``compile`` and ``Pipeline.load``.
+    def _source_node(self, stream: Stream, label: str) -> SourceNode:
+        node = SourceNode(stream, label, self.pipeline_database, self._path(label, stream))
+        node.pipeline_name, node.pipeline = self.name, self
+        return node
+
+    def _function_node(self, pod: FunctionPod, upstream: Sequence[Node], label: str) -> FunctionNode:
+        cache = ResultCache(self.result_database, result_record_path(pod.packet_function))
+        node = FunctionNode(pod, upstream, label, self.pipeline_database, (), cache)
+        node.record_path = self._path(label, node)
+        node.pipeline_name, node.pipeline = self.name, self
+        return node
+
+    def _operator_node(self, operator: Operator, upstream: Sequence[Node], label: str, cache_mode: CacheMode) -> OperatorNode:
+        node = OperatorNode(operator, upstream, label, self.pipeline_database, (), cache_mode)
+        node.record_path = self._path(label, node)
+        node.pipeline_name, node.pipeline = self.name, self
+        return node
 
     def _path(self, label: str, stream: Stream) -> tuple[str, ...]:
         try:
@@ -268,6 +284,39 @@ class Pipeline:
         return orchestrator.run(
             self, observer=observer, executor=executor, error_policy=error_policy, nodes=list(nodes) if nodes else None, **extra
         )
+
+    # -- saving and loading ---------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write this pipeline's JSON description to ``path`` (see
+        :mod:`orcapod_core.pipeline.serialization`); rows of sources that cannot be rebuilt
+        from config (in-memory data) are stored in the pipeline database so a loaded pipeline
+        can still serve them.
+
+        >>> pipeline.save("pipeline.json")                         # doctest: +SKIP
+        """
+        from orcapod_core.pipeline.serialization import save_pipeline
+
+        return save_pipeline(self, path)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        pipeline_database: ArrowDatabase | None = None,
+        result_database: ArrowDatabase | None = None,
+        *,
+        storage_options: dict[str, str] | None = None,
+    ) -> Pipeline:
+        """Rebuild a pipeline saved with :meth:`save`; each node gets a ``load_status``
+        (:class:`~orcapod_core.pipeline.nodes.LoadStatus`). Functions that cannot be imported
+        become :class:`~orcapod_core.packet_function_proxy.PacketFunctionProxy` (``READ_ONLY``).
+
+        >>> p = Pipeline.load("pipeline.json")                     # doctest: +SKIP
+        >>> {n.label: n.load_status.value for n in p}              # doctest: +SKIP
+        """
+        from orcapod_core.pipeline.serialization import load_pipeline
+
+        return load_pipeline(path, pipeline_database, result_database, storage_options=storage_options)
 
     def flush(self) -> None:
         """Commit all pending writes of both databases."""

@@ -82,7 +82,17 @@ class CacheMode(enum.Enum):
 
 
 class LoadStatus(enum.Enum):
-    """How much of a node is usable (relevant for pipelines loaded from their saved form)."""
+    """How much of a node is usable (relevant for pipelines loaded from their saved form).
+
+    * ``FULL`` — everything works: reads serve stored rows, runs compute what is missing.
+    * ``READ_ONLY`` — a function node whose code could not be loaded (a
+      :class:`~orcapod_core.packet_function_proxy.PacketFunctionProxy`): it serves stored
+      results; computing a new packet fails with ``PacketFunctionUnavailableError``.
+    * ``CACHE_ONLY`` — a node below an unavailable source: its input is the stored snapshot of
+      that source, so it serves the results stored for it and can never see new data.
+    * ``UNAVAILABLE`` — a source that cannot be rebuilt from config (in-memory data); it serves
+      the rows stored when the pipeline was saved.
+    """
 
     FULL = "full"
     READ_ONLY = "read_only"
@@ -94,9 +104,10 @@ class Node(Stream):
     """Base of compiled nodes: a labelled stream with upstream nodes and a storage location."""
 
     kind: str = "node"
-    load_status: LoadStatus = LoadStatus.FULL
     #: Name of the pipeline that compiled this node (set by ``Pipeline.compile``).
     pipeline_name: tuple[str, ...] = ()
+    #: The pipeline that compiled this node (set by ``Pipeline.compile``).
+    pipeline: Any = None
 
     def __init__(self, label: str, upstream_nodes: Sequence[Node], database: ArrowDatabase, record_path: tuple[str, ...]):
         self.label = label
@@ -108,6 +119,17 @@ class Node(Stream):
     @property
     def upstreams(self) -> tuple[Stream, ...]:
         return self.upstream_nodes
+
+    @property
+    def load_status(self) -> LoadStatus:
+        """How usable this node is (see :class:`LoadStatus`); ``FULL`` unless loaded from a
+        saved pipeline with missing code or data."""
+        if any(u.load_status in (LoadStatus.UNAVAILABLE, LoadStatus.CACHE_ONLY) for u in self.upstream_nodes):
+            return LoadStatus.CACHE_ONLY
+        return self._own_load_status()
+
+    def _own_load_status(self) -> LoadStatus:
+        return LoadStatus.FULL
 
     def _set_output(self, table: pa.Table) -> None:
         """Make ``table`` (already in this node's layout) the node's current rows."""
@@ -135,6 +157,10 @@ class SourceNode(Node):
     @property
     def source(self) -> Stream:
         return self.stream
+
+    def _own_load_status(self) -> LoadStatus:
+        # A loaded source that could not be rebuilt serves its stored snapshot.
+        return LoadStatus.UNAVAILABLE if getattr(self.stream, "rebuilt", True) is False else LoadStatus.FULL
 
     @property
     def producer(self) -> Any:
@@ -293,6 +319,9 @@ class FunctionNode(Node):
     @property
     def producer(self) -> FunctionPod:
         return self.pod
+
+    def _own_load_status(self) -> LoadStatus:
+        return LoadStatus.READ_ONLY if getattr(self.packet_function, "is_bound", True) is False else LoadStatus.FULL
 
     def identity_hash(self) -> ContentHash:
         """The function's identity: the node's code version."""

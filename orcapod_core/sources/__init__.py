@@ -7,10 +7,11 @@
 """
 
 from orcapod_core.sources.base import RootSource, Source
-from orcapod_core.sources.files import CSVSource, DeltaTableSource
+from orcapod_core.sources.files import CSVSource, DeltaTableSource, file_source_from_config
 from orcapod_core.sources.memory import ArrowTableSource, DataFrameSource, DictSource, ListSource
 
 __all__ = [
+    "file_source_from_config",
     "Source",
     "RootSource",
     "DictSource",

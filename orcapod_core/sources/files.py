@@ -12,9 +12,31 @@ import pyarrow.csv as pacsv
 
 from orcapod_core.errors import InputValidationError
 from orcapod_core.sources.base import RootSource
-from orcapod_core.types import python_to_arrow
+from orcapod_core.types import python_to_arrow, type_from_string, type_to_string
 
-__all__ = ["CSVSource", "DeltaTableSource"]
+__all__ = ["CSVSource", "DeltaTableSource", "file_source_from_config"]
+
+
+def _schema_config(schema: Mapping[str, Any] | None) -> dict[str, str] | None:
+    return {c: type_to_string(t) for c, t in schema.items()} if schema else None
+
+
+def file_source_from_config(config: Mapping[str, Any], storage_options: Mapping[str, str] | None = None) -> RootSource:
+    """Rebuild a :class:`CSVSource` or :class:`DeltaTableSource` from its ``to_config()``
+    (Delta storage options, which may hold secrets, are passed apart)."""
+    kind = config.get("type")
+    common = {
+        "tag_columns": config["tag_columns"],
+        "record_id_column": config.get("record_id_column"),
+        "source_id": config.get("source_id"),
+        "schema": {c: type_from_string(t) for c, t in (config.get("schema") or {}).items()} or None,
+        "label": config.get("label"),
+    }
+    if kind == "CSVSource":
+        return CSVSource(config["path"], delimiter=config.get("delimiter", ","), **common)
+    if kind == "DeltaTableSource":
+        return DeltaTableSource(config["path"], storage_options=storage_options, version=config.get("version"), **common)
+    raise InputValidationError(f"unknown file source type {kind!r} (expected 'CSVSource' or 'DeltaTableSource')")
 
 
 class CSVSource(RootSource):
@@ -54,6 +76,7 @@ class CSVSource(RootSource):
             "tag_columns": [tag_columns] if isinstance(tag_columns, str) else list(tag_columns),
             "record_id_column": record_id_column,
             "delimiter": delimiter,
+            "schema": _schema_config(schema),
         }
         super().__init__(
             table,
@@ -64,6 +87,7 @@ class CSVSource(RootSource):
             label=label or Path(self.path).stem,
         )
         self._config["source_id"] = self.source_id
+        self._config["label"] = self.label
 
     def to_config(self) -> dict[str, Any]:
         return dict(self._config)
@@ -106,6 +130,7 @@ class DeltaTableSource(RootSource):
             "tag_columns": [tag_columns] if isinstance(tag_columns, str) else list(tag_columns),
             "record_id_column": record_id_column,
             "version": version,
+            "schema": _schema_config(schema),
         }
         super().__init__(
             table,
@@ -116,6 +141,7 @@ class DeltaTableSource(RootSource):
             label=label or Path(self.path.rstrip("/")).name,
         )
         self._config["source_id"] = self.source_id
+        self._config["label"] = self.label
 
     def to_config(self) -> dict[str, Any]:
         # storage options may hold credentials: they are passed again on load, never saved

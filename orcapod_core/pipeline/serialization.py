@@ -1,0 +1,441 @@
+"""Saving a pipeline as JSON and loading it back (orcapod PR #87).
+
+``pipeline.save(path)`` writes one JSON document (``format: "orcapod-pipeline"``,
+``format_version: 1``)::
+
+    {"format": "orcapod-pipeline", "format_version": 1, "name": ["demo"],
+     "pipeline_database": {"type": "delta", "base_uri": ".orcapod", ...},
+     "result_database": null,                      # null: the pipeline database
+     "nodes": [{"label": "scores", "kind": "function", "upstream": ["subjects"],
+                "content_hash": "orcapod_v1:…", "pipeline_hash": "orcapod_v1:…",
+                "record_path": ["demo", "scores", "…"],
+                "output_schema": {"tag_columns": [...], "columns": {"score": "double"}, ...},
+                "function": {"module": "pkg.mod", "callable": "score", "version": "v1", ...}},
+               ...],
+     "edges": [["subjects", "scores"], ...]}
+
+Nothing is pickled: functions are saved by module path and qualified name with the identity
+that their results are stored under; operators by class path and their JSON config; CSV
+and Delta sources by their config; derived sources by the saved description of the pipeline
+they come from. Sources that cannot be rebuilt from config (in-memory data) have their rows
+written to the pipeline database at save time; on load they are ``UNAVAILABLE`` and serve
+those rows, so every node below them still serves its stored results (``CACHE_ONLY``).
+
+Local database paths are saved relative to the JSON file, so a project folder can be moved
+or copied to another machine with its store.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from orcapod_core.databases import RECORD_ID_COLUMN, ArrowDatabase, DeltaTableDatabase, database_from_config
+from orcapod_core.errors import OrcapodError, PipelineLoadError, SourceUnavailableError
+from orcapod_core.function_pod import FunctionPod
+from orcapod_core.hashing import ContentHash, digests_to_hex, hash_rows
+from orcapod_core.operators import Operator
+from orcapod_core.packet_function_proxy import resolve_packet_function_from_config
+from orcapod_core.pipeline.derived import DerivedSource
+from orcapod_core.pipeline.nodes import NODE_CONTENT_COLUMN, CacheMode, FunctionNode, Node, OperatorNode, SourceNode
+from orcapod_core.sources import CSVSource, DeltaTableSource, Source, file_source_from_config
+from orcapod_core.streams import Stream, StreamLayout, conform
+from orcapod_core.types import arrow_schema_from_json, arrow_schema_to_json
+
+if TYPE_CHECKING:
+    from orcapod_core.pipeline.graph import Pipeline
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "StoredSource", "describe_pipeline", "save_pipeline", "load_pipeline"]
+
+FORMAT = "orcapod-pipeline"
+FORMAT_VERSION = 1
+
+
+# --------------------------------------------------------------------------------------
+# The stand-in for sources that cannot be rebuilt
+# --------------------------------------------------------------------------------------
+
+
+class StoredSource(Source):
+    """A source of a loaded pipeline that could not be rebuilt from config: the rows stored
+    for it at save time, with its saved identity (hashes, system tags and source info)."""
+
+    rebuilt = False
+
+    def __init__(
+        self,
+        label: str,
+        layout: StreamLayout,
+        content_hash: ContentHash,
+        pipeline_hash: ContentHash,
+        database: ArrowDatabase,
+        record_path: tuple[str, ...],
+        *,
+        stored_rows: int | None,
+        origin: str,
+        reason: str,
+        saved_info: dict[str, Any] | None = None,
+    ):
+        self.label = label
+        self._layout = layout
+        self._hashes = (content_hash, pipeline_hash)
+        self.database = database
+        self.record_path = record_path
+        self.stored_rows = stored_rows
+        self.origin = origin
+        self.reason = reason
+        self.saved_info = dict(saved_info or {})
+        self.source_id = f"stored:{content_hash.to_hex(16)}"
+
+    def _predict_layout(self) -> StreamLayout:
+        return self._layout
+
+    def _identity_hashes(self) -> tuple[ContentHash, ContentHash]:
+        return self._hashes
+
+    def _compute_table(self) -> pa.Table:
+        if self.stored_rows == 0:
+            return self._layout.schema.empty_table()
+        stored = None
+        if self.database.has_table(self.record_path):
+            stored = self.database.get_records_where(self.record_path, {NODE_CONTENT_COLUMN: self._hashes[0].to_string()})
+        if stored is None or stored.num_rows == 0:
+            raise SourceUnavailableError(
+                f"source {self.label!r} ({self.origin}) cannot be rebuilt ({self.reason}) and none of its rows are stored "
+                f"at {'/'.join(self.record_path)} in {self.database!r}"
+            )
+        return conform(stored.select(self._layout.schema.names), self._layout)
+
+    def __repr__(self) -> str:
+        return f"StoredSource({self.label!r}, of {self.origin})"
+
+
+def _store_source_rows(node: SourceNode) -> int:
+    """Write the node's current rows (system tags and source info included) to its record
+    path, tagged with its content hash; returns the row count. Idempotent (record id = row hash)."""
+    table = node.stream._table()
+    if table.num_rows:
+        content = pa.repeat(pa.scalar(node.content_hash().to_string(), pa.large_string()), table.num_rows)
+        rows = table.append_column(pa.field(NODE_CONTENT_COLUMN, pa.large_string(), False), content)
+        ids = digests_to_hex(hash_rows(rows))
+        node.database.add_records(node.record_path, rows.append_column(pa.field(RECORD_ID_COLUMN, pa.large_string(), False), ids))
+        node.database.flush_path(node.record_path)
+    return table.num_rows
+
+
+# --------------------------------------------------------------------------------------
+# Saving
+# --------------------------------------------------------------------------------------
+
+
+def _class_path(obj: Any) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _database_config(db: ArrowDatabase, base_dir: Path) -> dict[str, Any]:
+    config = dict(db.to_config())
+    if config.get("type") == "delta" and "://" not in str(config.get("base_uri", "")):
+        config["base_uri"] = os.path.relpath(os.path.abspath(config["base_uri"]), base_dir)
+        config["relative_to_file"] = True
+    return config
+
+
+def _source_description(node: SourceNode, base_dir: Path) -> dict[str, Any]:
+    stream = node.stream
+    info: dict[str, Any] = {"class": _class_path(stream)}
+    if isinstance(stream, DerivedSource) and getattr(stream.node, "pipeline", None) is not None:
+        upstream = stream.node
+        info["derived"] = {"node": upstream.label, "pipeline": describe_pipeline(upstream.pipeline, base_dir)}
+        return info
+    config = stream.to_config() if isinstance(stream, (CSVSource, DeltaTableSource)) else None
+    if config is not None:
+        if "://" not in config["path"]:
+            config["path"] = os.path.relpath(os.path.abspath(config["path"]), base_dir)
+            config["relative_to_file"] = True
+        info["config"] = config
+        return info
+    if isinstance(stream, StoredSource):  # saving a loaded pipeline again: as it was saved
+        return dict(stream.saved_info) or {**info, "stored_rows": stream.stored_rows, "origin": stream.origin}
+    info.update(stored_rows=_store_source_rows(node), origin=type(stream).__name__)
+    return info
+
+
+def describe_pipeline(pipeline: Pipeline, base_dir: str | os.PathLike[str] = ".") -> dict[str, Any]:
+    """The JSON-able description that :func:`save_pipeline` writes (paths relative to ``base_dir``)."""
+    base = Path(base_dir).resolve()
+    nodes = []
+    for node in pipeline.nodes.values():
+        entry: dict[str, Any] = {
+            "label": node.label,
+            "kind": node.kind,
+            "upstream": [u.label for u in node.upstream_nodes],
+            "content_hash": node.content_hash().to_string(),
+            "pipeline_hash": node.pipeline_hash().to_string(),
+            "record_path": list(node.record_path),
+            "load_status": node.load_status.value,
+            "output_schema": {"tag_columns": list(node.layout.tag_columns), **arrow_schema_to_json(node.layout.schema)},
+        }
+        if isinstance(node, SourceNode):
+            entry["source"] = _source_description(node, base)
+        elif isinstance(node, FunctionNode):
+            entry["function"] = node.packet_function.to_config()
+        elif isinstance(node, OperatorNode):
+            entry["operator"] = {"class": _class_path(node.operator), "config": node.operator.config(), "cache_mode": node.cache_mode.value}
+        nodes.append(entry)
+    same = pipeline.result_database is pipeline.pipeline_database
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": list(pipeline.name),
+        "operator_cache_mode": pipeline.operator_cache_mode.value,
+        "pipeline_database": _database_config(pipeline.pipeline_database, base),
+        "result_database": None if same else _database_config(pipeline.result_database, base),
+        "nodes": nodes,
+        "edges": [[u, n["label"]] for n in nodes for u in n["upstream"]],
+    }
+
+
+def save_pipeline(pipeline: Pipeline, path: str | os.PathLike[str]) -> Path:
+    """Write ``pipeline``'s description to ``path`` atomically; returns the path."""
+    target = Path(path)
+    if target.suffix == "":
+        target = target.with_suffix(".json")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    description = describe_pipeline(pipeline, target.parent)
+    description["saved_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    pipeline.flush()
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(description, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return target
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------
+
+
+class _Reader:
+    """Field access with errors that name the file, the node and the field."""
+
+    def __init__(self, file: str):
+        self.file = file
+
+    def error(self, what: str) -> PipelineLoadError:
+        return PipelineLoadError(f"{self.file}: {what}")
+
+    def get(self, obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+        if not isinstance(obj, Mapping) or key not in obj:
+            raise self.error(f"{where} lacks the field {key!r}")
+        value = obj[key]
+        if not isinstance(value, kind):
+            names = " or ".join(t.__name__ for t in (kind if isinstance(kind, tuple) else (kind,)))
+            raise self.error(f"field {key!r} of {where} must be {names}, got {type(value).__name__}")
+        return value
+
+
+def _read_description(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise PipelineLoadError(f"{path}: no such pipeline file") from None
+    except OSError as exc:
+        raise PipelineLoadError(f"{path}: cannot read the pipeline file: {exc}") from exc
+    try:
+        description = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PipelineLoadError(f"{path}: not a valid pipeline file (invalid JSON at line {exc.lineno}: {exc.msg})") from exc
+    return _check_header(description, str(path))
+
+
+def _check_header(description: Any, file: str) -> dict[str, Any]:
+    if not isinstance(description, dict) or description.get("format") != FORMAT:
+        raise PipelineLoadError(f"{file}: not an orcapod pipeline description (field 'format' is not {FORMAT!r})")
+    version = description.get("format_version")
+    if version != FORMAT_VERSION:
+        raise PipelineLoadError(
+            f"{file}: field 'format_version' is {version!r}; this orcapod reads version {FORMAT_VERSION}"
+            + (" (the file was written by a newer orcapod)" if isinstance(version, int) and version > FORMAT_VERSION else "")
+        )
+    return description
+
+
+def _open_database(config: Any, base_dir: Path, storage_options: dict[str, str] | None, field: str, reader: _Reader) -> ArrowDatabase:
+    if not isinstance(config, Mapping):
+        raise reader.error(f"field {field!r} must be a database config object")
+    if config.get("type") == "memory":
+        raise reader.error(
+            f"field {field!r}: the pipeline was saved with an in-memory database, whose data is gone; "
+            f"pass {field}= to Pipeline.load"
+        )
+    config = dict(config)
+    if config.get("type") == "delta":
+        uri = reader.get(config, "base_uri", str, f"field {field!r}")
+        if config.pop("relative_to_file", False):
+            config["base_uri"] = uri = str((base_dir / uri).resolve())
+        if "://" not in uri and not Path(uri).is_dir():
+            raise reader.error(f"field {field!r}: the database path {uri!r} does not exist")
+    try:
+        return database_from_config(config, storage_options)
+    except OrcapodError as exc:
+        raise reader.error(f"field {field!r}: {exc}") from exc
+
+
+def _import_class(path: str, reader: _Reader, where: str) -> type:
+    module, _, qualname = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except Exception as exc:
+        raise reader.error(f"{where}: cannot import {path!r} ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(obj, type):
+        raise reader.error(f"{where}: {path!r} is not a class")
+    return obj
+
+
+def load_pipeline(
+    path: str | os.PathLike[str],
+    pipeline_database: ArrowDatabase | None = None,
+    result_database: ArrowDatabase | None = None,
+    *,
+    storage_options: dict[str, str] | None = None,
+) -> Pipeline:
+    """Rebuild a pipeline from :func:`save_pipeline` output (see :meth:`Pipeline.load`).
+
+    Nothing is written to any database while loading.
+    """
+    file = Path(path)
+    description = _read_description(file)
+    return _build(description, file.parent.resolve(), _Reader(str(file)), pipeline_database, result_database, storage_options)
+
+
+def _build(
+    description: dict[str, Any],
+    base_dir: Path,
+    reader: _Reader,
+    pipeline_database: ArrowDatabase | None,
+    result_database: ArrowDatabase | None,
+    storage_options: dict[str, str] | None,
+) -> Pipeline:
+    from orcapod_core.pipeline.graph import Pipeline
+
+    name = reader.get(description, "name", list, "the pipeline")
+    if pipeline_database is None:
+        pipeline_database = _open_database(description.get("pipeline_database"), base_dir, storage_options, "pipeline_database", reader)
+    if result_database is None and description.get("result_database") is not None:
+        result_database = _open_database(description["result_database"], base_dir, storage_options, "result_database", reader)
+    try:
+        cache_mode = CacheMode(description.get("operator_cache_mode", "off"))
+    except ValueError:
+        raise reader.error(f"field 'operator_cache_mode' is {description.get('operator_cache_mode')!r}") from None
+    pipeline = Pipeline(name, pipeline_database, result_database, operator_cache_mode=cache_mode)
+    nodes: dict[str, Node] = {}
+    for i, entry in enumerate(reader.get(description, "nodes", list, "the pipeline")):
+        label = reader.get(entry, "label", str, f"node #{i}")
+        where = f"node {label!r}"
+        kind = reader.get(entry, "kind", str, where)
+        upstream_labels = reader.get(entry, "upstream", list, where)
+        unknown = [u for u in upstream_labels if u not in nodes]
+        if unknown:
+            raise reader.error(f"{where}: upstream node(s) {unknown} are not defined before it")
+        upstream = [nodes[u] for u in upstream_labels]
+        try:
+            if kind == "source":
+                source = _load_source(entry, where, base_dir, reader, pipeline, description, storage_options)
+                node: Node = pipeline._source_node(source, label)
+            elif kind == "function":
+                config = reader.get(entry, "function", dict, where)
+                pf = resolve_packet_function_from_config(config, fallback_to_proxy=True)
+                node = pipeline._function_node(FunctionPod(pf), upstream, label)
+            elif kind == "operator":
+                op_entry = reader.get(entry, "operator", dict, where)
+                cls = _import_class(reader.get(op_entry, "class", str, f"{where} operator"), reader, where)
+                if not issubclass(cls, Operator):
+                    raise reader.error(f"{where}: {op_entry['class']!r} is not an Operator")
+                operator = cls.from_config(reader.get(op_entry, "config", dict, f"{where} operator"))
+                node = pipeline._operator_node(operator, upstream, label, CacheMode(op_entry.get("cache_mode", "off")))
+            else:
+                raise reader.error(f"{where}: unknown node kind {kind!r}")
+        except PipelineLoadError as exc:
+            if str(exc).startswith(reader.file):
+                raise
+            raise reader.error(f"{where}: {exc}") from exc
+        except OrcapodError as exc:
+            raise reader.error(f"{where}: {exc}") from exc
+        node.saved_description = entry  # type: ignore[attr-defined]
+        nodes[label] = node
+    pipeline._nodes = nodes
+    return pipeline
+
+
+def _load_source(
+    entry: dict[str, Any],
+    where: str,
+    base_dir: Path,
+    reader: _Reader,
+    pipeline: Pipeline,
+    outer: dict[str, Any],
+    storage_options: dict[str, str] | None,
+) -> Stream:
+    info = reader.get(entry, "source", dict, where)
+    reason = "it holds in-memory data"
+    if "derived" in info:
+        derived = reader.get(info, "derived", dict, where)
+        inner = _check_header(reader.get(derived, "pipeline", dict, where), f"{reader.file} ({where})")
+        # The upstream pipeline shares the databases it was saved with (as passed to load).
+        same_db = inner.get("pipeline_database") == outer.get("pipeline_database")
+        same_results = inner.get("result_database") == outer.get("result_database")
+        upstream_pipeline = _build(
+            inner,
+            base_dir,
+            reader,
+            pipeline.pipeline_database if same_db else None,
+            pipeline.result_database if same_db and same_results else None,
+            storage_options,
+        )
+        node_label = reader.get(derived, "node", str, where)
+        if node_label not in upstream_pipeline.nodes:
+            raise reader.error(f"{where}: derived from node {node_label!r}, which its saved pipeline does not have")
+        return DerivedSource(upstream_pipeline.nodes[node_label], label=entry["label"])
+    if "config" in info:
+        config = dict(reader.get(info, "config", dict, where))
+        if config.pop("relative_to_file", False):
+            config["path"] = str((base_dir / config["path"]).resolve())
+        try:
+            return file_source_from_config(config, storage_options)
+        except (OrcapodError, OSError) as exc:
+            reason = f"rebuilding it failed: {exc}"
+    schema = reader.get(entry, "output_schema", dict, where)
+    try:
+        layout = StreamLayout(arrow_schema_from_json(schema), tuple(reader.get(schema, "tag_columns", list, f"{where} output_schema")))
+    except ValueError as exc:
+        raise reader.error(f"{where}: field 'output_schema': {exc}") from exc
+    hashes = [ContentHash.from_string(reader.get(entry, k, str, where)) for k in ("content_hash", "pipeline_hash")]
+    return StoredSource(
+        entry["label"],
+        layout,
+        hashes[0],
+        hashes[1],
+        pipeline.pipeline_database,
+        tuple(reader.get(entry, "record_path", list, where)),
+        stored_rows=info.get("stored_rows"),
+        origin=str(info.get("origin", info.get("class", "source"))),
+        reason=reason,
+        saved_info=info,
+    )

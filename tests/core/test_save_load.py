@@ -1,0 +1,499 @@
+"""Saving and loading pipelines: round trips of every node kind, load statuses, the
+PacketFunctionProxy (identity, invocation error, bind/unbind and every mismatch kind),
+function configs, and bad saved files. The cross-process scenario is in
+test_save_load_processes.py."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from orcapod_core.databases import DeltaTableDatabase, InMemoryArrowDatabase
+from orcapod_core.errors import (
+    FunctionBindError,
+    PacketFunctionUnavailableError,
+    PipelineLoadError,
+    SourceUnavailableError,
+)
+from orcapod_core.function_pod import FunctionPod, PythonPacketFunction
+from orcapod_core.operators import Batch, Join, MapPackets, PolarsFilter
+from orcapod_core.packet_function_proxy import PacketFunctionProxy, resolve_packet_function_from_config
+from orcapod_core.pipeline import AsyncPipelineOrchestrator, CacheMode, LoadStatus, Pipeline, SyncPipelineOrchestrator
+from orcapod_core.pipeline.serialization import StoredSource
+from orcapod_core.sources import CSVSource, DictSource
+
+_counter = itertools.count()
+
+FUNCS = '''
+from orcapod_core.function_pod import function_pod
+
+CALLS = []
+
+@function_pod(output_keys="y", function_name="double_it", version="v3")
+def double(x: int) -> int:
+    """Twice x."""
+    CALLS.append(x)
+    return x * 2
+
+@function_pod(output_keys=["total", "n"], identity="declared")
+def summarize(y: list[int]) -> tuple[int, int]:
+    return sum(y), len(y)
+
+@function_pod(output_keys="label")
+def describe(y: int, z: str) -> str:
+    return f"{z}:{y}"
+
+NOT_A_FUNCTION = 42
+'''
+
+
+@pytest.fixture
+def funcs(tmp_path, monkeypatch):
+    """A fresh, importable module of packet functions (a unique name per test)."""
+    name = f"saveload_funcs_{next(_counter)}"
+    folder = tmp_path / "code"
+    folder.mkdir()
+    (folder / f"{name}.py").write_text(FUNCS)
+    monkeypatch.syspath_prepend(str(folder))
+    module = importlib.import_module(name)
+    module.path = folder / f"{name}.py"
+    yield module
+    sys.modules.pop(name, None)
+
+
+def forget_module(module) -> None:
+    """Make ``module`` unimportable: delete its file and drop it from ``sys.modules``."""
+    module.path.unlink()
+    sys.modules.pop(module.__name__, None)
+    importlib.invalidate_caches()
+
+
+def write_csv(path: Path, rows: list[tuple[int, int]]) -> Path:
+    path.write_text("id,x\n" + "".join(f"{i},{x}\n" for i, x in rows))
+    return path
+
+
+def build(tmp_path, funcs, db=None):
+    """CSV → double → (join with an in-memory source) → describe; plus a batch branch."""
+    csv = write_csv(tmp_path / "data.csv", [(1, 10), (2, 20), (3, 30)])
+    names = DictSource({"id": [1, 2, 3], "z": ["a", "b", "c"]}, tag_columns="id", source_id="names", label="names")
+    db = db or DeltaTableDatabase(tmp_path / "store")
+    with Pipeline("demo", db) as p:
+        numbers = CSVSource(csv, tag_columns="id", schema={"x": int})
+        doubled = funcs.double.pod(numbers, label="doubled")
+        joined = Join()(doubled, names, label="joined")
+        funcs.describe.pod(joined, label="described")
+        batched = Batch(batch_size=2)(doubled.map_packets({"y": "y"}), label="batched")
+        funcs.summarize.pod(batched, label="summary")
+    return p
+
+
+def tables_equal(a: pa.Table, b: pa.Table) -> bool:
+    return a.sort_by([(c, "ascending") for c in a.column_names if c == "id"] or []).equals(
+        b.sort_by([(c, "ascending") for c in b.column_names if c == "id"] or [])
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Round trips
+# --------------------------------------------------------------------------------------
+
+
+def test_round_trip_rebuilds_every_node_kind_with_identical_hashes_and_rows(tmp_path, funcs):
+    p = build(tmp_path, funcs)
+    first = p.run()
+    assert first.failed == 0 and first.computed > 0
+    saved = p.save(tmp_path / "pipeline.json")
+
+    q = Pipeline.load(saved)
+    assert list(q.nodes) == list(p.nodes)
+    assert {n.label: n.kind for n in q} == {n.label: n.kind for n in p}
+    for label, node in q.nodes.items():
+        old = p.nodes[label]
+        assert node.content_hash() == old.content_hash(), label
+        assert node.pipeline_hash() == old.pipeline_hash(), label
+        assert node.record_path == old.record_path, label
+        assert node.layout == old.layout, label
+        assert [u.label for u in node.upstream_nodes] == [u.label for u in old.upstream_nodes]
+    statuses = {n.label: n.load_status for n in q}
+    assert statuses["data"] is LoadStatus.FULL and statuses["doubled"] is LoadStatus.FULL
+    assert statuses["names"] is LoadStatus.UNAVAILABLE
+    assert statuses["joined"] is LoadStatus.CACHE_ONLY and statuses["described"] is LoadStatus.CACHE_ONLY
+    assert statuses["summary"] is LoadStatus.FULL
+
+    # Every node serves exactly what the original pipeline produced, without computing.
+    calls = len(funcs.CALLS)
+    for label in p.nodes:
+        assert q.nodes[label].as_table(all_info=True).equals(p.nodes[label].as_table(all_info=True)), label
+    again = q.run()
+    assert again.computed == 0 and again.failed == 0 and again.cached == first.computed + first.cached
+    assert len(funcs.CALLS) == calls
+
+
+def test_saved_function_config_keeps_name_version_keys_identity_and_schemas(tmp_path, funcs):
+    p = build(tmp_path, funcs)
+    p.save(tmp_path / "p.json")
+    description = json.loads((tmp_path / "p.json").read_text())
+    nodes = {n["label"]: n for n in description["nodes"]}
+    fn = nodes["doubled"]["function"]
+    assert (fn["module"], fn["callable"], fn["function_name"], fn["version"]) == (funcs.__name__, "double", "double_it", "v3")
+    assert fn["uri"] == p.doubled.packet_function.uri and fn["identity"] == "source"
+    assert fn["input_schema"] == {"x": "int"} and fn["output_schema"] == {"y": "int"}
+    summary = nodes["summary"]["function"]
+    assert summary["identity"] == "declared" and summary["output_keys"] == ["total", "n"]
+    assert summary["input_schema"] == {"y": "list[int]"}
+    assert nodes["summary"]["output_schema"]["columns"]["total"] == "int64"
+    assert nodes["batched"]["operator"] == {"class": "orcapod_core.operators.batch:Batch", "config": p.batched.operator.config(), "cache_mode": "off"}
+    assert nodes["data"]["source"]["config"]["schema"] == {"x": "int"}
+    assert nodes["names"]["source"]["stored_rows"] == 3
+    assert ["doubled", "joined"] in description["edges"] and ["names", "joined"] in description["edges"]
+
+    q = Pipeline.load(tmp_path / "p.json")
+    for label in ("doubled", "summary", "described"):
+        a, b = q.nodes[label].packet_function, p.nodes[label].packet_function
+        assert isinstance(a, PythonPacketFunction)
+        assert (a.function_name, a.version, a.output_keys, a.identity_mode, a.uri) == (b.function_name, b.version, b.output_keys, b.identity_mode, b.uri)
+        assert a.input_schema == b.input_schema and a.output_schema == b.output_schema
+
+
+@pytest.mark.parametrize("orchestrator", [SyncPipelineOrchestrator(), AsyncPipelineOrchestrator()], ids=["sync", "async"])
+def test_loaded_pipeline_computes_only_new_rows_of_a_rebuilt_source(tmp_path, funcs, orchestrator):
+    p = build(tmp_path, funcs)
+    p.run(orchestrator=orchestrator)
+    p.save(tmp_path / "p.json")
+    write_csv(tmp_path / "data.csv", [(1, 10), (2, 20), (3, 30), (4, 40)])
+    q = Pipeline.load(tmp_path / "p.json")
+    funcs.CALLS.clear()
+    result = q.run(orchestrator=orchestrator)
+    assert funcs.CALLS == [40]
+    assert result.stats["doubled"].computed == 1 and result.stats["doubled"].cached == 3
+    assert sorted(q.doubled.as_table().column("y").to_pylist()) == [20, 40, 60, 80]
+    # rows below the unavailable in-memory source are those it had when saved
+    assert sorted(q.described.as_table().column("label").to_pylist()) == ["a:20", "b:40", "c:60"]
+
+
+def test_operators_with_polars_and_renames_round_trip(tmp_path, funcs):
+    src = DictSource({"id": [1, 2, 3], "x": [5, 15, 25]}, tag_columns="id", source_id="s")
+    with Pipeline("ops", InMemoryArrowDatabase(), operator_cache_mode=CacheMode.LOG) as p:
+        kept = PolarsFilter(pl.col("x") > 10)(src, label="kept")
+        renamed = MapPackets({"x": "x"})(kept, label="renamed")
+        funcs.double.pod(renamed, label="doubled")
+    p.run()
+    p.save(tmp_path / "ops.json")
+    q = Pipeline.load(tmp_path / "ops.json", pipeline_database=p.pipeline_database)
+    assert q.operator_cache_mode is CacheMode.LOG and q.kept.cache_mode is CacheMode.LOG
+    assert q.kept.content_hash() == p.kept.content_hash()
+    assert q.doubled.as_table().column("y").to_pylist() == [30, 50]
+
+
+def test_derived_source_is_rebuilt_from_its_upstream_pipeline(tmp_path, funcs):
+    db = DeltaTableDatabase(tmp_path / "store")
+    upstream = build(tmp_path, funcs, db)
+    upstream.run()
+    with Pipeline("report", db) as report:
+        funcs.summarize.pod(Batch()(upstream.doubled.as_source(), label="all"), label="total")
+    report.run()
+    report.save(tmp_path / "report.json")
+
+    loaded = Pipeline.load(tmp_path / "report.json")
+    source = next(iter(loaded)).source
+    assert type(source).__name__ == "DerivedSource" and source.node.label == "doubled"
+    assert source.node.pipeline.name == ("demo",)
+    assert all(n.load_status is LoadStatus.FULL for n in loaded)
+    assert loaded.total.content_hash() == report.total.content_hash()
+    rows = loaded.total.as_table().to_pylist()
+    assert rows == report.total.as_table().to_pylist()
+    assert [(r["total"], r["n"]) for r in rows] == [(120, 3)]
+    # the derived rows keep their provenance
+    assert source.as_table(all_info=True).equals(upstream.doubled.as_source().as_table(all_info=True))
+
+
+def test_unavailable_source_without_stored_rows_names_the_source(tmp_path, funcs):
+    p = build(tmp_path, funcs, InMemoryArrowDatabase())
+    p.save(tmp_path / "p.json")
+    q = Pipeline.load(tmp_path / "p.json", pipeline_database=InMemoryArrowDatabase())  # rows not in this store
+    assert isinstance(q.names.source, StoredSource)
+    with pytest.raises(SourceUnavailableError, match="'names'.*DictSource"):
+        q.joined.as_table()
+
+
+# --------------------------------------------------------------------------------------
+# Proxies in loaded pipelines
+# --------------------------------------------------------------------------------------
+
+
+def test_missing_function_module_loads_a_read_only_proxy_that_serves_cached_results(tmp_path, funcs):
+    p = build(tmp_path, funcs)
+    p.run()
+    expected = {label: p.nodes[label].as_table(all_info=True) for label in p.nodes}
+    p.save(tmp_path / "p.json")
+    forget_module(funcs)
+
+    # the downstream function lives in another module that still exists
+    q = Pipeline.load(tmp_path / "p.json")
+    proxy = q.doubled.packet_function
+    assert isinstance(proxy, PacketFunctionProxy) and not proxy.is_bound
+    assert q.doubled.load_status is LoadStatus.READ_ONLY
+    assert q.summary.load_status is LoadStatus.READ_ONLY  # its module is gone too
+    assert proxy.uri == p.doubled.packet_function.uri
+    assert q.doubled.content_hash() == p.doubled.content_hash()
+    assert q.doubled.as_table(all_info=True).equals(expected["doubled"])
+    assert q.summary.as_table(all_info=True).equals(expected["summary"])
+    result = q.run()
+    assert result.computed == 0 and result.failed == 0
+
+
+def test_new_packets_on_a_proxy_fail_clearly_and_compute_after_bind(tmp_path, funcs):
+    p = build(tmp_path, funcs)
+    p.run()
+    p.save(tmp_path / "p.json")
+    source_text = funcs.path.read_text()
+    forget_module(funcs)
+    write_csv(tmp_path / "data.csv", [(1, 10), (2, 20), (3, 30), (4, 40)])
+    q = Pipeline.load(tmp_path / "p.json")
+
+    with pytest.raises(PacketFunctionUnavailableError, match=rf"'double_it'.*{funcs.__name__}:double"):
+        q.run(error_policy="fail_fast")
+    result = q.run(error_policy="continue")
+    assert result.stats["doubled"].failed == 1 and result.stats["doubled"].cached == 3
+    assert "PacketFunctionUnavailableError" in result.stats["doubled"].errors[0]
+    assert sorted(q.doubled.as_table().column("y").to_pylist()) == [20, 40, 60]  # the old rows are still served
+
+    # The same code under another module name has the same identity: bind it and compute.
+    restored = tmp_path / "code" / "restored_funcs_mod.py"
+    restored.write_text(source_text)
+    importlib.invalidate_caches()
+    module = importlib.import_module("restored_funcs_mod")
+    try:
+        q.doubled.packet_function.bind(module.double.pod.packet_function)
+        assert q.doubled.load_status is LoadStatus.FULL
+        result = q.run()
+        assert module.CALLS == [40] and result.stats["doubled"].computed == 1
+        assert sorted(q.doubled.as_table().column("y").to_pylist()) == [20, 40, 60, 80]
+        q.doubled.packet_function.unbind()
+        assert q.doubled.load_status is LoadStatus.READ_ONLY
+    finally:
+        sys.modules.pop("restored_funcs_mod", None)
+
+
+# --------------------------------------------------------------------------------------
+# The proxy on its own
+# --------------------------------------------------------------------------------------
+
+
+def saved_config(funcs, name="double"):
+    return getattr(funcs, name).pod.packet_function.to_config()
+
+
+def test_proxy_keeps_the_saved_identity_and_schemas(funcs):
+    config = saved_config(funcs, "summarize")
+    proxy = PacketFunctionProxy(config)
+    real = funcs.summarize.pod.packet_function
+    assert proxy.uri == real.uri and proxy.identity_hash() == real.identity_hash()
+    assert (proxy.function_name, proxy.version, proxy.output_keys) == (real.function_name, real.version, real.output_keys)
+    assert proxy.input_schema == real.input_schema and proxy.output_schema == real.output_schema
+    assert proxy.output_arrow_schema.equals(real.output_arrow_schema)
+    assert FunctionPod(proxy).identity_hash() == FunctionPod(real).identity_hash()
+    assert proxy.function is None and proxy.to_config() == config
+
+
+def test_proxy_turns_unknown_type_strings_into_object():
+    config = {
+        "type": "python", "module": "gone", "callable": "f", "function_name": "f", "version": "v0",
+        "identity_hash": "orcapod_v1:" + "ab" * 32, "uri": "f/v0/abababababababab",
+        "input_schema": {"a": "mylib.Thing", "b": "list[int]"}, "output_schema": {"y": "int"}, "output_keys": ["y"],
+    }
+    proxy = PacketFunctionProxy(config)
+    assert proxy.input_schema == {"a": object, "b": list[int]}
+    assert proxy.output_arrow_schema == pa.schema([pa.field("y", pa.int64(), False)])
+
+
+def test_proxy_invocation_raises_naming_function_and_module(funcs):
+    proxy = PacketFunctionProxy(saved_config(funcs), reason="module gone")
+    with pytest.raises(PacketFunctionUnavailableError, match=rf"'double_it'.*{funcs.__name__}:double.*module gone"):
+        proxy.call({"x": 1})
+    batch = proxy.call_batch(pa.table({"x": [1, 2, 3]}))
+    assert batch.table.num_rows == 0 and sorted(batch.errors) == [0, 1, 2]
+    assert all(isinstance(e, PacketFunctionUnavailableError) for e in batch.errors.values())
+    assert sorted(proxy.call_batch(pa.table({"x": [1, 2]}), fail_fast=True).errors) == [0]
+
+
+def test_bind_delegates_and_unbind_reverts(funcs):
+    proxy = PacketFunctionProxy(saved_config(funcs))
+    assert proxy.bind(funcs.double.pod) is proxy  # a pod is accepted for its packet function
+    assert proxy.is_bound and proxy.call({"x": 4}) == {"y": 8}
+    assert proxy.call_batch(pa.table({"x": [1, 2]})).table.column("y").to_pylist() == [2, 4]
+    proxy.unbind()
+    with pytest.raises(PacketFunctionUnavailableError):
+        proxy.call({"x": 4})
+
+
+def _variant(tmp_path, monkeypatch, body: str):
+    name = f"variant_{next(_counter)}"
+    (tmp_path / f"{name}.py").write_text("from orcapod_core.function_pod import function_pod\n" + textwrap.dedent(body))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return importlib.import_module(name)
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        ('@function_pod(output_keys="y", function_name="other", version="v3")\ndef double(x: int) -> int:\n    return x * 2\n', ["function name", "identity"]),
+        ('@function_pod(output_keys="y", function_name="double_it", version="v4")\ndef double(x: int) -> int:\n    return x * 2\n', ["version", "identity"]),
+        ('@function_pod(output_keys="y", function_name="double_it", version="v3")\ndef double(x: float) -> int:\n    return int(x * 2)\n', ["input schema", "identity"]),
+        ('@function_pod(output_keys="y", function_name="double_it", version="v3")\ndef double(x: int) -> float:\n    return x * 2.0\n', ["output schema", "identity"]),
+        ('@function_pod(output_keys="z", function_name="double_it", version="v3")\ndef double(x: int) -> int:\n    return x * 2\n', ["output schema", "output keys", "identity"]),
+        ('@function_pod(output_keys="y", function_name="double_it", version="v3")\ndef double(x: int) -> int:\n    return x * 3\n', ["identity"]),
+        ('@function_pod(output_keys="y", function_name="double_it", version="v3")\ndef double(x: int, k: int = 2) -> int:\n    return x * k\n', ["input schema", "optional parameters", "identity"]),
+        ('@function_pod(output_keys="z", function_name="other", version="v9")\ndef double(x: str) -> str:\n    return x\n',
+         ["function name", "version", "input schema", "output schema", "output keys", "identity"]),
+    ],
+    ids=["name", "version", "input", "output", "keys", "body", "optional", "everything"],
+)
+def test_bind_lists_every_mismatch_in_one_error(tmp_path, monkeypatch, funcs, body, expected):
+    proxy = PacketFunctionProxy(saved_config(funcs))
+    other = _variant(tmp_path, monkeypatch, body).double.pod.packet_function
+    with pytest.raises(FunctionBindError) as info:
+        proxy.bind(other)
+    message = str(info.value)
+    for what in expected:
+        assert f"{what}: saved" in message, (what, message)
+    listed = {part.split(": saved")[0].strip() for part in message.split(";") if ": saved" in part}
+    assert {w.split(": ")[-1] for w in listed} >= set(expected)
+    assert len(listed) == len(expected), message
+    assert not proxy.is_bound
+
+
+def test_bind_rejects_what_is_not_a_packet_function(funcs):
+    proxy = PacketFunctionProxy(saved_config(funcs))
+    with pytest.raises(FunctionBindError, match="expected a PythonPacketFunction"):
+        proxy.bind(lambda x: x)
+
+
+# --------------------------------------------------------------------------------------
+# resolve_packet_function_from_config / FunctionPod.from_config
+# --------------------------------------------------------------------------------------
+
+
+def test_resolve_imports_the_function_with_its_saved_options(funcs):
+    config = saved_config(funcs)
+    pf = resolve_packet_function_from_config(config)
+    assert isinstance(pf, PythonPacketFunction) and pf.function is funcs.double and pf.uri == config["uri"]
+    pod = FunctionPod.from_config(saved_config(funcs, "summarize"))
+    assert pod.uri == funcs.summarize.pod.uri and pod.packet_function.identity_mode == "declared"
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"module": "no_such_module_xyz"}, "No module named 'no_such_module_xyz'"),
+        ({"callable": "vanished"}, "has no attribute 'vanished'"),
+        ({"callable": "outer.<locals>.inner"}, "defined inside a function"),
+        ({"type": "rust"}, "unknown function type 'rust'"),
+    ],
+    ids=["import", "attribute", "locals", "type"],
+)
+def test_unloadable_functions_raise_or_fall_back_to_a_proxy(funcs, change, reason):
+    config = {**saved_config(funcs), **change}
+    with pytest.raises(PacketFunctionUnavailableError, match=reason):
+        resolve_packet_function_from_config(config)
+    proxy = resolve_packet_function_from_config(config, fallback_to_proxy=True)
+    assert isinstance(proxy, PacketFunctionProxy) and reason in proxy.reason
+    assert isinstance(FunctionPod.from_config(config, fallback_to_proxy=True).packet_function, PacketFunctionProxy)
+
+
+def test_config_naming_a_non_function_is_an_error_even_with_fallback(funcs):
+    config = {**saved_config(funcs), "callable": "NOT_A_FUNCTION"}
+    for fallback in (False, True):
+        with pytest.raises(PipelineLoadError, match="'callable'.*NOT_A_FUNCTION.*int, not a function"):
+            resolve_packet_function_from_config(config, fallback_to_proxy=fallback)
+
+
+def test_incomplete_function_config_names_the_missing_fields(funcs):
+    config = saved_config(funcs)
+    del config["uri"], config["output_keys"]
+    with pytest.raises(PipelineLoadError, match=r"\['uri', 'output_keys'\]"):
+        resolve_packet_function_from_config(config)
+
+
+# --------------------------------------------------------------------------------------
+# Bad saved files: specific errors, nothing in the store touched
+# --------------------------------------------------------------------------------------
+
+
+def _store_state(db: DeltaTableDatabase) -> dict:
+    return {path: db.table_version(path) for path in db.list_tables()}
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda text: text[: len(text) // 2], r"invalid JSON at line"),
+        (lambda text: json.dumps({**json.loads(text), "format_version": 2}), r"'format_version' is 2.*newer orcapod"),
+        (lambda text: json.dumps({**json.loads(text), "format": "other"}), r"not an orcapod pipeline description"),
+        (lambda text: json.dumps({**json.loads(text), "pipeline_database": {"type": "delta", "base_uri": "/nonexistent/store"}}),
+         r"'pipeline_database'.*'/nonexistent/store' does not exist"),
+        (lambda text: json.dumps({**json.loads(text), "pipeline_database": {"type": "memory"}}), r"in-memory database.*pipeline_database="),
+        (lambda text: json.dumps({**json.loads(text), "nodes": [{**n, "upstream": ["ghost"]} if n["label"] == "doubled" else n for n in json.loads(text)["nodes"]]}),
+         r"node 'doubled': upstream node\(s\) \['ghost'\]"),
+        (lambda text: json.dumps({**json.loads(text), "nodes": [{k: v for k, v in n.items() if k != "function"} if n["label"] == "doubled" else n for n in json.loads(text)["nodes"]]}),
+         r"node 'doubled' lacks the field 'function'"),
+        (lambda text: json.dumps({**json.loads(text), "nodes": [{**n, "function": {**n["function"], "callable": "NOT_A_FUNCTION"}} if n["label"] == "doubled" else n for n in json.loads(text)["nodes"]]}),
+         r"NOT_A_FUNCTION.*not a function"),
+    ],
+    ids=["corrupt", "version", "format", "missing-db", "memory-db", "edge", "field", "non-function"],
+)
+def test_bad_saved_files_raise_specific_errors_and_touch_nothing(tmp_path, funcs, mutate, match):
+    p = build(tmp_path, funcs)
+    p.run()
+    saved = p.save(tmp_path / "p.json")
+    db = DeltaTableDatabase(tmp_path / "store")
+    before = _store_state(db)
+    saved.write_text(mutate(saved.read_text()))
+    with pytest.raises(PipelineLoadError, match=match) as info:
+        Pipeline.load(saved)
+    assert str(saved) in str(info.value)
+    assert _store_state(DeltaTableDatabase(tmp_path / "store")) == before
+
+
+def test_missing_file_is_a_load_error(tmp_path):
+    with pytest.raises(PipelineLoadError, match="no such pipeline file"):
+        Pipeline.load(tmp_path / "nope.json")
+
+
+def test_saved_store_path_is_relative_to_the_file_so_the_folder_can_move(tmp_path, funcs):
+    project = tmp_path / "project"
+    project.mkdir()
+    p = build(project, funcs)
+    p.run()
+    p.save(project / "p.json")
+    moved = tmp_path / "moved"
+    project.rename(moved)
+    q = Pipeline.load(moved / "p.json")
+    assert Path(q.pipeline_database.base_uri) == (moved / "store").resolve()
+    assert q.run().computed == 0
+
+
+def test_a_loaded_pipeline_with_proxies_and_stored_sources_saves_again_unchanged(tmp_path, funcs):
+    p = build(tmp_path, funcs)
+    p.run()
+    p.save(tmp_path / "first.json")
+    forget_module(funcs)
+    q = Pipeline.load(tmp_path / "first.json")
+    q.save(tmp_path / "second.json")
+    first, second = (json.loads((tmp_path / f).read_text()) for f in ("first.json", "second.json"))
+    for d in (first, second):
+        d.pop("saved_at")
+        for n in d["nodes"]:
+            n.pop("load_status")
+    assert first == second
+    r = Pipeline.load(tmp_path / "second.json")
+    assert r.doubled.as_table().equals(p.doubled.as_table())
