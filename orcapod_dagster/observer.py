@@ -30,16 +30,20 @@ class DagsterLogObserver(NoOpObserver):
         self._last: dict[str, float] = {}
         self._failures: dict[str, int] = {}
 
-    def on_node_start(self, node: Any, total: int) -> None:
+    def on_node_start(self, node: Any, total: int | None) -> None:
         with self._lock:
             self._started[node.label] = self._last[node.label] = time.perf_counter()
             self._failures[node.label] = 0
-        self.log.info(f"orcapod: {node.label} [{node.kind}] started on {total} input rows")
+        # total None: the input streams from a function node (async orchestrator), count unknown yet
+        rows = f"{total} input rows" if total is not None else "streamed input rows"
+        self.log.info(f"orcapod: {node.label} [{node.kind}] started on {rows}")
 
     def on_node_progress(self, node: Any, done: int, total: int) -> None:
+        # Throttled always (the async orchestrator's ``total`` grows batch by batch, so
+        # ``done == total`` after each batch); the node's end line has the final counts.
         now = time.perf_counter()
         with self._lock:
-            if now - self._last.get(node.label, 0.0) < self.every_s and done < total:
+            if now - self._last.get(node.label, 0.0) < self.every_s:
                 return
             self._last[node.label] = now
             elapsed = max(now - self._started.get(node.label, now), 1e-9)

@@ -10,9 +10,16 @@ hash + node content hash). One anti-join of the entry ids against the stored ent
 column splits the input into "recorded" and "new"; one result-cache lookup over the distinct
 packet hashes splits what is left into "result exists" and "compute". Only the "compute"
 packets become Python calls (each distinct packet once); results and pipeline records are
-written in batches. Pipeline records hold the tag, system tags, the entry id, the input
-packet hash (the link to the result record), the input packets' source info and whether the
-packet was computed in that run.
+written in batches during the run, in step: a pipeline record is committed right after the
+result batch it links to (never before), so a killed process loses at most the current
+batch of both, and no stored pipeline record points to a missing result. Pipeline records
+hold the tag, system tags, the entry id, the input packet hash (the link to the result
+record), the input packets' source info and whether the packet was computed in that run.
+
+A run may span several ``_assemble`` calls (the async orchestrator assembles a node batch by
+batch as its input arrives); its :class:`_NodeRun` reads the stored entry ids and results
+once and answers later batches in memory, so a batch never costs time proportional to the
+stored tables.
 
 **OperatorNode** cache modes: ``CacheMode.OFF`` (compute, store nothing), ``LOG`` (compute
 and append output rows deduplicated by row hash), ``REPLAY`` (serve stored rows).
@@ -27,6 +34,7 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, runtime_checkable
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -37,6 +45,7 @@ from orcapod_core.function_pod import FunctionPod, FunctionPodStream
 from orcapod_core.hashing import ContentHash, digests_to_hex, hash_rows
 from orcapod_core.operators import Join, Operator
 from orcapod_core.operators.base import OperatorStream
+from orcapod_core.pipeline.key_index import KeyIndex
 from orcapod_core.pipeline.observers import ExecutionObserver, NodeStats, NoOpObserver
 from orcapod_core.result_cache import PACKET_HASH_COLUMN, CachedPacketFunction, ResultCache
 from orcapod_core.sources import Source
@@ -406,11 +415,13 @@ class FunctionNode(Node):
         executor: PythonFunctionExecutor | None = None,
         run_id: str | None = None,
         report: bool = True,
-        computed_in_run: list[pa.Array] | None = None,
+        run_state: _NodeRun | None = None,
     ) -> tuple[pa.Table, NodeStats]:
-        # ``computed_in_run``: packet hashes computed by earlier parts of this run (the async
-        # orchestrator assembles a node chunk by chunk); rows with those packets count as
-        # computed, as they do when the whole input is assembled at once. Extended in place.
+        # ``run_state``: a run spread over several calls (the async orchestrator assembles a
+        # node batch by batch; see ``_begin_run``). Rows whose packets earlier batches computed
+        # count as computed, as when the whole input is assembled at once; the caller commits
+        # with ``run_state.finish()``. Without it this call is the whole run: it reads the
+        # store once and commits what it wrote before returning (or raising).
         start = time.perf_counter()
         observer = observer or NoOpObserver()
         layout = stream.layout
@@ -425,35 +436,66 @@ class FunctionNode(Node):
         n = table.num_rows
         if compute and report:
             observer.on_node_start(self, n)
+        state = run_state if run_state is not None else _NodeRun(self, run_id)
+        try:
+            return self._assemble_rows(
+                stream, table, state, compute=compute, observer=observer, error_policy=error_policy, executor=executor,
+                report=report, start=start,
+            )
+        except BaseException:
+            if compute and run_state is None:  # commit what was computed before the error
+                state.finish()
+            raise
+
+    def _assemble_rows(
+        self,
+        stream: Stream,
+        table: pa.Table,
+        state: _NodeRun,
+        *,
+        compute: bool,
+        observer: ExecutionObserver,
+        error_policy: str,
+        executor: PythonFunctionExecutor | None,
+        report: bool,
+        start: float,
+    ) -> tuple[pa.Table, NodeStats]:
+        layout = stream.layout
+        n = table.num_rows
+        state.batches += 1
         stats = NodeStats(self.label, self.kind, total=n)
         pf = self.packet_function
         keys = list(pf.output_keys)
 
         digests = stream.packet_hashes()
         hexes = digests_to_hex(digests)
-        entry_ids = self._entry_ids(table, layout, digests) if n else pa.array([], pa.large_string())
-
-        # Phase 1: which rows are already recorded (read only the entry-id column).
-        stored_ids = self.database.get_column(self.record_path, ENTRY_ID_COLUMN) if n else None
-        recorded = pc.is_in(entry_ids, value_set=stored_ids) if stored_ids is not None and len(stored_ids) else pa.array([False] * n)
+        # Phase 1: which rows are already recorded (the entry-id column, read once per run;
+        # only needed to compute and record, not to serve stored rows).
+        entry_ids = self._entry_ids(table, layout, digests) if n and compute else pa.array([], pa.large_string())
+        recorded = state.recorded(entry_ids)
 
         # Phase 2: one result lookup for the distinct packet hashes of all rows.
         unique = pc.unique(hexes)
-        found = self.result_cache.lookup(unique) if n else self.result_cache._empty()
-        found_hashes = found.column(PACKET_HASH_COLUMN) if found.num_rows else pa.array([], pa.large_string())
+        found = state.lookup(unique)
+        found_hashes = found.column(PACKET_HASH_COLUMN)
         missing = unique.filter(pc.invert(pc.is_in(unique, value_set=found_hashes))) if len(found_hashes) else unique
 
         computed_tables: list[pa.Table] = []
         computed_hashes: list[pa.Array] = []
         failed_hashes: set[str] = set()
         first_error: BaseException | None = None
+        if compute and n:
+            # Rows served from stored results: recorded with the next result commit.
+            served = pc.indices_nonzero(pc.and_(pc.invert(recorded), pc.is_in(hexes, value_set=found_hashes)))
+            state.stage(self._entry_records(table, layout, entry_ids, hexes, served, state.computed_mask(hexes.take(served)), state.run_id))
         if compute and len(missing):
             first_error = self._compute_missing(
-                stream, table, hexes, missing, observer, error_policy, executor, computed_tables, computed_hashes, failed_hashes, stats
+                stream, table, hexes, missing, recorded, entry_ids, state, observer, error_policy, executor,
+                computed_tables, computed_hashes, failed_hashes, stats,
             )
 
         # Outputs per row: stored results + what was computed now.
-        result_tables = [found.select([PACKET_HASH_COLUMN, *keys]).cast(self._result_schema())] if found.num_rows else []
+        result_tables = [found] if found.num_rows else []
         for h, t in zip(computed_hashes, computed_tables):
             result_tables.append(t.select(keys).add_column(0, pa.field(PACKET_HASH_COLUMN, pa.large_string(), False), h).cast(self._result_schema()))
         results = pa.concat_tables(result_tables) if result_tables else self._result_schema().empty_table()
@@ -475,21 +517,14 @@ class FunctionNode(Node):
             )
 
         if compute:
-            if computed_in_run is not None:
-                computed_in_run.extend(computed_hashes)
-                computed_hashes = computed_in_run
-            newly_computed = pa.concat_arrays(computed_hashes) if computed_hashes else pa.array([], pa.large_string())
-            row_computed = pc.is_in(hexes, value_set=newly_computed) if len(newly_computed) else pa.array([False] * n)
+            # Rows whose packet was computed in this run (by this batch or an earlier one).
+            row_computed = state.computed_mask(hexes)
             stats.computed = pc.sum(row_computed.cast(pa.int64())).as_py() or 0 if n else 0
             row_failed = pc.is_in(hexes, value_set=pa.array(sorted(failed_hashes), pa.large_string())) if failed_hashes else pa.array([False] * n)
             stats.failed = pc.sum(row_failed.cast(pa.int64())).as_py() or 0 if n else 0
             stats.cached = len(rows) - stats.computed
-            # Record every available row that was not yet recorded.
-            new_rows = pc.indices_nonzero(pc.and_(available, pc.invert(recorded))) if n else pa.array([], pa.uint64())
-            if len(new_rows):
-                self._record_entries(table, layout, entry_ids, hexes, row_computed, new_rows, run_id)
-            self.database.flush_path(self.record_path)
-            self.result_cache.flush()
+            if not state.spans_calls:  # this call is the whole run: commit results, then records
+                state.finish()
             stats.duration_s = time.perf_counter() - start
             if report:
                 self.last_stats = stats
@@ -508,6 +543,9 @@ class FunctionNode(Node):
         table: pa.Table,
         hexes: pa.Array,
         missing: pa.Array,
+        recorded: pa.Array,
+        entry_ids: pa.Array,
+        state: _NodeRun,
         observer: ExecutionObserver,
         error_policy: str,
         executor: PythonFunctionExecutor | None,
@@ -516,16 +554,26 @@ class FunctionNode(Node):
         failed_hashes: set[str],
         stats: NodeStats,
     ) -> BaseException | None:
-        """Compute each missing distinct packet once, chunk by chunk, storing as we go."""
+        """Compute each missing distinct packet once, chunk by chunk, storing as we go: each
+        chunk's results go to the result cache and its rows' pipeline records to ``state``,
+        which commits them once those results are committed."""
         layout = stream.layout
         pf = self.packet_function
         cached_fn = CachedPacketFunction(pf, self.result_cache)
         first_rows = pc.index_in(missing, value_set=hexes)
         packets = table.select(list(layout.packet_columns)).take(first_rows)
+        # Rows to record as their packets get computed (not recorded yet), ordered by their
+        # packet's position in ``missing`` (the compute order): a chunk's rows are one slice.
+        position = pc.index_in(hexes, value_set=missing)
+        needs_record = pc.and_(pc.is_valid(position), pc.invert(recorded))
+        to_record = pl.DataFrame(
+            {"row": pc.indices_nonzero(needs_record).cast(pa.int64()), "pos": position.filter(needs_record).cast(pa.int64())}
+        ).sort("pos")
         wants_events = getattr(observer, "wants_packet_events", True)
         capture = getattr(observer, "wants_captured_output", False)
         done = 0
         total = len(missing)
+        state.progress_total += total
         size = self.min_chunk
         while done < total:
             started = time.perf_counter()
@@ -546,6 +594,15 @@ class FunctionNode(Node):
                 cached_fn._store(ok_hashes, result.table, executor)
                 computed_tables.append(result.table)
                 computed_hashes.append(ok_hashes)
+                state.note_computed(ok_hashes, result.table)
+                lo = to_record["pos"].search_sorted(done, side="left")
+                hi = to_record["pos"].search_sorted(done + len(chunk), side="left")
+                chunk_records = to_record.slice(lo, hi - lo)
+                if len(result.rows) < len(chunk):  # failed packets get no record
+                    chunk_records = chunk_records.filter(pl.col("pos").is_in([done + i for i in result.rows]))
+                rows = chunk_records["row"].to_arrow()
+                state.stage(self._entry_records(table, layout, entry_ids, hexes, rows, True, state.run_id))
+            state.release()  # commits the staged records if the results they link to are committed
             if wants_events:
                 outputs = result.table.to_pylist(maps_as_pydicts="strict")
                 for j, i in enumerate(result.rows):
@@ -561,9 +618,10 @@ class FunctionNode(Node):
                     exc.add_note(f"orcapod: node {self.label!r} ({pf.uri}) failed on the packet with tag {tag}")
                     return exc
             done += len(chunk)
+            state.progress_done += len(chunk)
             progress = getattr(observer, "on_node_progress", None)
-            if progress is not None:
-                progress(self, done, total)
+            if progress is not None:  # cumulative over the run's batches
+                progress(self, state.progress_done, state.progress_total)
             elapsed = time.perf_counter() - started
             if elapsed < self.target_chunk_s / 2:
                 size = min(size * 2, self.max_chunk)
@@ -585,26 +643,32 @@ class FunctionNode(Node):
         ]
         return tags, packets
 
-    def _record_entries(
+    def _entry_records(
         self,
         table: pa.Table,
         layout: StreamLayout,
         entry_ids: pa.Array,
         hexes: pa.Array,
-        row_computed: pa.Array,
         rows: pa.Array,
-        run_id: str | None,
-    ) -> None:
-        """Append pipeline records for ``rows`` (tags, system tags, entry id, packet hash link,
-        input source info, computed flag)."""
+        computed: bool | pa.Array,
+        run_id: str,
+    ) -> pa.Table:
+        """Pipeline records for ``rows`` of ``table`` (tags, system tags, entry id, packet hash
+        link, input source info, computed flag: one for all, or one per row of ``rows``)."""
         records = table.select([*layout.tag_columns, *layout.system_tag_columns]).take(rows)
         records = records.append_column(pa.field(ENTRY_ID_COLUMN, pa.large_string(), False), entry_ids.take(rows))
         records = records.append_column(pa.field(PACKET_HASH_COLUMN, pa.large_string(), False), hexes.take(rows))
         records = records.append_column(pa.field(INPUT_SOURCE_COLUMN, _INPUT_SOURCE_TYPE), _source_map(table.take(rows), layout))
-        records = records.append_column(pa.field(COMPUTED_COLUMN, pa.bool_(), False), row_computed.take(rows))
-        run = pa.scalar(run_id or uuid.uuid4().hex, pa.large_string())
-        records = records.append_column(pa.field(RUN_ID_COLUMN, pa.large_string(), False), pa.repeat(run, len(rows)))
-        self.database.add_records(self.record_path, records)
+        if isinstance(computed, bool):
+            computed = pa.repeat(pa.scalar(computed, pa.bool_()), len(rows))
+        records = records.append_column(pa.field(COMPUTED_COLUMN, pa.bool_(), False), computed)
+        run = pa.scalar(run_id, pa.large_string())
+        return records.append_column(pa.field(RUN_ID_COLUMN, pa.large_string(), False), pa.repeat(run, len(rows)))
+
+    def _begin_run(self, run_id: str | None = None) -> _NodeRun:
+        """State for a run assembled over several ``_assemble(..., run_state=)`` calls; end it
+        with ``finish()`` (also when the run fails: it commits what was computed)."""
+        return _NodeRun(self, run_id, spans_calls=True)
 
     def get_pipeline_records(self) -> pa.Table | None:
         """Every pipeline record of this node's table."""
@@ -614,6 +678,132 @@ class FunctionNode(Node):
         from orcapod_core.pipeline.derived import DerivedSource
 
         return DerivedSource(self)
+
+
+class _NodeRun:
+    """One run of a :class:`FunctionNode`: a single ``_assemble`` call (sync orchestrator,
+    ``execute``) or many (``spans_calls``: the async orchestrator assembles a node batch by
+    batch as its input arrives).
+
+    * The store is read once per run: the stored entry-id column, and the result table. The
+      first batch looks its packets up directly (a run whose input arrives in one piece does
+      exactly one lookup); later batches are answered in memory from the result table read
+      once (:class:`~orcapod_core.pipeline.key_index.KeyIndex`), so no batch costs time
+      proportional to the stored tables, and packets computed by earlier batches are found
+      (computed once per run).
+    * Pipeline records wait here until every result they may link to is committed (the
+      result database holds no pending rows of the function's table), then are committed as
+      one transaction: records reach the store in step with the result batches (the result
+      database's size/time-bounded batching), so a killed process loses at most the current
+      batch of both and never leaves a pipeline record whose result is missing.
+    """
+
+    def __init__(self, node: FunctionNode, run_id: str | None, spans_calls: bool = False):
+        self.node = node
+        self.run_id = run_id or uuid.uuid4().hex
+        self.spans_calls = spans_calls
+        self.batches = 0  # _assemble calls so far
+        # Progress events: distinct packets computed so far / found missing so far in the run.
+        self.progress_done = 0
+        self.progress_total = 0
+        self._stored_ids: pa.Array | None = None
+        self._stored_index: KeyIndex | None = None
+        self._results: KeyIndex | None = None
+        self._computed: list[pa.Array] = []
+        self._computed_index: KeyIndex | None = None
+        self._waiting: list[pa.Table] = []
+
+    # -- lookups --------------------------------------------------------------------------
+    def recorded(self, entry_ids: pa.Array) -> pa.Array:
+        """Per row: is its entry id stored (as of the run's first batch)?"""
+        n = len(entry_ids)
+        if n == 0:
+            return pa.array([], pa.bool_())
+        node = self.node
+        if self._stored_ids is None:
+            stored = node.database.get_column(node.record_path, ENTRY_ID_COLUMN)
+            self._stored_ids = stored if stored is not None else pa.array([], pa.large_string())
+        if not len(self._stored_ids):
+            return _falses(n)
+        if self.batches <= 1:
+            return pc.is_in(entry_ids, value_set=self._stored_ids)
+        if self._stored_index is None:
+            self._stored_index = KeyIndex(ENTRY_ID_COLUMN, pa.table({ENTRY_ID_COLUMN: self._stored_ids}))
+        return self._stored_index.contains(entry_ids)
+
+    def lookup(self, unique: pa.Array) -> pa.Table:
+        """Stored results of the distinct packet hashes ``unique`` (packet hash + outputs, in
+        the node's result schema)."""
+        node = self.node
+        schema = node._result_schema()
+        if not len(unique):
+            return schema.empty_table()
+        if self.batches <= 1:
+            return _project(node.result_cache.lookup(unique), schema)
+        if self._results is None:
+            self._results = KeyIndex(PACKET_HASH_COLUMN, _project(node.result_cache.get_all_records(), schema))
+        found = self._results.take(unique)
+        return schema.empty_table() if found is None else found
+
+    def note_computed(self, hashes: pa.Array, outputs: pa.Table) -> None:
+        """Packets this run computed (and stored), with their outputs."""
+        self._computed.append(hashes)
+        if self._computed_index is not None:
+            self._computed_index.add(pa.table({PACKET_HASH_COLUMN: hashes}))
+        if self._results is not None:
+            schema = self.node._result_schema()
+            self._results.add(outputs.select(schema.names[1:]).add_column(0, schema.field(0), hashes).cast(schema))
+
+    def computed_mask(self, hexes: pa.Array) -> pa.Array:
+        """Per row: was its packet computed by this run (this batch or an earlier one)?"""
+        n = len(hexes)
+        if not self._computed or n == 0:
+            return _falses(n)
+        if self.batches <= 1:
+            return pc.is_in(hexes, value_set=pa.concat_arrays(self._computed))
+        if self._computed_index is None:
+            self._computed_index = KeyIndex(PACKET_HASH_COLUMN, pa.table({PACKET_HASH_COLUMN: pa.concat_arrays(self._computed)}))
+        return self._computed_index.contains(hexes)
+
+    # -- writing --------------------------------------------------------------------------
+    def stage(self, records: pa.Table) -> None:
+        """Pipeline records to commit once the results they link to are committed."""
+        if records.num_rows:
+            self._waiting.append(records)
+
+    def release(self) -> None:
+        """Commit the waiting pipeline records if no result of the function's table is pending
+        (they were committed, by this handle or another); else they wait for the next commit."""
+        if not self._waiting:
+            return
+        cache = self.node.result_cache
+        pending = getattr(cache.database, "pending_count", None)
+        if pending is None or pending(cache.record_path):
+            return
+        self._commit_records()
+
+    def finish(self) -> None:
+        """End of the run (also a failed one): commit the results, then the pipeline records."""
+        self.node.result_cache.flush()
+        self._commit_records()
+
+    def _commit_records(self) -> None:
+        node = self.node
+        waiting, self._waiting = self._waiting, []
+        for records in waiting:
+            node.database.add_records(node.record_path, records)
+        node.database.flush_path(node.record_path)
+
+
+def _falses(n: int) -> pa.Array:
+    return pa.repeat(pa.scalar(False, pa.bool_()), n)
+
+
+def _project(found: pa.Table | None, schema: pa.Schema) -> pa.Table:
+    """Result records reduced to packet hash + outputs, in ``schema``."""
+    if found is None or found.num_rows == 0:
+        return schema.empty_table()
+    return found.select(schema.names).cast(schema)
 
 
 def _source_map(table: pa.Table, layout: StreamLayout) -> pa.Array:

@@ -5,7 +5,20 @@ Per-packet hooks (start/end/crash, with Tag and Packet objects) fire for packets
 computed, and only for observers that want them (``wants_packet_events``: true when a
 subclass overrides a packet hook). Packets served from the store are reported in bulk
 through ``on_node_end``'s stats — a warm run over a million rows builds no per-row
-objects. ``on_node_progress(node, done, total)`` reports computed-packet progress per chunk.
+objects.
+
+Counts:
+
+* ``on_node_start(node, total)``: ``total`` is the node's number of input rows, or ``None``
+  when it is not known yet — only under the async orchestrator, for a function node whose
+  input streams from another function node (still computing). With the sync orchestrator,
+  and for inputs from source and operator nodes, it is always the exact count.
+* ``on_node_progress(node, done, total)``: after each computed chunk, ``done`` new packets
+  (distinct input packets) computed so far in this node run, of ``total`` found missing so
+  far. Under the sync orchestrator ``total`` is known from the first event; under the async
+  one a streaming node finds missing packets batch by batch, so ``total`` may grow between
+  events (it is exact once the input is complete). Both are cumulative over the whole run.
+* ``on_node_end(node, stats)``: the exact rows / computed / cached / failed counts.
 
 >>> pipeline.run(observer=CompositeObserver(ProgressObserver(), my_observer))  # doctest: +SKIP
 """
@@ -68,7 +81,7 @@ class ExecutionObserver(Protocol):
 
     def on_run_end(self, pipeline: Any, run_id: str, stats: dict[str, NodeStats], error: BaseException | None) -> None: ...
 
-    def on_node_start(self, node: Any, total: int) -> None: ...
+    def on_node_start(self, node: Any, total: int | None) -> None: ...
 
     def on_node_end(self, node: Any, stats: NodeStats) -> None: ...
 
@@ -100,7 +113,7 @@ class NoOpObserver:
     def on_run_end(self, pipeline: Any, run_id: str, stats: dict[str, NodeStats], error: BaseException | None) -> None:
         pass
 
-    def on_node_start(self, node: Any, total: int) -> None:
+    def on_node_start(self, node: Any, total: int | None) -> None:
         pass
 
     def on_node_end(self, node: Any, stats: NodeStats) -> None:
@@ -185,8 +198,8 @@ class StatusObserver(NoOpObserver):
         with self._lock:
             self.state = "failed" if error is not None else "succeeded"
 
-    def on_node_start(self, node: Any, total: int) -> None:
-        with self._lock:
+    def on_node_start(self, node: Any, total: int | None) -> None:
+        with self._lock:  # total None: not known yet (see the module notes); set at node end
             self.nodes[node.label] = {"state": "running", "total": total, "done": 0, "failed": 0}
 
     def on_node_progress(self, node: Any, done: int, total: int) -> None:
@@ -219,14 +232,16 @@ class ProgressObserver(NoOpObserver):
     def _print(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
 
-    def on_node_start(self, node: Any, total: int) -> None:
+    def on_node_start(self, node: Any, total: int | None) -> None:
         with self._lock:
             self._started[node.label] = time.perf_counter()
 
     def on_node_progress(self, node: Any, done: int, total: int) -> None:
+        # Every report is throttled, the last one too: under the async orchestrator ``done``
+        # reaches the (growing) ``total`` after every batch; the node's end line has the counts.
         now = time.perf_counter()
         with self._lock:
-            if now - self._last < self.every_s and done < total:
+            if now - self._last < self.every_s:
                 return
             self._last = now
             elapsed = max(now - self._started.get(node.label, now), 1e-9)

@@ -53,6 +53,9 @@ class _Run:
             labels = pipeline.upstream_closure(nodes) if nodes else list(pipeline.nodes)
         self.nodes: list[Node] = [pipeline.nodes[label] for label in labels]
         self.stats: dict[str, NodeStats] = {}
+        # Output rows per node, set before the node sends its first row (async orchestrator):
+        # what a streaming consumer reports as its input total at ``on_node_start``.
+        self.row_counts: dict[str, int] = {}
         self.start = time.perf_counter()
 
     def finish(self, error: BaseException | None) -> Any:
@@ -174,7 +177,8 @@ class AsyncPipelineOrchestrator:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
-    async def _emit(self, table: pa.Table, outboxes: list[asyncio.Queue]) -> None:
+    async def _emit(self, table: pa.Table, outboxes: list[asyncio.Queue], run: _Run, label: str) -> None:
+        run.row_counts[label] = table.num_rows
         for start in range(0, max(table.num_rows, 1), self.chunk_rows):
             chunk = table.slice(start, self.chunk_rows)
             for q in outboxes:
@@ -207,7 +211,7 @@ class AsyncPipelineOrchestrator:
         if is_source_node(node):
             out = await asyncio.to_thread(node.execute, obs)
             run.stats[node.label] = node.last_stats
-            await self._emit(out._table(), outboxes)
+            await self._emit(out._table(), outboxes, run, node.label)
             return
         if is_function_node(node) and len(ups) == 1 and ups[0][1] is not None:
             await self._stream_function(node, run, ups[0][0], ups[0][1], outboxes, executor, error_policy)
@@ -229,7 +233,7 @@ class AsyncPipelineOrchestrator:
                     run.stats[node.label] = node.last_stats
         else:
             raise TypeError(f"node {getattr(node, 'label', node)!r} implements no known node protocol")
-        await self._emit(out._table(), outboxes)
+        await self._emit(out._table(), outboxes, run, node.label)
 
     async def _stream_function(
         self,
@@ -241,16 +245,40 @@ class AsyncPipelineOrchestrator:
         executor: Any,
         error_policy: str,
     ) -> None:
-        """Process a single-input function node chunk by chunk as its input arrives."""
+        """Process a single-input function node batch by batch as its input arrives.
+
+        A batch is every chunk already waiting in the inbox, so a fast upstream gives few
+        large batches and a slow one small early ones. All batches form one node run
+        (``FunctionNode._begin_run``): the store is read once per run, not per batch, and
+        results and pipeline records are committed in the result database's batches.
+
+        ``on_node_start`` fires when the first chunk arrives, with the input's row count when
+        it is known by then (the upstream node produced its whole output before sending it:
+        a source or an operator node), else ``None`` (the upstream streams too: a function
+        node). ``on_node_end`` always has the exact counts."""
         obs = run.observer
+        chunk = await inbox.get()
         started = time.perf_counter()
+        obs.on_node_start(node, run.row_counts.get(up.label))
         total = NodeStats(node.label, node.kind)
-        outputs = []
-        computed_in_run: list[pa.Array] = []  # so chunks count and flag rows like one sync pass
-        obs.on_node_start(node, 0)
+        outputs: list[pa.Table] = []
+        state = node._begin_run(run.run_id)
+        finished = False
         try:
-            while (chunk := await inbox.get()) is not _DONE:
-                stream = TableStream(chunk, up.layout.tag_columns, layout=up.layout)
+            while chunk is not _DONE:
+                parts = [chunk]
+                chunk = None
+                while True:  # every chunk already waiting joins this batch
+                    try:
+                        more = inbox.get_nowait()
+                    except asyncio.QueueEmpty:
+                        break
+                    if more is _DONE:
+                        chunk = _DONE
+                        break
+                    parts.append(more)
+                batch = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+                stream = TableStream(batch, up.layout.tag_columns, layout=up.layout)
                 table, stats = await asyncio.to_thread(
                     lambda: node._assemble(
                         stream,
@@ -260,16 +288,24 @@ class AsyncPipelineOrchestrator:
                         executor=executor,
                         run_id=run.run_id,
                         report=False,
-                        computed_in_run=computed_in_run,
+                        run_state=state,
                     )
                 )
                 for name in ("total", "computed", "cached", "failed"):
                     setattr(total, name, getattr(total, name) + getattr(stats, name))
                 total.errors.extend(stats.errors)
                 outputs.append(table)
-                for q in outboxes:
-                    await q.put(table)
+                for start in range(0, table.num_rows, self.chunk_rows):
+                    piece = table.slice(start, self.chunk_rows)
+                    for q in outboxes:
+                        await q.put(piece)
+                if chunk is None:
+                    chunk = await inbox.get()
+            await asyncio.to_thread(state.finish)
+            finished = True
         finally:
+            if not finished:  # failed or cancelled: still commit what was computed
+                state.finish()
             total.duration_s = time.perf_counter() - started
             node.last_stats = total
             run.stats[node.label] = total

@@ -29,10 +29,10 @@ _SCRIPT = """
 import json, os, sys, time
 from orcapod_core.databases import DeltaTableDatabase
 from orcapod_core.function_pod import function_pod
-from orcapod_core.pipeline import FunctionNode, Pipeline
+from orcapod_core.pipeline import AsyncPipelineOrchestrator, FunctionNode, Pipeline
 from orcapod_core.sources import DictSource
 
-store, calls_path, n, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+store, calls_path, n, go, orchestrator = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 FunctionNode.max_chunk = {max_chunk}
 log = open(calls_path, "a", buffering=1)
 
@@ -56,7 +56,7 @@ with Pipeline("procs", pipeline_database=db) as p:
 print("ready", flush=True)
 while go != "-" and not os.path.exists(go):  # start line for runs that should overlap
     time.sleep(0.002)
-result = p.run()
+result = p.run(orchestrator=AsyncPipelineOrchestrator() if orchestrator == "async" else None)
 print(json.dumps({{
     "computed": {{k: s.computed for k, s in result.stats.items()}},
     "cached": {{k: s.cached for k, s in result.stats.items()}},
@@ -77,9 +77,9 @@ def _script(tmp_path, *, sleep_s, distinct, batch=BATCH, max_chunk=MAX_CHUNK):
     return path
 
 
-def _start(script, store, calls, n, go="-"):
+def _start(script, store, calls, n, go="-", orchestrator="sync"):
     return subprocess.Popen(
-        [sys.executable, str(script), str(store), str(calls), str(n), str(go)],
+        [sys.executable, str(script), str(store), str(calls), str(n), str(go), orchestrator],
         cwd=script.parent,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -114,17 +114,31 @@ def _assert_unique(table, expected):
     assert pc.count_distinct(ids).as_py() == expected, "duplicated records"
 
 
-def test_a_killed_run_loses_at_most_its_pending_batch_and_a_rerun_computes_only_the_rest(tmp_path):
+def _records_table_dir(store, label):
+    """The pipeline-record table of node ``label`` of the "procs" pipeline (None before it exists)."""
+    dirs = glob.glob(os.path.join(store, "procs", label, "*"))
+    assert len(dirs) <= 1, dirs
+    return dirs[0] if dirs and glob.glob(os.path.join(dirs[0], "_delta_log", "*.json")) else None
+
+
+@pytest.mark.parametrize("orchestrator", ["sync", "async"])
+def test_a_killed_run_loses_at_most_its_pending_batch_and_a_rerun_computes_only_the_rest(tmp_path, orchestrator):
     n = 3000
     store, calls = tmp_path / "store", tmp_path / "calls.txt"
     script = _script(tmp_path, sleep_s=0.001, distinct=n)
-    proc = _start(script, store, calls, n)
+    proc = _start(script, store, calls, n, orchestrator=orchestrator)
     try:
-        # Wait for the first committed batch of results, and a bit of work beyond it.
+        # Wait for the first committed batch of results (and of pipeline records, committed
+        # right after it), and a bit of work beyond it.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             table_dir = _result_table_dir(store, "slow_square")
-            if table_dir and glob.glob(os.path.join(table_dir, "_delta_log", "*.json")) and _n_calls(calls) >= 2 * BATCH:
+            if (
+                table_dir
+                and glob.glob(os.path.join(table_dir, "_delta_log", "*.json"))
+                and _records_table_dir(store, "slow_square")
+                and _n_calls(calls) >= 2 * BATCH
+            ):
                 break
             assert proc.poll() is None, proc.communicate()[1]
             time.sleep(0.01)
@@ -143,8 +157,18 @@ def test_a_killed_run_loses_at_most_its_pending_batch_and_a_rerun_computes_only_
     assert 0 < kept <= first_calls
     # Lost: results still pending in the buffer plus the chunk being computed.
     assert first_calls - kept < BATCH + MAX_CHUNK
+    result_hashes = set(committed["__packet_hash"].to_pylist())
+    # Pipeline records were committed during the run, in step with the results: each one links
+    # to a committed result (never ahead of them), and they trail the results by at most the
+    # batch committed last (a kill between the result commit and the record commit).
+    early = DeltaTable(_records_table_dir(store, "slow_square")).to_pyarrow_table()
+    recorded = early.num_rows
+    assert 0 < recorded <= kept and kept - recorded < BATCH + MAX_CHUNK
+    _assert_unique(early, recorded)
+    assert set(early["__packet_hash"].to_pylist()) <= result_hashes, "a pipeline record points to a missing result"
+    assert all(early["__computed"].to_pylist())
 
-    rerun = _finish(_start(script, store, calls, n))
+    rerun = _finish(_start(script, store, calls, n, orchestrator=orchestrator))
     second_calls = _n_calls(calls) - first_calls
     assert second_calls == n - kept  # the rerun computes exactly what was not committed
     assert _n_calls(calls) <= n + BATCH + MAX_CHUNK
@@ -152,12 +176,24 @@ def test_a_killed_run_loses_at_most_its_pending_batch_and_a_rerun_computes_only_
     assert [r["z"] for r in rerun["rows"]] == [i * i + 1 for i in range(n)]
 
     # Every row present exactly once: results, and the pipeline records of both nodes.
-    _assert_unique(DeltaTable(table_dir).to_pyarrow_table(), n)
-    _assert_unique(_delta(str(store), rerun["paths"]["square_records"]), n)
+    results = DeltaTable(table_dir).to_pyarrow_table()
+    _assert_unique(results, n)
+    records = _delta(str(store), rerun["paths"]["square_records"])
+    _assert_unique(records, n)
     _assert_unique(_delta(str(store), rerun["paths"]["plus_records"]), n)
+    assert set(records["__packet_hash"].to_pylist()) <= set(results["__packet_hash"].to_pylist())
+    # The records the killed run committed are kept; the rerun added the others: rows whose
+    # result survived the kill as not computed, the rest as computed.
+    by_run = {}
+    for run_id, computed in zip(records["__run_id"].to_pylist(), records["__computed"].to_pylist()):
+        by_run.setdefault(run_id, []).append(computed)
+    first_run = early["__run_id"][0].as_py()
+    assert by_run.pop(first_run) == [True] * recorded
+    (rerun_flags,) = by_run.values()
+    assert rerun_flags.count(False) == kept - recorded and rerun_flags.count(True) == n - kept
 
     # And a third run computes nothing.
-    third = _finish(_start(script, store, calls, n))
+    third = _finish(_start(script, store, calls, n, orchestrator=orchestrator))
     assert sum(third["computed"].values()) == 0 and _n_calls(calls) == first_calls + second_calls
 
 
