@@ -4,7 +4,8 @@
 ``dagster asset materialize --select '*' -m example_project.definitions`` materializes them.
 Results go to the Delta Lake store ``.orcapod/`` at the project root (override with the
 ``ORCAPOD_STORE`` environment variable, e.g. an ``s3://`` URI); the job runs hourly when the
-schedule is switched on.
+schedule is switched on, and whenever the rows of a data file change when the sensor
+``water_quality_sources_sensor`` is switched on.
 """
 
 from __future__ import annotations
@@ -19,4 +20,4 @@ from orcapod_dagster import build_definitions
 STORE = os.environ.get("ORCAPOD_STORE") or str(Path(__file__).resolve().parent.parent / ".orcapod")
 
 pipeline = build_pipeline(STORE)
-defs = build_definitions(pipeline, schedule="0 * * * *")
+defs = build_definitions(pipeline, schedule="0 * * * *", sensors=True)

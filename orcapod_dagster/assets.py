@@ -23,6 +23,7 @@ import dagster as dg
 from orcapod_core.pipeline import Pipeline
 from orcapod_core.streams import Stream
 from orcapod_dagster.materialize import PipelineAssets
+from orcapod_dagster.partitions import with_partition_by
 from orcapod_dagster.translator import OrcapodTranslator, sanitize_name
 
 __all__ = ["orcapod_assets", "GRANULARITIES"]
@@ -43,6 +44,7 @@ def orcapod_assets(
     on_packet_error: str = "raise",
     orchestrator: Any = None,
     function_executor: Any = None,
+    partition_by: str | None = None,
 ) -> list[dg.AssetsDefinition]:
     """The Dagster assets of a compiled pipeline (keys, specs and checks from ``translator``).
 
@@ -51,16 +53,22 @@ def orcapod_assets(
     the ``no_failed_packets`` check). ``orchestrator`` and ``function_executor`` are passed to
     ``pipeline.run`` (e.g. ``AsyncPipelineOrchestrator()``, ``RayExecutor()``).
 
+    ``partition_by``: a source tag column; every asset is then partitioned by its values
+    (dynamic partitions, see :mod:`orcapod_dagster.partitions`) with a single-run backfill policy
+    unless ``backfill_policy`` says otherwise.
+
     >>> assets = orcapod_assets(pipeline)                     # doctest: +SKIP
     >>> dg.materialize(assets, resources={"io_manager": OrcapodIOManager(store_uri=".orcapod")})  # doctest: +SKIP
     """
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-    translator = translator or OrcapodTranslator()
+    translator = with_partition_by(translator, partition_by)
     plan = PipelineAssets(pipeline, translator, on_packet_error, orchestrator, function_executor)
     nodes = pipeline.nodes
     specs = {label: translator.get_asset_spec(node) for label, node in nodes.items()}
     checks = {label: list(translator.get_check_specs(node)) for label, node in nodes.items()}
+    if backfill_policy is None and any(spec.partitions_def is not None for spec in specs.values()):
+        backfill_policy = dg.BackfillPolicy.single_run()  # a range of partitions = one pipeline run
     step = {"op_tags": op_tags, "pool": pool, "retry_policy": retry_policy, "backfill_policy": backfill_policy}
 
     if granularity == "pipeline":

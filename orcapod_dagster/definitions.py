@@ -1,7 +1,9 @@
 """build_definitions: everything a Dagster code location needs for one orcapod pipeline.
 
 Assets (and their checks), the IO manager on the pipeline's store, a job selecting the
-pipeline's assets, an optional schedule and sensors.
+pipeline's assets, an optional schedule and sensors (e.g. an
+:func:`~orcapod_dagster.orcapod_source_sensor` watching the sources), optionally partitioned
+by a source tag column.
 
 >>> # example_project/definitions.py
 >>> defs = build_definitions(build_pipeline(".orcapod"), schedule="0 * * * *")   # doctest: +SKIP
@@ -20,6 +22,8 @@ from orcapod_core.errors import InputValidationError
 from orcapod_core.pipeline import Pipeline
 from orcapod_dagster.assets import orcapod_assets
 from orcapod_dagster.io_manager import OrcapodIOManager
+from orcapod_dagster.partitions import with_partition_by
+from orcapod_dagster.sensors import RANGE_END_TAG, RANGE_START_TAG, orcapod_source_sensor
 from orcapod_dagster.translator import OrcapodTranslator, sanitize_name
 
 __all__ = ["build_definitions", "store_io_manager"]
@@ -55,16 +59,25 @@ def build_definitions(
     store: str | os.PathLike[str] | OrcapodIOManager | None = None,
     granularity: str = "pipeline",
     schedule: str | dg.ScheduleDefinition | None = None,
-    sensors: Sequence[dg.SensorDefinition] = (),
+    sensors: bool | str | Sequence[str | dg.SensorDefinition] = (),
     executor: dg.ExecutorDefinition | None = None,
     extra_assets: Sequence[dg.AssetsDefinition | dg.AssetSpec] = (),
     on_packet_error: str = "raise",
     resources: Mapping[str, Any] | None = None,
+    partition_by: str | None = None,
     **asset_options: Any,
 ) -> dg.Definitions:
     """A ``Definitions`` with the pipeline's assets and checks, the ``io_manager`` resource (an
     :class:`OrcapodIOManager` on the pipeline's store), the job ``<group>_job`` selecting the
-    pipeline's assets and, for a cron string ``schedule``, a schedule running that job.
+    pipeline's assets and, for a cron string ``schedule``, a schedule running that job (for a
+    partitioned pipeline: one run over every registered partition).
+
+    ``sensors``: ``True`` adds an :func:`~orcapod_dagster.orcapod_source_sensor`
+    ``<group>_sources_sensor`` running the job when the rows of any source change; source labels
+    (a string or strings) add one watching those sources only; ``SensorDefinition`` items are
+    added as they are (both may be mixed). ``partition_by``: a source tag column partitioning
+    every asset by its values (dynamic partitions, single-run backfills; see
+    :mod:`orcapod_dagster.partitions`) — the sensor then registers new values as partitions.
 
     ``executor`` is the Dagster executor (default: multiprocess); ``extra_assets`` are plain
     Dagster assets living next to the pipeline (they read and publish tables through the IO
@@ -81,6 +94,7 @@ def build_definitions(
             f"pipeline {'/'.join(pipeline.name)!r}: granularity='node' moves node outputs between steps through the "
             f"IO manager, which needs a Delta Lake store; build the pipeline on a DeltaTableDatabase"
         )
+    translator = with_partition_by(translator, partition_by)
     assets = orcapod_assets(
         pipeline, translator=translator, granularity=granularity, on_packet_error=on_packet_error, **asset_options
     )
@@ -90,11 +104,13 @@ def build_definitions(
         selection=dg.AssetSelection.assets(*assets),
         description=f"Materialize the orcapod pipeline {'/'.join(pipeline.name)!r}.",
     )
+    partitions_def = next((spec.partitions_def for a in assets for spec in a.specs if spec.partitions_def), None)
     schedules: list[dg.ScheduleDefinition] = []
     if isinstance(schedule, str):
-        schedules.append(dg.ScheduleDefinition(name=f"{group}_schedule", job=job, cron_schedule=schedule))
+        schedules.append(_schedule(f"{group}_schedule", job, schedule, partitions_def))
     elif schedule is not None:
         schedules.append(schedule)
+    all_sensors = _sensors(pipeline, sensors, job, translator)
     all_resources: dict[str, Any] = {}
     if io_manager is not None:
         all_resources["io_manager"] = io_manager
@@ -103,7 +119,37 @@ def build_definitions(
         assets=[*assets, *extra_assets],
         jobs=[job],
         schedules=schedules,
-        sensors=list(sensors),
+        sensors=all_sensors,
         resources=all_resources,
         executor=executor,
     )
+
+
+def _schedule(name: str, job: Any, cron: str, partitions_def: dg.PartitionsDefinition | None) -> dg.ScheduleDefinition:
+    if partitions_def is None:
+        return dg.ScheduleDefinition(name=name, job=job, cron_schedule=cron)
+
+    def every_partition(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        keys = partitions_def.get_partition_keys(dynamic_partitions_store=context.instance)
+        if not keys:
+            return dg.SkipReason(f"no partitions of {partitions_def} are registered yet")
+        if len(keys) == 1:
+            return dg.RunRequest(partition_key=keys[0])
+        return dg.RunRequest(tags={RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]})
+
+    return dg.ScheduleDefinition(name=name, job=job, cron_schedule=cron, execution_fn=every_partition)
+
+
+def _sensors(
+    pipeline: Pipeline, sensors: bool | str | Sequence[str | dg.SensorDefinition], job: Any, translator: OrcapodTranslator
+) -> list[dg.SensorDefinition]:
+    if isinstance(sensors, bool):
+        return [orcapod_source_sensor(pipeline, job=job, translator=translator)] if sensors else []
+    items = [sensors] if isinstance(sensors, str) else list(sensors)
+    labels = [item for item in items if isinstance(item, str)]
+    given = [item for item in items if not isinstance(item, str)]
+    for item in given:
+        if not isinstance(item, dg.SensorDefinition):
+            raise InputValidationError(f"sensors= takes True, source labels or SensorDefinitions, got {item!r}")
+    own = [orcapod_source_sensor(pipeline, sources=labels, job=job, translator=translator)] if labels else []
+    return [*own, *given]

@@ -30,7 +30,7 @@ from deltalake import DeltaTable, write_deltalake
 
 from orcapod_core.errors import NotMaterializedError, UnsupportedTypeError
 from orcapod_core.streams import Stream, TableStream
-from orcapod_dagster.store import DELTA_VERSION_KEY, URI_KEY, latest_output, open_store
+from orcapod_dagster.store import DELTA_VERSION_KEY, URI_KEY, latest_output, latest_partition_outputs, open_store, read_partitions
 
 __all__ = ["OrcapodIOManager"]
 
@@ -69,9 +69,17 @@ class OrcapodIOManager(dg.ConfigurableIOManager):
 
     # -- reading -----------------------------------------------------------------------
     def load_input(self, context: dg.InputContext) -> Any:
-        """The upstream asset's rows as of its latest materialization, typed by the consumer."""
+        """The upstream asset's rows as of its latest materialization, typed by the consumer
+        (for a partitioned orcapod asset: the rows of the input's partitions, each as of that
+        partition's latest materialization)."""
         key = context.asset_key
         consumer = f"input {context.name!r}" if context.has_input_name else None
+        tag_columns = tuple((context.definition_metadata or {}).get("tag_columns") or ())
+        if context.has_asset_partitions:
+            outputs = latest_partition_outputs(context.instance, key, context.asset_partition_keys, consumer=consumer)
+            if outputs and all(o.snapshot_path is not None for o in outputs.values()):
+                rows = read_partitions(outputs, open_store(self.store_uri, self.storage_options))
+                return _convert(rows, context.dagster_type.typing_type, tag_columns)
         output = latest_output(context.instance, key, consumer=consumer)
         if output.snapshot_path is not None:
             stream: Stream | pa.Table = output.read_snapshot(open_store(self.store_uri, self.storage_options))
@@ -82,7 +90,6 @@ class OrcapodIOManager(dg.ConfigurableIOManager):
                 f"asset {key.to_user_string()!r} has no table in the orcapod store (its materialization recorded "
                 f"neither orcapod/snapshot nor dagster/uri + {DELTA_VERSION_KEY})"
             )
-        tag_columns = tuple((context.definition_metadata or {}).get("tag_columns") or ())
         return _convert(stream, context.dagster_type.typing_type, tag_columns)
 
 

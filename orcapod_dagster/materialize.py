@@ -11,6 +11,11 @@
 4. ``on_packet_error="raise"`` withholds nodes with failed packets (and what is downstream of
    them) and fails the step; ``"warn"`` materializes them and the ``no_failed_packets`` check
    reports the failures. Either way a rerun computes only the missing packets.
+
+In a partitioned run (``OrcapodTranslatorSettings.partition_by``) the selected source nodes
+carrying the partition column are pinned to the rows of the run's partition keys, and the
+upstream pins are each partition's latest materialization (see
+:mod:`orcapod_dagster.partitions`).
 """
 
 from __future__ import annotations
@@ -20,15 +25,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
+import pyarrow as pa
 
 from orcapod_core.errors import InvalidLabelError
 from orcapod_core.pipeline import Node, NodeStats, Pipeline
-from orcapod_core.pipeline.snapshots import pinned_outputs, save_snapshot
+from orcapod_core.pipeline import pinned_outputs, save_snapshot
 from orcapod_core.streams import Stream
 from orcapod_dagster.checks import evaluate_checks
 from orcapod_dagster.metadata import materialization_metadata
 from orcapod_dagster.observer import DagsterLogObserver
-from orcapod_dagster.store import latest_output
+from orcapod_dagster.partitions import HIDDEN_COLUMNS, partitioned_sources, restrict
+from orcapod_dagster.store import PARTITION_BY_KEY, latest_output, latest_partition_outputs, read_partitions
 from orcapod_dagster.translator import OrcapodTranslator
 
 __all__ = ["PipelineAssets", "ON_PACKET_ERROR"]
@@ -61,6 +68,13 @@ class PipelineAssets:
             owner[key] = label
             self.keys[label] = key
         self.labels: dict[dg.AssetKey, str] = owner
+        if self.partition_by is not None:
+            partitioned_sources(self.pipeline, self.partition_by)  # fails early, naming the column
+
+    @property
+    def partition_by(self) -> str | None:
+        """The source tag column whose values are the partition keys (``None``: unpartitioned)."""
+        return self.translator.settings.partition_by
 
     # -- selection ---------------------------------------------------------------------
     def selected_labels(self, context: dg.AssetExecutionContext) -> list[str]:
@@ -78,13 +92,43 @@ class PipelineAssets:
                     seen.setdefault(up.label, up)
         return [self.pipeline.nodes[label] for label in self.pipeline.nodes if label in seen]
 
+    def partition_keys(self, context: dg.AssetExecutionContext) -> list[str] | None:
+        """The partition keys of the run (``None`` when the run is not partitioned)."""
+        if self.partition_by is None or not (context.has_partition_key or context.has_partition_key_range):
+            return None
+        return list(context.partition_keys)
+
     def pins_from_store(self, context: dg.AssetExecutionContext, labels: Sequence[str]) -> dict[Node, Stream]:
-        """The frontier of ``labels`` read as of each node's latest materialization."""
+        """The frontier of ``labels`` read as of each node's latest materialization (in a
+        partitioned run: of each of the run's partitions)."""
         consumer = ", ".join(self.keys[label].to_user_string() for label in labels)
+        partitions = self.partition_keys(context)
         pins: dict[Node, Stream] = {}
         for node in self.frontier(labels):
-            output = latest_output(context.instance, self.keys[node.label], consumer=consumer)
-            pins[node] = output.read_snapshot(node.database, layout=node.layout)
+            key = self.keys[node.label]
+            if partitions is None:
+                output = latest_output(context.instance, key, consumer=consumer)
+                pins[node] = output.read_snapshot(node.database, layout=node.layout)
+            else:
+                outputs = latest_partition_outputs(context.instance, key, partitions, consumer=consumer)
+                pins[node] = read_partitions(outputs, node.database, layout=node.layout)
+        return pins
+
+    def partition_pins(self, context: dg.AssetExecutionContext, labels: Sequence[str]) -> dict[Node, pa.Table]:
+        """In a partitioned run, the selected source nodes carrying the partition column pinned
+        to the rows of the run's partition keys."""
+        partitions, column = self.partition_keys(context), self.partition_by
+        if partitions is None or column is None:
+            return {}
+        nodes = self.pipeline.nodes
+        pins = {}
+        for label in labels:
+            node = nodes[label]
+            if node.kind == "source" and column in node.tag_columns:
+                pins[node] = restrict(node.as_table(columns=HIDDEN_COLUMNS), column, partitions)
+        if pins:
+            shown = partitions if len(partitions) <= 10 else [*partitions[:10], "..."]
+            context.log.info(f"orcapod: partition(s) {shown}: reading the rows whose {column!r} is one of them")
         return pins
 
     # -- the step ----------------------------------------------------------------------
@@ -97,7 +141,12 @@ class PipelineAssets:
         if not labels:
             return
         nodes = self.pipeline.nodes
-        with pinned_outputs(pins):
+        selected_checks = set(context.selected_asset_check_keys)
+        blocking = self.translator.settings.blocking_failed_packets
+        partitioned = {PARTITION_BY_KEY: dg.MetadataValue.text(self.partition_by)} if self.partition_keys(context) else {}
+        reports = []
+        # Snapshots are taken inside the block: partition-pinned source nodes serve the rows the run used.
+        with pinned_outputs({**pins, **self.partition_pins(context, labels)}):
             result = self.pipeline.run(
                 orchestrator=self.orchestrator,
                 executor=self.function_executor,
@@ -106,22 +155,23 @@ class PipelineAssets:
                 nodes=list(labels),
                 include_upstream=False,
             )
-        failed = [label for label in labels if label in result.stats and result.stats[label].failed]
-        withheld = self._withheld(labels, failed)
-        selected_checks = set(context.selected_asset_check_keys)
-        blocking = self.translator.settings.blocking_failed_packets
-        for label in labels:
-            if label in withheld:
-                continue
-            node, key, stats = nodes[label], self.keys[label], result.stats.get(label)
-            snapshot = save_snapshot(node)
-            checks = evaluate_checks(node, key, stats, selected_checks, blocking) if node.kind == "function" else []  # type: ignore[arg-type]
-            yield dg.MaterializeResult(
-                asset_key=key,
-                metadata=materialization_metadata(node, stats, snapshot),
-                data_version=dg.DataVersion(snapshot.data_version),
-                check_results=checks,
-            )
+            failed = [label for label in labels if label in result.stats and result.stats[label].failed]
+            withheld = self._withheld(labels, failed)
+            for label in labels:
+                if label in withheld:
+                    continue
+                node, key, stats = nodes[label], self.keys[label], result.stats.get(label)
+                snapshot = save_snapshot(node)
+                checks = evaluate_checks(node, key, stats, selected_checks, blocking) if node.kind == "function" else []  # type: ignore[arg-type]
+                reports.append(
+                    dg.MaterializeResult(
+                        asset_key=key,
+                        metadata={**materialization_metadata(node, stats, snapshot), **partitioned},
+                        data_version=dg.DataVersion(snapshot.data_version),
+                        check_results=checks,
+                    )
+                )
+        yield from reports
         if failed and self.on_packet_error == "raise":
             lines = []
             for label in failed:

@@ -12,7 +12,7 @@ import dagster as dg
 import pyarrow as pa
 
 from orcapod_core.pipeline import Node, NodeStats
-from orcapod_core.pipeline.snapshots import Snapshot, snapshot_path
+from orcapod_core.pipeline import Snapshot, snapshot_path
 from orcapod_dagster.store import DELTA_VERSION_KEY, snapshot_metadata
 from orcapod_dagster.translator import column_schema, node_table_uri
 

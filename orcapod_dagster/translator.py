@@ -25,11 +25,18 @@ import dagster as dg
 
 from orcapod_core.databases import DeltaTableDatabase
 from orcapod_core.pipeline import Node
-from orcapod_core.pipeline.snapshots import snapshot_path
+from orcapod_core.pipeline import snapshot_path
 from orcapod_core.sources import DeltaTableSource
 from orcapod_core.types import type_to_string
 
-__all__ = ["OrcapodTranslator", "OrcapodTranslatorSettings", "sanitize_name", "node_table_uri", "published_asset_key"]
+__all__ = [
+    "OrcapodTranslator",
+    "OrcapodTranslatorSettings",
+    "sanitize_name",
+    "partitions_name",
+    "node_table_uri",
+    "published_asset_key",
+]
 
 NO_FAILED_PACKETS = "no_failed_packets"
 SCHEMA_MATCHES = "schema_matches"
@@ -44,6 +51,15 @@ def sanitize_name(name: str) -> str:
     'water_quality_v2'
     """
     return _INVALID.sub("_", name) or "_"
+
+
+def partitions_name(pipeline_name: Sequence[str], column: str) -> str:
+    """The name of the dynamic partitions of a pipeline partitioned by tag column ``column``.
+
+    >>> partitions_name(("water_quality",), "station_id")
+    'water_quality__station_id'
+    """
+    return f"{sanitize_name('_'.join(pipeline_name))}__{sanitize_name(column)}"
 
 
 def node_table_uri(node: Node) -> str | None:
@@ -81,10 +97,14 @@ class OrcapodTranslatorSettings:
     ``enable_asset_checks`` adds the ``no_failed_packets`` and ``schema_matches`` checks to
     function nodes; ``blocking_failed_packets`` makes ``no_failed_packets`` a blocking check
     (failed packets then fail the step with ERROR severity and hold back downstream assets).
+    ``partition_by`` names a source tag column: the pipeline's assets are then partitioned by
+    that column's values (see :meth:`OrcapodTranslator.get_partitions_def`), and
+    materializing some partitions runs the pipeline on the source rows of those values only.
     """
 
     enable_asset_checks: bool = True
     blocking_failed_packets: bool = False
+    partition_by: str | None = None
 
 
 class OrcapodTranslator:
@@ -140,7 +160,7 @@ class OrcapodTranslator:
         ups = ", ".join(f"`{up.label}`" for up in node.upstream_nodes)
         if node.kind == "function":
             pf = node.packet_function  # type: ignore[attr-defined]
-            doc = inspect.getdoc(pf.function)
+            doc = inspect.getdoc(pf.function) if pf.function is not None else None  # None: code unavailable
             return doc or f"`{pf.function_name}` (version {pf.version}) applied to {ups}."
         if node.kind == "operator":
             return f"{node.operator!r} of {ups}."  # type: ignore[attr-defined]
@@ -159,8 +179,8 @@ class OrcapodTranslator:
             "dagster/column_schema": column_schema(node),
         }
         if node.kind == "function":
-            fn = node.packet_function.function  # type: ignore[attr-defined]
-            metadata["orcapod/function"] = f"{fn.__module__}.{fn.__qualname__}"
+            config = node.packet_function.to_config()  # type: ignore[attr-defined]
+            metadata["orcapod/function"] = f"{config['module']}.{config['callable']}"
         uri = node_table_uri(node)
         if uri is not None:
             metadata["dagster/uri"] = uri
@@ -216,8 +236,15 @@ class OrcapodTranslator:
         return None
 
     def get_partitions_def(self, node: Node) -> dg.PartitionsDefinition | None:
-        """Unpartitioned by default."""
-        return None
+        """Unpartitioned by default. With ``settings.partition_by``, every node of the pipeline
+        shares one ``DynamicPartitionsDefinition`` (named by :func:`partitions_name`) whose keys
+        are the values of that source tag column (as strings); register them with
+        :func:`~orcapod_dagster.add_partitions` or let
+        :func:`~orcapod_dagster.orcapod_source_sensor` add them as they appear."""
+        column = self.settings.partition_by
+        if column is None:
+            return None
+        return dg.DynamicPartitionsDefinition(name=partitions_name(node.pipeline_name, column))
 
     def get_check_specs(self, node: Node) -> Sequence[dg.AssetCheckSpec]:
         """``no_failed_packets`` and ``schema_matches`` for function nodes."""

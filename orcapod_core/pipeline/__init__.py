@@ -33,6 +33,15 @@ from orcapod_core.pipeline.observers import (
     StatusObserver,
 )
 from orcapod_core.pipeline.orchestrators import AsyncPipelineOrchestrator, SyncPipelineOrchestrator
+from orcapod_core.pipeline.snapshots import (
+    Snapshot,
+    data_version,
+    has_snapshot,
+    load_snapshot,
+    pinned_outputs,
+    save_snapshot,
+    snapshot_path,
+)
 
 __all__ = [
     "Pipeline",
@@ -60,4 +69,11 @@ __all__ = [
     "NodeStats",
     "SyncPipelineOrchestrator",
     "AsyncPipelineOrchestrator",
+    "Snapshot",
+    "snapshot_path",
+    "data_version",
+    "save_snapshot",
+    "load_snapshot",
+    "has_snapshot",
+    "pinned_outputs",
 ]

@@ -109,3 +109,43 @@ def materializations(result: dg.ExecuteInProcessResult | dg.ExecutionResult) -> 
         values["data_version"] = mat.tags.get("dagster/data_version")
         out[mat.asset_key.to_user_string()] = values
     return out
+
+
+# -- a CSV-backed pipeline for partitions, sensors and the component ---------------------------
+
+from orcapod_core.databases import DeltaTableDatabase  # noqa: E402
+from orcapod_core.function_pod import function_pod  # noqa: E402
+from orcapod_core.pipeline import Pipeline  # noqa: E402
+from orcapod_core.sources import CSVSource, DictSource  # noqa: E402
+
+
+@function_pod(output_keys="y")
+def triple(x: int) -> int:
+    """Three times x."""
+    return 3 * x
+
+
+@function_pod(output_keys="z")
+def shift(y: int, offset: int) -> int:
+    """y plus the day's offset."""
+    return y + offset
+
+
+def write_readings(path: Path, rows: list[tuple[str, int, int]]) -> Path:
+    """``readings.csv`` with columns site, day, x."""
+    path.write_text("site,day,x\n" + "".join(f"{site},{day},{x}\n" for site, day, x in rows))
+    return path
+
+
+def build_sites_pipeline(csv: Path, store: Path, name: str = "sites") -> Pipeline:
+    """readings (CSV, tags site+day) → tripled → shifted (joined with the per-day offsets, a
+    reference source without the ``site`` column)."""
+    readings = CSVSource(csv, tag_columns=["site", "day"], source_id="readings", label="readings")
+    offsets = DictSource({"day": [1, 2, 3], "offset": [100, 200, 300]}, tag_columns="day", source_id="offsets", label="offsets")
+    with Pipeline(name, pipeline_database=DeltaTableDatabase(str(store))) as pipeline:
+        tripled = triple.pod(readings, label="tripled")
+        shift.pod(tripled, offsets, label="shifted")
+    return pipeline
+
+
+READINGS = [("north", 1, 1), ("north", 2, 2), ("south", 1, 3), ("east", 1, 4), ("east", 3, 5)]
