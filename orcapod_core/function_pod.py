@@ -137,7 +137,62 @@ class BatchResult:
     captured: dict[int, dict[str, str]] = field(default_factory=dict)
 
 
-class PythonPacketFunction:
+class PacketFunctionDescription:
+    """What describes a packet function, shared by :class:`PythonPacketFunction` and the
+    :class:`~orcapod_core.packet_function_proxy.PacketFunctionProxy` that stands in for one."""
+
+    function_type: ClassVar[str] = "python"
+    _function_name: str
+    _version: str
+    _identity_mode: str
+    _input_schema: Schema
+    _output_schema: Schema
+    _output_keys: tuple[str, ...]
+    _output_arrow_schema: pa.Schema
+    _is_async: bool
+
+    @property
+    def function_name(self) -> str:
+        return self._function_name
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def identity_mode(self) -> str:
+        """``"source"`` or ``"declared"``."""
+        return self._identity_mode
+
+    @property
+    def input_schema(self) -> Schema:
+        """Parameter name → type; parameters with defaults are ``optional_fields``."""
+        return self._input_schema
+
+    @property
+    def output_schema(self) -> Schema:
+        """Output key → type."""
+        return self._output_schema
+
+    @property
+    def output_keys(self) -> tuple[str, ...]:
+        return self._output_keys
+
+    @property
+    def output_arrow_schema(self) -> pa.Schema:
+        """Arrow schema of the output columns."""
+        return self._output_arrow_schema
+
+    @property
+    def is_async(self) -> bool:
+        return self._is_async
+
+    def check_input_schema(self, packet_schema: Mapping[str, Any]) -> None:
+        """Raise :class:`SchemaMismatchError` listing every column that does not fit a parameter."""
+        check_packet_schema(self._function_name, self._input_schema, packet_schema)
+
+
+class PythonPacketFunction(PacketFunctionDescription):
     """A typed Python function seen as packet → packet.
 
     >>> def scale(x: float, factor: float = 2.0) -> float:      # doctest: +SKIP
@@ -146,8 +201,6 @@ class PythonPacketFunction:
     >>> pf.input_schema, pf.input_schema.optional_fields, pf.call({"x": 1.5})  # doctest: +SKIP
     (Schema({'x': float, 'factor': float}), frozenset({'factor'}), {'y': 3.0})
     """
-
-    function_type: ClassVar[str] = "python"
 
     def __init__(
         self,
@@ -194,42 +247,6 @@ class PythonPacketFunction:
     def function(self) -> Callable[..., Any]:
         """The wrapped Python function."""
         return self._function
-
-    @property
-    def function_name(self) -> str:
-        return self._function_name
-
-    @property
-    def version(self) -> str:
-        return self._version
-
-    @property
-    def identity_mode(self) -> str:
-        """``"source"`` or ``"declared"``."""
-        return self._identity_mode
-
-    @property
-    def input_schema(self) -> Schema:
-        """Parameter name → type; parameters with defaults are ``optional_fields``."""
-        return self._input_schema
-
-    @property
-    def output_schema(self) -> Schema:
-        """Output key → type."""
-        return self._output_schema
-
-    @property
-    def output_keys(self) -> tuple[str, ...]:
-        return self._output_keys
-
-    @property
-    def output_arrow_schema(self) -> pa.Schema:
-        """Arrow schema of the output columns."""
-        return self._output_arrow_schema
-
-    @property
-    def is_async(self) -> bool:
-        return self._is_async
 
     def __repr__(self) -> str:
         return f"PythonPacketFunction({self._function_name!r}, version={self._version!r}, output_keys={list(self._output_keys)})"
@@ -364,10 +381,6 @@ class PythonPacketFunction:
         self._executor = executor
 
     # -- input checks -------------------------------------------------------------------
-    def check_input_schema(self, packet_schema: Mapping[str, Any]) -> None:
-        """Raise :class:`SchemaMismatchError` listing every column that does not fit a parameter."""
-        check_packet_schema(self._function_name, self._input_schema, packet_schema)
-
     def _kwargs(self, packet: Mapping[str, Any]) -> dict[str, Any]:
         schema = self._input_schema
         missing = [p for p in schema if p not in packet and p not in schema.optional_fields]

@@ -28,7 +28,12 @@ import pyarrow as pa
 
 from orcapod_core.errors import FunctionBindError, PacketFunctionUnavailableError, PipelineLoadError
 from orcapod_core.executors import LocalPythonFunctionExecutor, PythonFunctionExecutor, check_executor
-from orcapod_core.function_pod import BatchResult, FunctionPod, PythonPacketFunction, check_packet_schema
+from orcapod_core.function_pod import (
+    BatchResult,
+    FunctionPod,
+    PacketFunctionDescription,
+    PythonPacketFunction,
+)
 from orcapod_core.hashing import ContentHash
 from orcapod_core.types import Schema, arrow_field, arrow_schema_from_json, type_from_string
 
@@ -65,7 +70,7 @@ def _check_config(config: Any) -> Mapping[str, Any]:
     return config
 
 
-class PacketFunctionProxy:
+class PacketFunctionProxy(PacketFunctionDescription):
     """Stands in for a packet function whose code cannot be loaded.
 
     It has the saved identity (name, version, URI, identity hash, schemas — type strings it
@@ -73,8 +78,6 @@ class PacketFunctionProxy:
     a packet raises :class:`PacketFunctionUnavailableError` until :meth:`bind` attaches the
     real function.
     """
-
-    function_type = "python"
 
     def __init__(self, config: Mapping[str, Any], reason: str = "its code is not available"):
         config = _check_config(config)
@@ -120,18 +123,6 @@ class PacketFunctionProxy:
         return self._bound.function if self._bound is not None else None
 
     @property
-    def function_name(self) -> str:
-        return self._function_name
-
-    @property
-    def version(self) -> str:
-        return self._version
-
-    @property
-    def identity_mode(self) -> str:
-        return self._identity_mode
-
-    @property
     def module(self) -> str:
         """Module path the function was saved from."""
         return self._module
@@ -140,26 +131,6 @@ class PacketFunctionProxy:
     def qualified_name(self) -> str:
         """``module:qualname`` of the saved function."""
         return f"{self._module}:{self._callable}"
-
-    @property
-    def input_schema(self) -> Schema:
-        return self._input_schema
-
-    @property
-    def output_schema(self) -> Schema:
-        return self._output_schema
-
-    @property
-    def output_keys(self) -> tuple[str, ...]:
-        return self._output_keys
-
-    @property
-    def output_arrow_schema(self) -> pa.Schema:
-        return self._output_arrow_schema
-
-    @property
-    def is_async(self) -> bool:
-        return self._is_async
 
     @property
     def uri(self) -> str:
@@ -237,9 +208,6 @@ class PacketFunctionProxy:
         if executor is not None:
             check_executor(type(self), self.function_type, executor)
         self._executor = executor
-
-    def check_input_schema(self, packet_schema: Mapping[str, Any]) -> None:
-        check_packet_schema(self._function_name, self._input_schema, packet_schema)
 
     def unavailable_error(self) -> PacketFunctionUnavailableError:
         return PacketFunctionUnavailableError(
