@@ -193,7 +193,11 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         self._schemas.pop(key, None)
 
     def _filesystem(self) -> pafs.FileSystem | None:
-        """The store as a pyarrow filesystem (``None`` while a local base does not exist yet)."""
+        """The store as a pyarrow filesystem (``None`` while a local base does not exist yet).
+
+        Local stores use pyarrow's native local filesystem: see :meth:`_table_filesystem`."""
+        if self._root is not None:
+            return pafs.SubTreeFileSystem(self._root, pafs.LocalFileSystem()) if os.path.isdir(self._root) else None
         try:
             return pafs.PyFileSystem(DeltaStorageHandler(self._root or self.base_uri, self.storage_options))
         except TableNotFoundError:
@@ -258,14 +262,32 @@ class DeltaTableDatabase(BufferedArrowDatabase):
 
     def _read_ids(self, key: RecordPath, dt: DeltaTable, paths: list[str], sizes: dict[str, int]) -> pa.ChunkedArray:
         """The id column of the given data files only."""
+        # Add-action paths are URI-encoded (a partition value "a b" is stored as "p=a%2520b");
+        # the files are at the decoded relative paths.
+        files = {unquote(p): sizes[p] for p in paths}
         try:
-            handler = DeltaStorageHandler(dt.table_uri, self.storage_options, {p: sizes[p] for p in paths})
-            files = ds.dataset(paths, schema=_ID_SCHEMA, format="parquet", filesystem=pafs.PyFileSystem(handler))
-            return files.to_table(columns=[RECORD_ID_COLUMN])[RECORD_ID_COLUMN]
+            fs = self._table_filesystem(key)
+            if fs is None:  # object store
+                fs = pafs.PyFileSystem(DeltaStorageHandler(dt.table_uri, self.storage_options, files))
+            dataset = ds.dataset(list(files), schema=_ID_SCHEMA, format="parquet", filesystem=fs)
+            return dataset.to_table(columns=[RECORD_ID_COLUMN])[RECORD_ID_COLUMN]
         except (OSError, pa.ArrowInvalid) as exc:
             raise CorruptStoreError(
                 f"cannot read the record ids of table {'/'.join(key)!r} at {self.table_uri(key)}: {_first_line(exc)}"
             ) from exc
+
+    def _table_filesystem(self, key: RecordPath) -> pafs.FileSystem | None:
+        """A local table's directory as pyarrow's native local filesystem; ``None`` for object
+        stores (read through deltalake's storage handler with ``storage_options``).
+
+        Reading local files through ``PyFileSystem(DeltaStorageHandler)`` makes Arrow's I/O
+        threads call back into Python; such a call still in flight (or a Python file object
+        released on one of those threads) while the interpreter finalizes kills the process
+        at exit with "terminate called without an active exception". Native reads never
+        touch Python from Arrow's threads."""
+        if self._root is None:
+            return None
+        return pafs.SubTreeFileSystem(os.path.join(self._root, *key), pafs.LocalFileSystem())
 
     def _scan(self, key: RecordPath, columns: list[str] | None, expr: pc.Expression | None) -> pa.Table | None:
         dt = self._open(key)
@@ -273,7 +295,10 @@ class DeltaTableDatabase(BufferedArrowDatabase):
             return None
         schema = self._committed_schema(key, fresh=False)  # just brought up to date
         try:
-            dataset = self._in_commit_order(dt, dt.to_pyarrow_dataset(schema=schema))
+            # The active files of the current snapshot (with their partition values and the
+            # evolved schema), read through the native local filesystem on a local path.
+            dataset = dt.to_pyarrow_dataset(schema=schema, filesystem=self._table_filesystem(key))
+            dataset = self._in_commit_order(dt, dataset)
             return dataset.to_table(columns=columns, filter=expr)
         except (OSError, pa.ArrowInvalid) as exc:
             raise CorruptStoreError(
@@ -287,7 +312,7 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         if len(fragments) < 2:
             return dataset
         actions = pa.table(dt.get_add_actions(flatten=False))
-        written = dict(zip(actions["path"].to_pylist(), actions["modification_time"].to_pylist()))
+        written = dict(zip(map(unquote, actions["path"].to_pylist()), actions["modification_time"].to_pylist()))
         # deltalake lists the newest file first; break modification-time ties the same way.
         order = sorted(range(len(fragments)), key=lambda i: (written.get(fragments[i].path, 0), -i))
         return ds.FileSystemDataset(

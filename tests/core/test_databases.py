@@ -535,3 +535,78 @@ def test_delta_config_round_trip_keeps_secrets_out(tmp_path):
     assert config == {"type": "delta", "base_uri": str(tmp_path), "batch_size": 5, "max_batch_age_s": 1.0}
     rebuilt = database_from_config(config, storage_options={"secret": "x"})
     assert isinstance(rebuilt, DeltaTableDatabase) and rebuilt.storage_options == {"secret": "x"}
+
+
+READ_THEN_EXIT = """
+import sys, pyarrow as pa
+from orcapod_core.databases import DeltaTableDatabase
+base = sys.argv[1]
+db = DeltaTableDatabase(base)
+path = ("pipe", "node")
+for i in range(10):
+    ids = [f"r{i}_{j}" for j in range(200)]
+    db.add_records(path, pa.table({"__record_id": ids, "x": list(range(200))}), flush=True)
+for i in range(10):
+    assert DeltaTableDatabase(base).get_all_records(path).num_rows == 2000
+    assert db.get_records_by_ids(path, [f"r{i}_1"]).num_rows == 1
+    assert db.get_records_where(path, {"x": 3}).num_rows == 10
+print("done")
+"""
+
+
+@pytest.mark.slow
+def test_processes_reading_delta_tables_exit_cleanly(tmp_path):
+    # Regression: local reads through pyarrow.fs.PyFileSystem(DeltaStorageHandler) made Arrow's
+    # I/O threads call into Python, and 5-40% of such processes aborted at interpreter exit with
+    # "terminate called without an active exception" (SIGABRT).
+    runs, failures = 30, []
+    for first in range(0, runs, 3):  # three processes at a time
+        procs = [
+            (run, run_python(READ_THEN_EXIT, str(tmp_path / f"store{run}"), wait=False))
+            for run in range(first, min(first + 3, runs))
+        ]
+        for run, proc in procs:
+            out, err = proc.communicate(timeout=120)
+            if proc.returncode != 0 or "terminate called" in err or out.strip() != "done":
+                failures.append((run, proc.returncode, err[-300:]))
+    assert not failures, f"{len(failures)}/{runs} runs failed: {failures[:3]}"
+
+
+def test_local_reads_use_the_native_filesystem(tmp_path, monkeypatch):
+    import deltalake.fs
+
+    from orcapod_core.databases import delta
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("local reads must not go through DeltaStorageHandler")
+
+    monkeypatch.setattr(delta, "DeltaStorageHandler", refuse)
+    monkeypatch.setattr(deltalake.fs, "DeltaStorageHandler", refuse)
+    db = DeltaTableDatabase(tmp_path / "store")
+    assert db.list_tables() == [] and not db.has_table(PATH)
+    db.add_records(PATH, records(["a", "b"], x=[1, 2]), flush=True)
+    db.add_records(PATH, records(["c"], x=[3], y=["new"]), flush=True)  # schema evolution
+    other = DeltaTableDatabase(tmp_path / "store")
+    other.add_records(PATH, records(["a", "d"], x=[10, 4]), flush=True)  # another handle commits
+    assert ids_of(db.get_all_records(PATH)) == ["a", "b", "c", "d"]
+    assert db.get_all_records(PATH)["y"].to_pylist() == [None, None, "new", None]
+    assert ids_of(db.get_records_where(PATH, {"x": 3})) == ["c"]
+    assert db.add_records(PATH, records(["d", "e"], x=[0, 5])) == 1
+    assert db.list_tables() == [PATH]
+
+
+def test_partitioned_table_written_elsewhere_is_read_at_its_current_version(tmp_path):
+    db = DeltaTableDatabase(tmp_path)
+    uri = db.table_uri(PATH)
+    table = pa.table({RECORD_ID_COLUMN: ["a", "b", "c"], "p": ["x", "y z", "x"], "v": [1, 2, 3]})
+    write_deltalake(uri, table, partition_by=["p"])
+    assert sorted(ids_of(db.get_all_records(PATH))) == ["a", "b", "c"]
+    assert db.get_records_by_ids(PATH, ["b"])["p"].to_pylist() == ["y z"]
+    assert sorted(ids_of(db.get_records_where(PATH, {"p": "x"}))) == ["a", "c"]
+    # the id index reads every data file, including the one under the escaped "p=y%20z"
+    assert db.add_records(PATH, pa.table({RECORD_ID_COLUMN: ["b", "d"], "p": ["y z", "x"], "v": [0, 4]})) == 1
+    db.flush()
+    # an overwrite removes the old files: only the current version's active files are read
+    write_deltalake(uri, table.slice(2), partition_by=["p"], mode="overwrite")
+    assert ids_of(db.get_all_records(PATH)) == ["c"]
+    assert db.add_records(PATH, pa.table({RECORD_ID_COLUMN: ["a"], "p": ["x"], "v": [9]})) == 1
