@@ -11,9 +11,9 @@ Two encodings, both versioned by :data:`HASH_METHOD`:
   as 8-byte little-endian, float64 as 8-byte IEEE-754 LE, date32 as 4-byte LE
   days, bool as one byte, strings/binary as 8-byte LE length + bytes, lists as
   8-byte LE count + encoded items, maps as count + (key, value) pairs sorted by
-  key. The row digest is SHA-256 of that message. Fixed-width and string
-  columns are encoded with Arrow kernels over whole columns; only the final
-  digest is one C call per row.
+  key. The row digest is SHA-256 of that message. Fixed-width, string and list
+  columns (lists of those, nested lists, lists of maps) are encoded with Arrow
+  kernels over whole columns; only the final digest is one C call per row.
 
 Nothing here uses ``pickle``, Python's ``hash()`` or a library's internal hash,
 so digests are identical across processes, runs and machines.
@@ -192,16 +192,57 @@ def _fixed_bytes(arr: pa.Array, width: int) -> pa.Array:
     return view.cast(pa.large_binary())
 
 
+def _is_bytes_like(dtype: pa.DataType) -> bool:
+    return (
+        pa.types.is_large_string(dtype)
+        or pa.types.is_string(dtype)
+        or pa.types.is_large_binary(dtype)
+        or pa.types.is_binary(dtype)
+    )
+
+
+def _encodable(dtype: pa.DataType) -> bool:
+    """True when :func:`encode_value` has an encoding for every value of ``dtype``."""
+    if dtype == pa.bool_() or dtype in _STRUCT_FMT or _is_bytes_like(dtype):
+        return True
+    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
+        return _encodable(dtype.value_type)
+    if pa.types.is_map(dtype):
+        return _encodable(dtype.key_type) and _encodable(dtype.item_type)
+    return False
+
+
+def _encode_list_column(arr: pa.ListArray | pa.LargeListArray) -> pa.Array:
+    """List values without per-row Python: ``0x01`` + 8-byte LE count + the items' encodings.
+
+    The items (the child values of the rows, sliced arrays included) are encoded by
+    :func:`_encode_column` in one go, then regrouped per row by the list offsets and joined;
+    null lists are replaced by ``0x00`` by the caller. Same bytes as :func:`encode_value`."""
+    offsets = arr.offsets  # len(arr) + 1 offsets of this (possibly sliced) array into arr.values
+    start, end = offsets[0].as_py(), offsets[-1].as_py()
+    items = _encode_column(arr.values.slice(start, end - start))
+    offsets = offsets.cast(pa.int64())
+    if start:
+        offsets = pc.subtract(offsets, pa.scalar(start, pa.int64()))
+    joined = pc.binary_join(pa.LargeListArray.from_arrays(offsets, items), _S_EMPTY)
+    counts = pc.subtract(offsets[1:], offsets[:-1])  # also defined (and unused) for null lists
+    return pc.binary_join_element_wise(_S_VALID, _fixed_bytes(counts, 8), joined, _S_EMPTY)
+
+
 def _encode_column(arr: pa.Array) -> pa.Array:
     """Canonical encodings of every value of one column, as a large_binary array."""
     dtype = arr.type
+    if len(arr) == 0:
+        return pa.array([], _LB)
     if dtype in _FIXED_WIDTH and _LITTLE:
         body = pc.binary_join_element_wise(_S_VALID, _fixed_bytes(arr, _FIXED_WIDTH[dtype]), _S_EMPTY)
     elif dtype == pa.bool_():
         body = pc.if_else(arr, _VALID + b"\x01", _VALID + b"\x00").cast(pa.large_binary())
-    elif (pa.types.is_large_string(dtype) or pa.types.is_large_binary(dtype)) and _LITTLE:
+    elif _is_bytes_like(dtype) and _LITTLE:
         lengths = pc.binary_length(arr).fill_null(0)
         body = pc.binary_join_element_wise(_S_VALID, _fixed_bytes(lengths.cast(pa.int64()), 8), arr.cast(_LB), _S_EMPTY)
+    elif (pa.types.is_list(dtype) or pa.types.is_large_list(dtype)) and _LITTLE and _encodable(dtype):
+        body = _encode_list_column(arr)
     else:
         return pa.array([encode_value(v, dtype) for v in arr.to_pylist()], pa.large_binary())
     if arr.null_count:

@@ -1,6 +1,7 @@
 import datetime
 import hashlib
 import json
+import random
 import struct
 import subprocess
 import sys
@@ -9,8 +10,11 @@ import textwrap
 import pyarrow as pa
 import pytest
 
+from orcapod_core.errors import UnsupportedTypeError
 from orcapod_core.hashing import (
     ContentHash,
+    _encode_column,
+    _schema_digest,
     canonical_json,
     combine_hashes,
     encode_value,
@@ -154,3 +158,101 @@ def test_canonical_json_handles_types_bytes_and_rejects_unknown_objects():
     assert canonical_json({"t": list[int], "b": b"\x01"}) == b'{"b":{"$bytes":"01"},"t":{"$type":"list[int]"}}'
     with pytest.raises(TypeError, match="object"):
         canonical_json({"x": object()})
+
+
+# --------------------------------------------------------------------------------------
+# Columnar list encoding == per-value reference encoding (hashes must never change)
+# --------------------------------------------------------------------------------------
+
+_LEAF_VALUES = {
+    pa.int64(): lambda r: r.choice([0, -1, 1, 2**63 - 1, -(2**63), r.randint(-(10**12), 10**12)]),
+    pa.float64(): lambda r: r.choice([0.0, -0.0, 1e300, float("inf"), float("nan"), r.uniform(-1e6, 1e6)]),
+    pa.bool_(): lambda r: r.random() < 0.5,
+    pa.large_string(): lambda r: r.choice(["", "a", "é€", "x" * r.randint(0, 40)]),
+    pa.string(): lambda r: r.choice(["", "b", "ü", "y" * r.randint(0, 40)]),
+    pa.large_binary(): lambda r: bytes(r.randrange(256) for _ in range(r.randint(0, 12))),
+    pa.binary(): lambda r: bytes(r.randrange(256) for _ in range(r.randint(0, 12))),
+    pa.date32(): lambda r: datetime.date(1970, 1, 1) + datetime.timedelta(days=r.randint(-40000, 40000)),
+    pa.timestamp("us"): lambda r: datetime.datetime(1970, 1, 1) + datetime.timedelta(microseconds=r.randint(-(10**15), 10**15)),
+    pa.time64("us"): lambda r: datetime.time(r.randrange(24), r.randrange(60), r.randrange(60), r.randrange(10**6)),
+}
+
+
+def _random_value(r: random.Random, dtype: pa.DataType, null_rate: float = 0.15):
+    if r.random() < null_rate:
+        return None
+    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
+        return [_random_value(r, dtype.value_type) for _ in range(r.choice([0, 0, 1, 2, 3, 10]))]
+    if pa.types.is_map(dtype):
+        keys = r.sample(range(50), r.randint(0, 4))
+        return [(str(k), _random_value(r, dtype.item_type)) for k in keys]
+    return _LEAF_VALUES[dtype](r)
+
+
+LIST_TYPES = [
+    pa.list_(pa.int64()),
+    pa.large_list(pa.int64()),
+    *[pa.large_list(leaf) for leaf in _LEAF_VALUES],
+    pa.list_(pa.large_string()),
+    pa.list_(pa.list_(pa.int64())),
+    pa.large_list(pa.large_list(pa.large_string())),
+    pa.large_list(pa.list_(pa.large_list(pa.float64()))),
+    pa.large_list(pa.map_(pa.large_string(), pa.int64())),
+    pa.large_list(pa.map_(pa.large_string(), pa.large_list(pa.large_string()))),
+]
+
+
+def _reference(arr) -> list[bytes]:
+    return [encode_value(v, arr.type) for v in arr.to_pylist()]
+
+
+@pytest.mark.parametrize("dtype", LIST_TYPES, ids=str)
+def test_columnar_list_encoding_matches_the_reference_encoder(dtype):
+    r = random.Random(str(dtype))
+    values = [_random_value(r, dtype) for _ in range(300)] + [[], None, [None], [None, None]]
+    arr = pa.array(values, dtype)
+    assert _encode_column(arr).to_pylist() == _reference(arr)
+    for start, length in [(1, 50), (137, 170), (299, 5), (305, 1), (0, 0), (10, 1)]:
+        part = arr.slice(start, length)
+        assert _encode_column(part).to_pylist() == _reference(part), (start, length)
+    # hash_rows over a chunked, sliced column == per-value reference digest of each row
+    table = pa.table({"c": pa.chunked_array([arr.slice(3, 40), arr.slice(200, 60), arr.slice(0, 0)], dtype)})
+    try:
+        schema_digest = _schema_digest([table.schema.field("c")])
+    except UnsupportedTypeError:  # rows hold canonical (large) types only; the encoder takes any
+        return
+    expected = [hashlib.sha256(schema_digest + encode_value(v, dtype)).digest() for v in table["c"].to_pylist()]
+    assert hash_rows(table).to_pylist() == expected
+
+
+def test_columnar_list_encoding_with_null_slots_over_non_empty_ranges():
+    # Arrow allows a null list slot to span child values; they must not leak into the encoding.
+    values = pa.array([1, 2, 3, None, 5, 6], pa.int64())
+    offsets = pa.array([0, 2, 4, 4, 6], pa.int32())
+    arr = pa.ListArray.from_arrays(offsets, values, mask=pa.array([False, True, False, False]))
+    assert arr.to_pylist() == [[1, 2], None, [], [5, 6]]
+    assert _encode_column(arr).to_pylist() == _reference(arr)
+    assert _encode_column(arr.slice(1)).to_pylist() == _reference(arr.slice(1))
+    assert _encode_column(arr)[1].as_py() == b"\x00"
+
+
+def test_list_encoding_bytes_are_the_documented_ones():
+    arr = pa.array([[7, None], [], None], pa.large_list(pa.int64()))
+    assert _encode_column(arr).to_pylist() == [
+        b"\x01" + struct.pack("<Q", 2) + b"\x01" + struct.pack("<q", 7) + b"\x00",
+        b"\x01" + struct.pack("<Q", 0),
+        b"\x00",
+    ]
+    nested = pa.array([[["ab"], []]], pa.large_list(pa.large_list(pa.large_string())))
+    assert _encode_column(nested)[0].as_py() == (
+        b"\x01" + struct.pack("<Q", 2) + b"\x01" + struct.pack("<Q", 1) + b"\x01" + struct.pack("<Q", 2) + b"ab"
+        + b"\x01" + struct.pack("<Q", 0)
+    )
+
+
+def test_lists_of_unsupported_items_keep_the_reference_behaviour():
+    dtype = pa.large_list(pa.struct([("a", pa.int64())]))
+    only_nulls = pa.array([[None], [], None], dtype)
+    assert _encode_column(only_nulls).to_pylist() == _reference(only_nulls)
+    with pytest.raises(TypeError, match="no canonical encoding"):
+        _encode_column(pa.array([[{"a": 1}]], dtype))
