@@ -68,7 +68,9 @@ PLAIN = textwrap.dedent(
 )
 
 IN_PROCESS = '{"execution": {"config": {"in_process": {}}}}'
-STEP_TIME = re.compile(r'STEP_SUCCESS - Finished execution of step "[^"]+" in ([0-9.]+)(ms|s|m)')
+# Dagster's format_duration: "8.3ms", "533ms", "2.1s", "4m52s", "1h4m".
+STEP_TIME = re.compile(r'STEP_SUCCESS - Finished execution of step "[^"]+" in ([0-9hms.]+)\.\s')
+DURATION_PART = re.compile(r"([0-9.]+)(ms|h|m|s)")
 
 
 def write_data(data: Path, stations: int, dates: int, seed: int = 0) -> int:
@@ -106,8 +108,11 @@ def timed(command: list[str], env: dict[str, str]) -> tuple[float, subprocess.Co
 
 
 def step_seconds(proc: subprocess.CompletedProcess[str]) -> float:
-    value, unit = STEP_TIME.findall(proc.stdout + proc.stderr)[-1]
-    return float(value) * {"ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
+    found = STEP_TIME.findall(proc.stdout + proc.stderr)
+    if not found:
+        raise RuntimeError(f"no STEP_SUCCESS line in the output of {' '.join(proc.args[:6])} ...:\n{proc.stderr[-3000:]}")
+    scale = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(value) * scale[unit] for value, unit in DURATION_PART.findall(found[-1]))
 
 
 def bench_size(scratch: Path, stations: int, dates: int, repeats: int) -> dict:
