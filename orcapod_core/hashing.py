@@ -13,7 +13,8 @@ Two encodings, both versioned by :data:`HASH_METHOD`:
   8-byte LE count + encoded items, maps as count + (key, value) pairs sorted by
   key. The row digest is SHA-256 of that message. Fixed-width, string and list
   columns (lists of those, nested lists, lists of maps) are encoded with Arrow
-  kernels over whole columns; only the final digest is one C call per row.
+  kernels over whole columns (in bounded slices of rows); only the final digest is
+  one C call per row.
 
 Nothing here uses ``pickle``, Python's ``hash()`` or a library's internal hash,
 so digests are identical across processes, runs and machines.
@@ -24,6 +25,7 @@ True
 
 from __future__ import annotations
 
+import binascii
 import datetime
 import gc
 import hashlib
@@ -257,8 +259,16 @@ def _schema_digest(fields: Sequence[pa.Field]) -> bytes:
     return hashlib.sha256(canonical_json(names)).digest()
 
 
+#: Rows hashed per slice: bounds the row messages (Arrow) and the Python ``bytes`` objects the
+#: per-row digest needs that are alive at once, whatever the table's size.
+_HASH_SLICE_ROWS = 65_536
+
+
 def hash_rows(table: pa.Table, columns: Sequence[str] | None = None) -> pa.FixedSizeBinaryArray:
     """Per-row SHA-256 digests (32 bytes each) of ``columns`` (default: all), columnar.
+
+    Rows are encoded and digested in slices of :data:`_HASH_SLICE_ROWS`, so memory stays
+    bounded on large tables (the digests do not depend on the slicing).
 
     >>> t = pa.table({"x": [1, 2]})
     >>> len(hash_rows(t)), hash_rows(t)[0] == hash_rows(t.slice(0, 1))[0]
@@ -267,24 +277,27 @@ def hash_rows(table: pa.Table, columns: Sequence[str] | None = None) -> pa.Fixed
     names = sorted(columns if columns is not None else table.column_names)
     n = table.num_rows
     fields = [table.schema.field(c) for c in names]
-    prefix = _schema_digest(fields)
+    prefix = pa.scalar(_schema_digest(fields), _LB)
     if n == 0:
         return pa.array([], pa.binary(32))
-    parts = [_encode_column(table.column(c).combine_chunks()) for c in names]
-    if parts:
-        messages = pc.binary_join_element_wise(pa.scalar(prefix, _LB), *parts, _S_EMPTY)
-    else:  # no columns (e.g. a stream without packet columns): every message is the bare prefix
-        messages = pa.repeat(pa.scalar(prefix, _LB), n)
-    values = messages.to_pylist()
+    chosen = [table.column(c) for c in names]
     digest = type(hashlib.sha256()).digest
+    digests: list[bytes] = []
     enabled = gc.isenabled()
     gc.disable()  # a million short-lived bytes objects otherwise trigger many useless GC passes
     try:
-        digests = b"".join(map(digest, map(hashlib.sha256, values)))
+        for start in range(0, n, _HASH_SLICE_ROWS):
+            size = min(_HASH_SLICE_ROWS, n - start)
+            parts = [_encode_column(c.slice(start, size).combine_chunks()) for c in chosen]
+            if parts:
+                messages = pc.binary_join_element_wise(prefix, *parts, _S_EMPTY)
+            else:  # no columns (e.g. a stream without packet columns): every message is the bare prefix
+                messages = pa.repeat(prefix, size)
+            digests.append(b"".join(map(digest, map(hashlib.sha256, messages.to_pylist()))))
     finally:
         if enabled:
             gc.enable()
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), n, [None, pa.py_buffer(digests)])
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), n, [None, pa.py_buffer(b"".join(digests))])
 
 
 def hash_table(table: pa.Table, columns: Sequence[str] | None = None) -> ContentHash:
@@ -300,7 +313,7 @@ def hash_table(table: pa.Table, columns: Sequence[str] | None = None) -> Content
 def digests_to_hex(digests: pa.FixedSizeBinaryArray) -> pa.Array:
     """Hex strings of fixed-width digests as a large_string array, without per-row Python."""
     n, width = len(digests), digests.type.byte_width
-    data = digests.buffers()[1].to_pybytes()[digests.offset * width : (digests.offset + n) * width]
+    data = memoryview(digests.buffers()[1])[digests.offset * width : (digests.offset + n) * width]
     step = pa.scalar(2 * width, pa.int64())
     offsets = pc.subtract(pc.cumulative_sum(pa.repeat(step, n + 1)), step)
-    return pa.LargeStringArray.from_buffers(n, offsets.buffers()[1], pa.py_buffer(data.hex().encode("ascii")))
+    return pa.LargeStringArray.from_buffers(n, offsets.buffers()[1], pa.py_buffer(binascii.hexlify(data)))

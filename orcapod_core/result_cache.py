@@ -25,9 +25,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orcapod_core.databases import ArrowDatabase
+from orcapod_core.databases import RECORD_ID_COLUMN, ArrowDatabase
 from orcapod_core.function_pod import BatchResult, FunctionPod, PythonPacketFunction
 from orcapod_core.hashing import digests_to_hex, hash_rows
+from orcapod_core.keysets import all_distinct, index_in
 from orcapod_core.types import Schema, arrow_field
 
 __all__ = [
@@ -87,11 +88,24 @@ class ResultCache:
     def __repr__(self) -> str:
         return f"ResultCache({self.record_path!r})"
 
-    def lookup(self, packet_hashes: Any, additional_constraints: Mapping[str, Any] | None = None) -> pa.Table:
+    def lookup(
+        self,
+        packet_hashes: Any,
+        additional_constraints: Mapping[str, Any] | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> pa.Table:
         """Records for the given input packet hashes (hex strings or 32-byte digests), one per
-        hash found (most recent wins), optionally filtered by column equalities. One query."""
+        hash found (most recent wins), optionally filtered by column equalities. One query.
+
+        ``columns``: return the packet hash and these columns only; without constraints only
+        they are read (with the timestamp "most recent" needs), which keeps bulk lookups
+        cheap: the execution-context columns are most of a record. ``None``: every column."""
         hexes = _as_hex_array(packet_hashes)
-        found = self.database.get_records_by_ids(self.record_path, hexes) if len(hexes) else None
+        if not len(hexes):
+            return self._empty()
+        # A constraint may name a column the table lacks (then nothing matches): read whole records.
+        read = None if additional_constraints else _stored_columns(columns)
+        found = _with_packet_hash(self.database.get_records_by_ids(self.record_path, hexes, columns=read))
         if found is None or found.num_rows == 0:
             return self._empty()
         if additional_constraints:
@@ -102,7 +116,7 @@ class ResultCache:
                 cond = pc.is_null(found.column(column)) if value is None else pc.equal(found.column(column), value)
                 mask = cond if mask is None else pc.and_(mask, cond)
             found = found.filter(mask)
-        return _most_recent(found)
+        return _keep_columns(_most_recent(found), columns)
 
     def _empty(self, schema: pa.Schema | None = None) -> pa.Table:
         if schema is None:
@@ -143,19 +157,40 @@ class ResultCache:
         )
         return self.database.add_records(self.record_path, table, record_id_column=PACKET_HASH_COLUMN, flush=flush)
 
-    def get_all_records(self) -> pa.Table | None:
-        """Every stored result (most recent per hash), or ``None`` if nothing was stored."""
-        table = self.database.get_all_records(self.record_path)
-        return None if table is None else _most_recent(table)
+    def get_all_records(self, columns: Sequence[str] | None = None) -> pa.Table | None:
+        """Every stored result (most recent per hash), or ``None`` if nothing was stored;
+        ``columns`` as in :meth:`lookup`."""
+        table = _with_packet_hash(self.database.get_all_records(self.record_path, columns=_stored_columns(columns)))
+        return None if table is None else _keep_columns(_most_recent(table), columns)
 
     def flush(self) -> None:
         self.database.flush_path(self.record_path)
 
 
+def _stored_columns(columns: Sequence[str] | None) -> list[str] | None:
+    """What is read to return the packet hash and ``columns`` (``None``: everything): them and
+    the storage time ("most recent" needs it). Not the packet hash column: every record has
+    its packet hash as its record id (see :meth:`ResultCache.store`), which reads return."""
+    if columns is None:
+        return None
+    return list(dict.fromkeys([*(c for c in columns if c != PACKET_HASH_COLUMN), STORED_AT_COLUMN]))
+
+
+def _with_packet_hash(table: pa.Table | None) -> pa.Table | None:
+    """Records with their packet hash column (the record id's values when it was not read)."""
+    if table is None or PACKET_HASH_COLUMN in table.column_names:
+        return table
+    return table.append_column(pa.field(PACKET_HASH_COLUMN, pa.large_string(), False), table[RECORD_ID_COLUMN])
+
+
+def _keep_columns(table: pa.Table, columns: Sequence[str] | None) -> pa.Table:
+    return table if columns is None else table.select(list(dict.fromkeys([PACKET_HASH_COLUMN, *columns])))
+
+
 def _most_recent(table: pa.Table) -> pa.Table:
     """Keep the newest record per packet hash (no-op when hashes are unique)."""
     hashes = table.column(PACKET_HASH_COLUMN)
-    if pc.count_distinct(hashes).as_py() == table.num_rows:
+    if all_distinct(hashes):  # the usual case
         return table
     idx = (
         pl.DataFrame({"h": pl.from_arrow(hashes), "t": pl.from_arrow(table.column(STORED_AT_COLUMN))})
@@ -224,10 +259,10 @@ class CachedPacketFunction:
         """Bulk: one lookup for all rows, compute only the misses, store them, return all."""
         hashes = packet_hashes if packet_hashes is not None else self._hash(table)
         hexes = _as_hex_array(hashes)
-        found = self.result_cache.lookup(hexes)
         keys = list(self._pf.output_keys)
+        found = self.result_cache.lookup(hexes, columns=keys)
         if found.num_rows:
-            position = pc.index_in(hexes, value_set=found.column(PACKET_HASH_COLUMN))
+            position = index_in(hexes, found.column(PACKET_HASH_COLUMN))
             hit = pc.is_valid(position)
         else:
             position, hit = None, pa.array([False] * table.num_rows)

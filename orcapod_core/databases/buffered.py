@@ -48,6 +48,7 @@ from orcapod_core.errors import (
     SchemaMismatchError,
     UnsupportedTypeError,
 )
+from orcapod_core.keysets import all_distinct, is_in
 
 __all__ = ["BufferedArrowDatabase", "normalize_type", "normalize_schema", "normalize_table"]
 
@@ -222,10 +223,9 @@ def drop_repeated_ids(table: pa.Table) -> pa.Table:
     """``table`` without repeated record ids, the first copy kept (a no-op without repeats)."""
     if RECORD_ID_COLUMN not in table.column_names or table.num_rows < 2:
         return table
-    ids = pl.from_arrow(table[RECORD_ID_COLUMN])
-    if ids.n_unique() == table.num_rows:
+    if all_distinct(table[RECORD_ID_COLUMN]):
         return table
-    return table.filter(ids.is_first_distinct().to_arrow())
+    return table.filter(pl.from_arrow(table[RECORD_ID_COLUMN]).is_first_distinct().to_arrow())
 
 
 # --------------------------------------------------------------------------------------------
@@ -528,13 +528,15 @@ class BufferedArrowDatabase:
     def _select(
         self,
         record_path: Sequence[str],
-        columns: list[str] | None = None,
+        columns: Sequence[str] | None = None,
         conditions: Sequence[tuple[str, Any]] = (),
     ) -> pa.Table | None:
         """Committed + pending rows (``columns`` only) satisfying every ``(column, values)``
         condition (``values`` None: the column is null), repeated ids dropped."""
         key = validate_record_path(record_path)
         where = _path_name(key)
+        if isinstance(columns, str):
+            raise InputValidationError(f"columns must be a sequence of column names, got the string {columns!r}")
         with self._lock:
             pending = self._pending.get(key)
             stored = self._committed_schema(key)
@@ -592,28 +594,38 @@ class BufferedArrowDatabase:
                 return None
             mask = None
             for column, values in kept:
-                cond = pc.is_null(table[column]) if values is None else pc.is_in(table[column], value_set=values)
+                cond = pc.is_null(table[column]) if values is None else is_in(table[column], values)
                 mask = cond if mask is None else pc.and_(mask, cond)
-            table = table.filter(mask)
+            if not pc.all(mask).as_py():  # (a bulk lookup often wants every row: no copy then)
+                table = table.filter(mask)
             return table if columns is None else table.select(columns)
         return self._scan(key, columns, _expression(kept))
 
-    def get_records_by_ids(self, record_path: Sequence[str], ids: Sequence[str] | pa.Array) -> pa.Table | None:
-        """The records whose id is in ``ids`` (one filtered read for any number of ids).
+    def get_records_by_ids(
+        self, record_path: Sequence[str], ids: Sequence[str] | pa.Array, columns: Sequence[str] | None = None
+    ) -> pa.Table | None:
+        """The records whose id is in ``ids`` (one filtered read for any number of ids);
+        ``columns``: read and return only these (and the record id).
 
         >>> from orcapod_core.databases import InMemoryArrowDatabase
         >>> db = InMemoryArrowDatabase()
-        >>> _ = db.add_records(("t",), pa.table({"__record_id": ["a", "b"], "x": [1, 2]}))
+        >>> _ = db.add_records(("t",), pa.table({"__record_id": ["a", "b"], "x": [1, 2], "y": [3, 4]}))
         >>> db.get_records_by_ids(("t",), ["b", "zzz"])["x"].to_pylist()
         [2]
+        >>> db.get_records_by_ids(("t",), ["b"], columns=["y"]).column_names
+        ['y', '__record_id']
         """
-        return self._select(record_path, None, [(RECORD_ID_COLUMN, ids)])
+        return self._select(record_path, columns, [(RECORD_ID_COLUMN, ids)])
 
-    def get_records_by_values(self, record_path: Sequence[str], column: str, values: Any) -> pa.Table | None:
+    def get_records_by_values(
+        self, record_path: Sequence[str], column: str, values: Any, columns: Sequence[str] | None = None
+    ) -> pa.Table | None:
         """The records whose ``column`` is one of ``values`` (a sequence or an Arrow array)."""
-        return self._select(record_path, None, [(column, values)])
+        return self._select(record_path, columns, [(column, values)])
 
-    def get_records_where(self, record_path: Sequence[str], equals: Mapping[str, Any]) -> pa.Table | None:
+    def get_records_where(
+        self, record_path: Sequence[str], equals: Mapping[str, Any], columns: Sequence[str] | None = None
+    ) -> pa.Table | None:
         """The records where ``column == value`` for every item of ``equals`` (``None``: is null).
 
         >>> from orcapod_core.databases import InMemoryArrowDatabase
@@ -623,18 +635,19 @@ class BufferedArrowDatabase:
         ['b']
         """
         conditions = [(c, None if v is None else [v]) for c, v in equals.items()]
-        return self._select(record_path, None, conditions)
+        return self._select(record_path, columns, conditions)
 
-    def get_all_records(self, record_path: Sequence[str]) -> pa.Table | None:
+    def get_all_records(self, record_path: Sequence[str], columns: Sequence[str] | None = None) -> pa.Table | None:
         """Every record of the table (committed in commit order, then pending)."""
-        return self._select(record_path)
+        return self._select(record_path, columns)
 
     def get_column(self, record_path: Sequence[str], column: str) -> pa.Array | None:
         """One column of every record; only that column (and the id column) is read."""
         table = self._select(record_path, [column])
         if table is None:
             return None
-        return table[column].combine_chunks()
+        values = table[column]
+        return values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
 
     # ---- table metadata ----------------------------------------------------------------------
 

@@ -299,7 +299,9 @@ class DeltaTableDatabase(BufferedArrowDatabase):
             # evolved schema), read through the native local filesystem on a local path.
             dataset = dt.to_pyarrow_dataset(schema=schema, filesystem=self._table_filesystem(key))
             dataset = self._in_commit_order(dt, dataset)
-            return dataset.to_table(columns=columns, filter=expr)
+            # One chunk per column (a read yields one per row group): the lookups and hash
+            # joins that follow would otherwise each copy the columns into one chunk again.
+            return dataset.to_table(columns=columns, filter=expr).combine_chunks()
         except (OSError, pa.ArrowInvalid) as exc:
             raise CorruptStoreError(
                 f"cannot read table {'/'.join(key)!r} at {self.table_uri(key)}: {_first_line(exc)}"

@@ -112,7 +112,13 @@ class ArrowDatabase(Protocol):
 
     Lookups return ``None`` when the table does not exist (neither committed nor pending);
     otherwise a table (possibly with zero rows) including the :data:`RECORD_ID_COLUMN` column.
-    Rows come back in commit order, pending rows last. Implementations:
+    Rows come back in commit order, pending rows last.
+
+    ``columns`` (``get_records_*`` and ``get_all_records``) limits what is read and returned
+    to those columns plus :data:`RECORD_ID_COLUMN` (a column the table lacks is an
+    :class:`~orcapod_core.errors.InputValidationError`); ``None`` returns every column. Reading
+    only what a caller needs keeps bulk lookups of wide tables cheap (e.g. result records,
+    mostly execution context). Implementations:
     :class:`~orcapod_core.databases.InMemoryArrowDatabase` and
     :class:`~orcapod_core.databases.DeltaTableDatabase`.
     """
@@ -128,19 +134,25 @@ class ArrowDatabase(Protocol):
         """Add many records; return how many were actually added (new ids only)."""
         ...
 
-    def get_records_by_ids(self, record_path: Sequence[str], ids: Sequence[str] | pa.Array) -> pa.Table | None:
+    def get_records_by_ids(
+        self, record_path: Sequence[str], ids: Sequence[str] | pa.Array, columns: Sequence[str] | None = None
+    ) -> pa.Table | None:
         """The records whose id is in ``ids`` (missing ids are simply absent)."""
         ...
 
-    def get_records_by_values(self, record_path: Sequence[str], column: str, values: Any) -> pa.Table | None:
+    def get_records_by_values(
+        self, record_path: Sequence[str], column: str, values: Any, columns: Sequence[str] | None = None
+    ) -> pa.Table | None:
         """The records whose ``column`` value is one of ``values``."""
         ...
 
-    def get_records_where(self, record_path: Sequence[str], equals: Mapping[str, Any]) -> pa.Table | None:
+    def get_records_where(
+        self, record_path: Sequence[str], equals: Mapping[str, Any], columns: Sequence[str] | None = None
+    ) -> pa.Table | None:
         """The records where every ``column == value`` of ``equals`` holds (``None`` matches nulls)."""
         ...
 
-    def get_all_records(self, record_path: Sequence[str]) -> pa.Table | None:
+    def get_all_records(self, record_path: Sequence[str], columns: Sequence[str] | None = None) -> pa.Table | None:
         """Every record of the table."""
         ...
 

@@ -43,6 +43,7 @@ from orcapod_core.databases import RECORD_ID_COLUMN, ArrowDatabase
 from orcapod_core.datagrams import Packet, Tag
 from orcapod_core.function_pod import FunctionPod, FunctionPodStream
 from orcapod_core.hashing import ContentHash, digests_to_hex, hash_rows
+from orcapod_core.keysets import distinct, index_in, is_in
 from orcapod_core.operators import Join, Operator
 from orcapod_core.operators.base import OperatorStream
 from orcapod_core.pipeline.key_index import KeyIndex
@@ -474,11 +475,12 @@ class FunctionNode(Node):
         entry_ids = self._entry_ids(table, layout, digests) if n and compute else pa.array([], pa.large_string())
         recorded = state.recorded(entry_ids)
 
-        # Phase 2: one result lookup for the distinct packet hashes of all rows.
-        unique = pc.unique(hexes)
-        found = state.lookup(unique)
-        found_hashes = found.column(PACKET_HASH_COLUMN)
-        missing = unique.filter(pc.invert(pc.is_in(unique, value_set=found_hashes))) if len(found_hashes) else unique
+        # Phase 2: one result lookup for the distinct packet hashes of all rows; per row, the
+        # position of its stored result (null: to compute).
+        found = state.lookup(distinct(hexes))
+        position = index_in(hexes, found.column(PACKET_HASH_COLUMN))
+        stored = pc.is_valid(position)
+        missing = pc.unique(hexes.filter(pc.invert(stored)))  # in order of first appearance
 
         computed_tables: list[pa.Table] = []
         computed_hashes: list[pa.Array] = []
@@ -486,7 +488,7 @@ class FunctionNode(Node):
         first_error: BaseException | None = None
         if compute and n:
             # Rows served from stored results: recorded with the next result commit.
-            served = pc.indices_nonzero(pc.and_(pc.invert(recorded), pc.is_in(hexes, value_set=found_hashes)))
+            served = pc.indices_nonzero(pc.and_(pc.invert(recorded), stored))
             state.stage(self._entry_records(table, layout, entry_ids, hexes, served, state.computed_mask(hexes.take(served)), state.run_id))
         if compute and len(missing):
             first_error = self._compute_missing(
@@ -495,19 +497,24 @@ class FunctionNode(Node):
             )
 
         # Outputs per row: stored results + what was computed now.
-        result_tables = [found] if found.num_rows else []
-        for h, t in zip(computed_hashes, computed_tables):
-            result_tables.append(t.select(keys).add_column(0, pa.field(PACKET_HASH_COLUMN, pa.large_string(), False), h).cast(self._result_schema()))
-        results = pa.concat_tables(result_tables) if result_tables else self._result_schema().empty_table()
-        position = pc.index_in(hexes, value_set=results.column(PACKET_HASH_COLUMN)) if n else pa.array([], pa.int32())
-        available = pc.is_valid(position) if n else pa.array([], pa.bool_())
+        results = found
+        if computed_tables:
+            result_tables = [found] if found.num_rows else []
+            for h, t in zip(computed_hashes, computed_tables):
+                result_tables.append(t.select(keys).add_column(0, pa.field(PACKET_HASH_COLUMN, pa.large_string(), False), h).cast(self._result_schema()))
+            results = pa.concat_tables(result_tables)
+            position = index_in(hexes, results.column(PACKET_HASH_COLUMN))
+        available = pc.is_valid(position)
         rows = pc.indices_nonzero(available)
+        everything = len(rows) == n  # the usual case: every row has its output (no copy of the rows)
         out_layout = self.layout
-        out = table.select([*layout.tag_columns, *layout.system_tag_columns]).take(rows)
-        outputs = results.select(keys).take(position.filter(available))
+        out = table.select([*layout.tag_columns, *layout.system_tag_columns])
+        outputs = results.select(keys).take(position if everything else position.filter(available))
         uri = pa.scalar(pf.uri, pa.large_string())
         sep = pa.scalar("::", pa.large_string())
-        row_hashes = hexes.take(rows)
+        row_hashes = hexes
+        if not everything:
+            out, row_hashes = out.take(rows), hexes.take(rows)
         for f in out_layout.fields(out_layout.packet_columns):
             out = out.append_column(f, outputs.column(f.name))
         for k in keys:
@@ -520,7 +527,7 @@ class FunctionNode(Node):
             # Rows whose packet was computed in this run (by this batch or an earlier one).
             row_computed = state.computed_mask(hexes)
             stats.computed = pc.sum(row_computed.cast(pa.int64())).as_py() or 0 if n else 0
-            row_failed = pc.is_in(hexes, value_set=pa.array(sorted(failed_hashes), pa.large_string())) if failed_hashes else pa.array([False] * n)
+            row_failed = is_in(hexes, pa.array(sorted(failed_hashes), pa.large_string())) if failed_hashes else pa.array([False] * n)
             stats.failed = pc.sum(row_failed.cast(pa.int64())).as_py() or 0 if n else 0
             stats.cached = len(rows) - stats.computed
             if not state.spans_calls:  # this call is the whole run: commit results, then records
@@ -560,11 +567,11 @@ class FunctionNode(Node):
         layout = stream.layout
         pf = self.packet_function
         cached_fn = CachedPacketFunction(pf, self.result_cache)
-        first_rows = pc.index_in(missing, value_set=hexes)
+        first_rows = index_in(missing, hexes)
         packets = table.select(list(layout.packet_columns)).take(first_rows)
         # Rows to record as their packets get computed (not recorded yet), ordered by their
         # packet's position in ``missing`` (the compute order): a chunk's rows are one slice.
-        position = pc.index_in(hexes, value_set=missing)
+        position = index_in(hexes, missing)
         needs_record = pc.and_(pc.is_valid(position), pc.invert(recorded))
         to_record = pl.DataFrame(
             {"row": pc.indices_nonzero(needs_record).cast(pa.int64()), "pos": position.filter(needs_record).cast(pa.int64())}
@@ -720,15 +727,19 @@ class _NodeRun:
         if n == 0:
             return pa.array([], pa.bool_())
         node = self.node
-        if self._stored_ids is None:
+        stored = self._stored_ids
+        if stored is None:
             stored = node.database.get_column(node.record_path, ENTRY_ID_COLUMN)
-            self._stored_ids = stored if stored is not None else pa.array([], pa.large_string())
-        if not len(self._stored_ids):
+            if stored is None:
+                stored = pa.array([], pa.large_string())
+            if self.spans_calls:  # later batches look up against it (a one-call run keeps nothing)
+                self._stored_ids = stored
+        if not len(stored):
             return _falses(n)
         if self.batches <= 1:
-            return pc.is_in(entry_ids, value_set=self._stored_ids)
+            return is_in(entry_ids, stored)
         if self._stored_index is None:
-            self._stored_index = KeyIndex(ENTRY_ID_COLUMN, pa.table({ENTRY_ID_COLUMN: self._stored_ids}))
+            self._stored_index = KeyIndex(ENTRY_ID_COLUMN, pa.table({ENTRY_ID_COLUMN: stored}))
         return self._stored_index.contains(entry_ids)
 
     def lookup(self, unique: pa.Array) -> pa.Table:
@@ -738,10 +749,11 @@ class _NodeRun:
         schema = node._result_schema()
         if not len(unique):
             return schema.empty_table()
+        outputs = schema.names[1:]  # only what the node's rows need is read
         if self.batches <= 1:
-            return _project(node.result_cache.lookup(unique), schema)
+            return _project(node.result_cache.lookup(unique, columns=outputs), schema)
         if self._results is None:
-            self._results = KeyIndex(PACKET_HASH_COLUMN, _project(node.result_cache.get_all_records(), schema))
+            self._results = KeyIndex(PACKET_HASH_COLUMN, _project(node.result_cache.get_all_records(columns=outputs), schema))
         found = self._results.take(unique)
         return schema.empty_table() if found is None else found
 
@@ -760,7 +772,7 @@ class _NodeRun:
         if not self._computed or n == 0:
             return _falses(n)
         if self.batches <= 1:
-            return pc.is_in(hexes, value_set=pa.concat_arrays(self._computed))
+            return is_in(hexes, pa.concat_arrays(self._computed))
         if self._computed_index is None:
             self._computed_index = KeyIndex(PACKET_HASH_COLUMN, pa.table({PACKET_HASH_COLUMN: pa.concat_arrays(self._computed)}))
         return self._computed_index.contains(hexes)

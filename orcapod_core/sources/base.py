@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -27,6 +28,7 @@ from orcapod_core.types import arrow_field, canonicalize_table
 __all__ = ["Source", "RootSource"]
 
 _SEP = pa.scalar("::", pa.large_string())
+_EMPTY = pa.scalar("", pa.large_string())
 
 
 class Source(Stream):
@@ -152,8 +154,9 @@ def _apply_schema(table: pa.Table, schema: Mapping[str, Any] | None, name: str) 
 
 def _record_ids(table: pa.Table, record_id_column: str | None, name: str) -> pa.Array:
     n = table.num_rows
-    if record_id_column is None:
-        return pa.array([f"row_{i}" for i in range(n)], pa.large_string())
+    if record_id_column is None:  # row_0, row_1, ...
+        index = pl.int_range(0, n, dtype=pl.Int64, eager=True).to_arrow().cast(pa.large_string())
+        return pc.binary_join_element_wise(pa.scalar("row_", pa.large_string()), index, _EMPTY)
     col = table.column(record_id_column).combine_chunks()
     if col.null_count:
         raise InputValidationError(f"{name}: record_id_column {record_id_column!r} contains nulls")
@@ -165,4 +168,4 @@ def _record_ids(table: pa.Table, record_id_column: str | None, name: str) -> pa.
         text = col.cast(pa.large_string())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise InputValidationError(f"{name}: record_id_column {record_id_column!r} must be a scalar column") from exc
-    return pc.binary_join_element_wise(pa.scalar(f"{record_id_column}=", pa.large_string()), text, pa.scalar("", pa.large_string()))
+    return pc.binary_join_element_wise(pa.scalar(f"{record_id_column}=", pa.large_string()), text, _EMPTY)

@@ -164,6 +164,39 @@ def test_get_column_reads_one_column(db):
     assert scanned == [["x", RECORD_ID_COLUMN]]
 
 
+def test_lookups_read_only_the_requested_columns(db):
+    db.add_records(PATH, records(["a", "b"], x=[1, 2], y=["p", "q"], z=[True, False]), flush=True)
+    db.add_records(PATH, records(["c"], x=[3], y=["r"], z=[True]))  # pending
+    many = [str(i) for i in range(2000)] + ["a", "c"]  # above the pushdown limit: filtered after reading
+    for got in (
+        db.get_records_by_ids(PATH, ["c", "a"], columns=["y"]),
+        db.get_records_by_ids(PATH, many, columns=["y"]),
+        db.get_records_by_values(PATH, "z", [True], columns=["y"]),
+        db.get_records_where(PATH, {"z": True}, columns=["y"]),
+    ):
+        assert got.column_names == ["y", RECORD_ID_COLUMN]
+        assert got.to_pylist() == [{"y": "p", RECORD_ID_COLUMN: "a"}, {"y": "r", RECORD_ID_COLUMN: "c"}]
+    assert db.get_all_records(PATH, columns=[RECORD_ID_COLUMN, "x"]).column_names == [RECORD_ID_COLUMN, "x"]
+    assert db.get_all_records(PATH, columns=["x"])["x"].to_pylist() == [1, 2, 3]
+    assert db.get_records_by_ids(("other",), ["a"], columns=["x"]) is None
+    with pytest.raises(InputValidationError, match="'nope'"):
+        db.get_records_by_ids(PATH, ["a"], columns=["nope"])
+    with pytest.raises(InputValidationError, match="sequence of column names"):
+        db.get_all_records(PATH, columns="x")
+
+    scanned = []
+    original = db._scan
+
+    def spy(key, columns, expr):
+        scanned.append(columns)
+        return original(key, columns, expr)
+
+    db._scan = spy
+    db.get_records_by_ids(PATH, ["a"], columns=["y"])
+    db.get_records_by_ids(PATH, many, columns=["y"])
+    assert scanned == [["y", RECORD_ID_COLUMN], ["y", RECORD_ID_COLUMN]]
+
+
 def test_pending_rows_are_visible_before_flush(db):
     db.add_records(PATH, records(["a"], x=[1]))
     assert db.table_version(PATH) is None

@@ -10,6 +10,7 @@ import textwrap
 import pyarrow as pa
 import pytest
 
+from orcapod_core import hashing
 from orcapod_core.errors import UnsupportedTypeError
 from orcapod_core.hashing import (
     ContentHash,
@@ -117,6 +118,18 @@ def test_row_hash_is_independent_of_batching_chunking_and_column_order():
     assert hash_rows(chunked).to_pylist() == whole
     reordered = table.select(list(reversed(table.column_names)))
     assert hash_rows(reordered).to_pylist() == whole
+
+
+def test_row_hash_is_independent_of_the_hashing_slices(monkeypatch):
+    # Large tables are hashed in slices of rows (bounded memory): slice boundaries that fall
+    # inside chunks and list columns must not change any digest.
+    rows = ALL_TYPES_ROWS * 5
+    table = pa.Table.from_pylist(rows, schema=arrow_schema(ALL_TYPES_SCHEMA))
+    chunked = pa.concat_tables([table.slice(0, 4), table.slice(4, 3), table.slice(7)])
+    whole = hash_rows(table).to_pylist()
+    monkeypatch.setattr(hashing, "_HASH_SLICE_ROWS", 3)
+    assert hash_rows(chunked).to_pylist() == whole
+    assert hash_rows(table, []).to_pylist() == [hash_rows(table.slice(0, 1), [])[0].as_py()] * len(rows)
 
 
 def test_row_hash_depends_on_names_types_and_values_not_nullability():

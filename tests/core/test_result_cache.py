@@ -133,6 +133,31 @@ def test_additional_constraints_filter_the_lookup(db):
     assert cache.lookup(hashes, {"no_such_column": 1}).num_rows == 0
 
 
+def test_lookup_of_some_columns_reads_only_those(db):
+    pf = counted([])
+    cache = ResultCache(db, result_record_path(pf))
+    hashes = hexes_of([1, 2])
+    cache.store(hashes, pa.table({"y": pa.array([2, 4], pa.int64())}), **context_of(pf))
+    reads = []
+    original = db.get_records_by_ids
+
+    def spy(record_path, ids, columns=None):
+        reads.append(columns)
+        return original(record_path, ids, columns=columns)
+
+    db.get_records_by_ids = spy
+    found = cache.lookup(hashes, columns=["y"])
+    assert found.column_names == [PACKET_HASH_COLUMN, "y"]
+    assert found.to_pylist() == [{PACKET_HASH_COLUMN: h, "y": y} for h, y in zip(hashes.to_pylist(), [2, 4])]
+    assert reads == [["y", STORED_AT_COLUMN]]  # no execution context; the packet hash is the record id
+    # Constraints may name any column: those lookups read whole records, then narrow them.
+    assert cache.lookup(hashes, {"__execution_executor_type": "local", "y": 4}, columns=["y"]).to_pylist() == [
+        {PACKET_HASH_COLUMN: hashes[1].as_py(), "y": 4}
+    ]
+    assert cache.lookup(hashes, {"no_such_column": 1}, columns=["y"]).num_rows == 0
+    assert cache.get_all_records(columns=["y"]).column_names == [PACKET_HASH_COLUMN, "y"]
+
+
 def test_first_stored_record_wins_with_the_shipped_databases(db):
     # Both databases keep one record per id (the packet hash): re-storing a hash is a no-op.
     cache = ResultCache(db, ("results", "f", "v0", "abc"))
@@ -158,14 +183,16 @@ class AppendOnlyDatabase(InMemoryArrowDatabase):
     def _everything(self):
         return pa.concat_tables(self.rows) if self.rows else None
 
-    def get_records_by_ids(self, record_path, ids):
+    def get_records_by_ids(self, record_path, ids, columns=None):
         table = self._everything()
         if table is None:
             return None
-        return table.filter(pa.compute.is_in(table[RECORD_ID_COLUMN], value_set=pa.array(ids, pa.large_string())))
+        found = table.filter(pa.compute.is_in(table[RECORD_ID_COLUMN], value_set=pa.array(ids, pa.large_string())))
+        return found if columns is None else found.select([*columns, RECORD_ID_COLUMN])
 
-    def get_all_records(self, record_path):
-        return self._everything()
+    def get_all_records(self, record_path, columns=None):
+        table = self._everything()
+        return table if table is None or columns is None else table.select([*columns, RECORD_ID_COLUMN])
 
 
 def test_most_recent_record_wins_when_a_hash_has_several():
@@ -176,6 +203,7 @@ def test_most_recent_record_wins_when_a_hash_has_several():
     assert cache.database.get_records_by_ids((), h).num_rows == 3
     found = cache.lookup(h)
     assert dict(zip(found[PACKET_HASH_COLUMN].to_pylist(), found["y"].to_pylist())) == {h[0].as_py(): 11, h[1].as_py(): 20}
+    assert cache.lookup(h, columns=["y"]).to_pylist() == found.select([PACKET_HASH_COLUMN, "y"]).to_pylist()
     everything = cache.get_all_records()
     assert everything.num_rows == 2 and sorted(everything["y"].to_pylist()) == [11, 20]
 

@@ -1,0 +1,98 @@
+"""Distinct values, membership and position lookups of key columns (record ids, entry ids,
+packet hashes).
+
+Same results as Arrow's ``pc.unique`` (without its order) / ``pc.is_in`` / ``pc.index_in``,
+computed with polars for string, binary and integer keys (the kinds keys are; other types go
+to Arrow): Arrow builds its hash tables on one thread, which on large inputs costs several
+times more (1,000,000 hex keys against 1,000,000 values: ~0.3 s against ~0.07 s on two cores)
+and is most of what a warm pipeline run spends besides hashing.
+
+>>> is_in(pa.array(["a", "b", None]), pa.array(["b", "c"])).to_pylist()
+[False, True, False]
+>>> index_in(pa.array(["b", "x", "a"]), pa.array(["a", "b", "a"])).to_pylist()
+[1, None, 0]
+"""
+
+from __future__ import annotations
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["all_distinct", "distinct", "is_in", "index_in"]
+
+Keys = pa.Array | pa.ChunkedArray
+
+
+def _frame(values: Keys) -> pl.DataFrame:
+    # One chunk: hashing a column of many chunks (as a Delta read returns) costs several times more.
+    return pl.DataFrame({"k": pl.from_arrow(values).rechunk()})
+
+
+def _join_kind(dtype: pa.DataType) -> str | None:
+    """What polars joins keys of ``dtype`` as, if its equality is exactly Arrow's (not floats:
+    they differ on NaN and -0.0)."""
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
+        return "string"
+    if pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype):
+        return "binary"
+    return str(dtype) if pa.types.is_integer(dtype) else None
+
+
+def _polars_joins(keys: Keys, value_set: Keys) -> bool:
+    kind = _join_kind(keys.type)
+    return kind is not None and kind == _join_kind(value_set.type)
+
+
+def all_distinct(keys: Keys) -> bool:
+    """True when no value of ``keys`` repeats (a null counts as a value)."""
+    n = len(keys)
+    if _join_kind(keys.type) is None:
+        return n < 2 or len(pc.unique(keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys)) == n
+    series = pl.from_arrow(keys).rechunk()
+    # Distinct 64-bit hashes prove distinct values, and are counted several times faster;
+    # only when two hashes agree (a repeat, or rarely a collision) are the values compared.
+    return n < 2 or series.hash(seed=0).n_unique() == n or series.n_unique() == n
+
+
+def distinct(keys: Keys) -> pa.Array:
+    """The distinct values of ``keys`` in no particular order (``keys`` themselves when none
+    repeats, which is checked first: no copy in the usual case of distinct keys)."""
+    array = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+    if _join_kind(keys.type) is None:
+        return pc.unique(array)
+    if all_distinct(array):
+        return array
+    return _frame(array)["k"].unique().to_arrow().cast(array.type)
+
+
+def is_in(keys: Keys, value_set: Keys) -> pa.BooleanArray:
+    """Per key: is it one of ``value_set``? (As ``pc.is_in``: a null key is in a set holding a null.)"""
+    if not _polars_joins(keys, value_set):
+        value_set = value_set.combine_chunks() if isinstance(value_set, pa.ChunkedArray) else value_set
+        mask = pc.is_in(keys, value_set=value_set)
+        return mask.combine_chunks() if isinstance(mask, pa.ChunkedArray) else mask
+    n = len(keys)
+    mask = pl.repeat(False, n, dtype=pl.Boolean, eager=True)
+    if n and len(value_set):
+        found = _frame(keys).with_row_index("i").join(_frame(value_set), on="k", how="semi")["i"]
+        mask.scatter(found, True)
+    if keys.null_count and value_set.null_count:  # a join never matches nulls
+        mask = mask | pl.from_arrow(keys).is_null()
+    return mask.to_arrow()
+
+
+def index_in(keys: Keys, value_set: Keys) -> pa.Int64Array:
+    """Per key: the position of its first occurrence in ``value_set``, or null if absent
+    (as ``pc.index_in``, for string, binary or integer keys without nulls; both sides strings,
+    both binary, or both the same integer type)."""
+    n = len(keys)
+    if not _polars_joins(keys, value_set):
+        raise TypeError(f"index_in: keys of type {keys.type} cannot be looked up in values of type {value_set.type}")
+    if not n or not len(value_set):
+        return pa.nulls(n, pa.int64())
+    left, right = _frame(keys), _frame(value_set).with_row_index("j")
+    joined = left.join(right, on="k", how="left", maintain_order="left")
+    if joined.height != n:  # keys repeated in ``value_set`` matched: keep their first occurrence
+        joined = left.join(right.unique("k", keep="first"), on="k", how="left", maintain_order="left")
+    return joined["j"].to_arrow().cast(pa.int64())

@@ -1,0 +1,54 @@
+import random
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from orcapod_core.keysets import all_distinct, distinct, index_in, is_in
+
+
+def _array(values, dtype, chunked):
+    arr = pa.array(values, dtype)
+    return pa.chunked_array([arr.slice(0, len(arr) // 2), arr.slice(len(arr) // 2)]) if chunked else arr
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_is_in_and_index_in_agree_with_the_arrow_kernels(seed):
+    rng = random.Random(seed)
+    pool = ["a", "b", "c", "d", "e", None]
+    for _ in range(100):
+        keys = _array([rng.choice(pool) for _ in range(rng.randint(0, 12))], pa.large_string(), rng.random() < 0.3)
+        value_set = _array([rng.choice(pool) for _ in range(rng.randint(0, 8))], rng.choice([pa.large_string(), pa.string()]), False)
+        assert sorted(distinct(keys).to_pylist(), key=str) == sorted(pc.unique(keys).to_pylist(), key=str)
+        assert all_distinct(keys) == (len(pc.unique(keys)) == len(keys))
+        mask = is_in(keys, value_set)
+        assert isinstance(mask, pa.BooleanArray)
+        assert mask.to_pylist() == pc.is_in(keys, value_set=value_set).to_pylist()
+        present = pc.drop_null(keys)  # index_in is for keys without nulls
+        positions = index_in(present, value_set)
+        assert isinstance(positions, pa.Int64Array)
+        assert positions.to_pylist() == pc.index_in(present, value_set=value_set).to_pylist()
+
+
+def test_is_in_of_other_key_types_agrees_with_arrow():
+    floats = pa.array([0.0, -0.0, float("nan"), None, 1.5])
+    assert is_in(floats, pa.array([-0.0, float("nan"), None])).to_pylist() == pc.is_in(
+        floats, value_set=pa.array([-0.0, float("nan"), None])
+    ).to_pylist()
+    ints = pa.array([1, 2, 3], pa.int64())
+    assert sorted(distinct(pa.array([2.0, 1.0, 2.0])).to_pylist()) == [1.0, 2.0]
+    assert all_distinct(pa.array([0.0, 1.0])) and not all_distinct(pa.array([1.0, None, 1.0]))
+    assert is_in(ints, pa.array([3, 1], pa.int64())).to_pylist() == [True, False, True]
+    assert is_in(ints, pa.array([2], pa.int32())).to_pylist() == [False, True, False]
+    assert index_in(ints, pa.array([3, 1], pa.int64())).to_pylist() == [1, None, 0]
+    with pytest.raises(TypeError, match="int32"):
+        index_in(ints, pa.array([2], pa.int32()))
+
+
+def test_all_distinct_compares_values_when_their_hashes_collide(monkeypatch):
+    keys = pa.array(["a", "b", "c"])
+    assert all_distinct(keys) and not all_distinct(pa.array(["a", "b", "a"]))
+    # Every hash equal (as if they collided): distinct values are still told apart.
+    monkeypatch.setattr(pl.Series, "hash", lambda self, seed=0: pl.Series([7] * len(self), dtype=pl.UInt64))
+    assert all_distinct(keys) and not all_distinct(pa.array(["a", "b", "a"]))
