@@ -60,6 +60,7 @@ from orcapod_core.databases.protocol import (
     validate_record_path,
 )
 from orcapod_core.errors import CorruptStoreError, SchemaMismatchError, UnsupportedTypeError
+from orcapod_core.sources.files import in_commit_order
 
 try:  # POSIX only; elsewhere the read-time dedup (3.) still hides racing duplicates
     import fcntl
@@ -298,7 +299,7 @@ class DeltaTableDatabase(BufferedArrowDatabase):
             # The active files of the current snapshot (with their partition values and the
             # evolved schema), read through the native local filesystem on a local path.
             dataset = dt.to_pyarrow_dataset(schema=schema, filesystem=self._table_filesystem(key))
-            dataset = self._in_commit_order(dt, dataset)
+            dataset = in_commit_order(dt, dataset)  # so "first committed copy wins" holds
             # One chunk per column (a read yields one per row group): the lookups and hash
             # joins that follow would otherwise each copy the columns into one chunk again.
             return dataset.to_table(columns=columns, filter=expr).combine_chunks()
@@ -306,20 +307,6 @@ class DeltaTableDatabase(BufferedArrowDatabase):
             raise CorruptStoreError(
                 f"cannot read table {'/'.join(key)!r} at {self.table_uri(key)}: {_first_line(exc)}"
             ) from exc
-
-    @staticmethod
-    def _in_commit_order(dt: DeltaTable, dataset: ds.FileSystemDataset) -> ds.FileSystemDataset:
-        """The dataset with its files in commit order (so "first committed copy wins" holds)."""
-        fragments = list(dataset.get_fragments())
-        if len(fragments) < 2:
-            return dataset
-        actions = pa.table(dt.get_add_actions(flatten=False))
-        written = dict(zip(map(unquote, actions["path"].to_pylist()), actions["modification_time"].to_pylist()))
-        # deltalake lists the newest file first; break modification-time ties the same way.
-        order = sorted(range(len(fragments)), key=lambda i: (written.get(fragments[i].path, 0), -i))
-        return ds.FileSystemDataset(
-            [fragments[i] for i in order], dataset.schema, dataset.format, dataset.filesystem
-        )
 
     def _write(self, key: RecordPath, table: pa.Table, ids: set[str], evolve: bool) -> None:
         dt = self._tables.get(key)  # brought up to date by _committed_ids under the commit lock

@@ -14,7 +14,36 @@ from orcapod_core.errors import InputValidationError
 from orcapod_core.sources.base import RootSource
 from orcapod_core.types import python_to_arrow, type_from_string, type_to_string
 
-__all__ = ["CSVSource", "DeltaTableSource", "file_source_from_config"]
+__all__ = ["CSVSource", "DeltaTableSource", "file_source_from_config", "in_commit_order", "delta_rows_in_commit_order"]
+
+
+def in_commit_order(dt: Any, dataset: Any) -> Any:
+    """``dataset`` (a ``pyarrow.dataset.FileSystemDataset`` over ``dt``'s current files) with
+    its files in the order they were committed: appended rows come after the rows already
+    there, so row positions — and ``row_<i>`` record ids — of existing rows never move."""
+    import pyarrow.dataset as ds
+    from urllib.parse import unquote
+
+    fragments = list(dataset.get_fragments())
+    if len(fragments) < 2:
+        return dataset
+    actions = pa.table(dt.get_add_actions(flatten=False))
+    written = dict(zip(map(unquote, actions["path"].to_pylist()), actions["modification_time"].to_pylist()))
+
+    def key(i: int) -> tuple[int, int]:
+        path = fragments[i].path
+        stamp = written.get(path)
+        if stamp is None:  # fragment paths may be absolute, action paths are table-relative
+            stamp = next((t for p, t in written.items() if path.endswith("/" + p)), 0)
+        return stamp, -i  # deltalake lists the newest file first; break ties the same way
+
+    order = sorted(range(len(fragments)), key=key)
+    return ds.FileSystemDataset([fragments[i] for i in order], dataset.schema, dataset.format, dataset.filesystem)
+
+
+def delta_rows_in_commit_order(dt: Any) -> pa.Table:
+    """Every row of the Delta table ``dt`` at its version, files in commit order."""
+    return in_commit_order(dt, dt.to_pyarrow_dataset()).to_table()
 
 
 def _schema_config(schema: Mapping[str, Any] | None) -> dict[str, str] | None:
@@ -123,7 +152,7 @@ class DeltaTableSource(RootSource):
         except TableNotFoundError as exc:
             raise InputValidationError(f"DeltaTableSource: no Delta table at {self.path!r}") from exc
         self.version = dt.version()
-        table = dt.to_pyarrow_table()
+        table = delta_rows_in_commit_order(dt)
         self._config = {
             "type": "DeltaTableSource",
             "path": self.path,

@@ -206,3 +206,40 @@ def test_delta_table_source(tmp_path):
     assert len(DeltaTableSource(uri, tag_columns=["subject"], version=0)) == 2
     with pytest.raises(InputValidationError, match="no Delta table"):
         DeltaTableSource(str(tmp_path / "missing"), tag_columns=["subject"])
+
+
+def test_delta_source_rows_keep_their_record_ids_when_rows_are_appended(tmp_path):
+    from orcapod_core.databases import InMemoryArrowDatabase
+    from orcapod_core.function_pod import function_pod
+    from orcapod_core.pipeline import Pipeline
+
+    path = str(tmp_path / "table")
+    for ids_ in ([0, 1, 2], [3, 4], [5, 6]):  # three commits: deltalake lists the newest file first
+        write_deltalake(path, pa.table({"id": ids_, "x": [10 * i for i in ids_]}), mode="append")
+
+    def ids(source):
+        table = source.as_table(all_info=True)
+        record = next(c for c in table.column_names if c.startswith("_tag_record_id"))
+        return dict(zip(table.column("id").to_pylist(), table.column(record).to_pylist()))
+
+    before = ids(DeltaTableSource(path, tag_columns="id"))
+    assert before == {i: f"row_{i}" for i in range(7)}  # commit order, whatever the file listing order
+
+    @function_pod(output_keys="y")
+    def double(x: int) -> int:
+        return 2 * x
+
+    db = InMemoryArrowDatabase()
+
+    def run():
+        with Pipeline("p", db) as p:
+            double.pod(DeltaTableSource(path, tag_columns="id"), label="double")
+        return p
+
+    run().run()
+    write_deltalake(path, pa.table({"id": [7], "x": [9]}), mode="append")
+    after = ids(DeltaTableSource(path, tag_columns="id"))
+    assert {k: after[k] for k in before} == before and after[7] == "row_7"
+    p = run()
+    p.run()
+    assert len(p.double.get_pipeline_records()) == 8  # only the appended row got a new record
