@@ -10,6 +10,7 @@ from typing import Any
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from orcapod_core.pipeline import Node, NodeStats
 from orcapod_core.pipeline import Snapshot, snapshot_path
@@ -66,6 +67,22 @@ def markdown_preview(table: pa.Table) -> str:
     """
     names = table.column_names
     lines = ["| " + " | ".join(_cell(n) for n in names) + " |", "| " + " | ".join("---" for _ in names) + " |"]
-    for row in table.to_pylist(maps_as_pydicts="strict"):
-        lines.append("| " + " | ".join(_cell(row[n]) for n in names) + " |")
+    columns = [_preview_values(table.column(n)) for n in names]
+    for row in zip(*columns):
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
     return "\n".join(lines)
+
+
+class _More:
+    def __repr__(self) -> str:
+        return "..."
+
+
+def _preview_values(column: pa.ChunkedArray, items: int = 8) -> list[Any]:
+    """Python values of a preview column; lists (e.g. a whole batch in one row) are cut to
+    their first ``items`` items before conversion, ending in ``...`` when cut."""
+    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+        return column.to_pylist(maps_as_pydicts="strict")
+    lengths = pc.list_value_length(column).to_pylist()
+    heads = pc.list_slice(column, 0, items).to_pylist(maps_as_pydicts="strict")
+    return [h if h is None or n <= items else [*h, _More()] for h, n in zip(heads, lengths)]

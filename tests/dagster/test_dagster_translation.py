@@ -123,3 +123,16 @@ def test_example_project_code_location(monkeypatch, tmp_path):
     keys = {k.to_user_string() for k in example.defs.resolve_asset_graph().get_all_asset_keys()}
     assert {"water_quality/scored", "water_quality/survey", "water_quality/network_summary", "water_quality/readings"} <= keys
     assert [s.cron_schedule for s in example.defs.schedules] == ["0 * * * *"]
+
+
+def test_preview_cuts_long_lists_before_converting_them():
+    import pyarrow as pa
+
+    from orcapod_dagster.metadata import markdown_preview
+
+    table = pa.table({"id": [1, 2, 3], "v": pa.array([list(range(100_000)), [1, 2], None], pa.large_list(pa.int64()))})
+    assert markdown_preview(table).splitlines()[2:] == [
+        "| 1 | [0, 1, 2, 3, 4, 5, 6, 7, ...] |",
+        "| 2 | [1, 2] |",
+        "| 3 | None |",
+    ]
