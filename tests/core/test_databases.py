@@ -142,6 +142,19 @@ def test_lookup_by_values_and_equalities(db):
         db.get_records_by_values(PATH, "v", ["not an int"])
 
 
+def spy_on_scans(db) -> list:
+    """The column lists of every committed-data scan ``db`` makes from now on."""
+    scanned = []
+    original = db._scan
+
+    def spy(key, columns, expr):
+        scanned.append(columns)
+        return original(key, columns, expr)
+
+    db._scan = spy
+    return scanned
+
+
 def test_get_column_reads_one_column(db):
     db.add_records(PATH, records(["a", "b"], x=[1, 2], y=["p", "q"]), flush=True)
     db.add_records(PATH, records(["c"], x=[3], y=["r"]))
@@ -152,14 +165,7 @@ def test_get_column_reads_one_column(db):
     with pytest.raises(InputValidationError, match="'nope'"):
         db.get_column(PATH, "nope")
 
-    scanned = []
-    original = db._scan
-
-    def spy(key, columns, expr):
-        scanned.append(columns)
-        return original(key, columns, expr)
-
-    db._scan = spy
+    scanned = spy_on_scans(db)
     db.get_column(PATH, "x")
     assert scanned == [["x", RECORD_ID_COLUMN]]
 
@@ -184,14 +190,7 @@ def test_lookups_read_only_the_requested_columns(db):
     with pytest.raises(InputValidationError, match="sequence of column names"):
         db.get_all_records(PATH, columns="x")
 
-    scanned = []
-    original = db._scan
-
-    def spy(key, columns, expr):
-        scanned.append(columns)
-        return original(key, columns, expr)
-
-    db._scan = spy
+    scanned = spy_on_scans(db)
     db.get_records_by_ids(PATH, ["a"], columns=["y"])
     db.get_records_by_ids(PATH, many, columns=["y"])
     assert scanned == [["y", RECORD_ID_COLUMN], ["y", RECORD_ID_COLUMN]]
