@@ -39,8 +39,9 @@ import pyarrow as pa
 from orcapod_core.errors import InvalidLabelError
 from orcapod_core.hashing import digests_to_hex, hash_rows
 from orcapod_core.pipeline import Pipeline
-from orcapod_core.sources import CSVSource, DeltaTableSource
+from orcapod_core.sources import CSVSource, DeltaTableSource, file_source_from_config
 from orcapod_core.streams import Stream
+from orcapod_core.types import Schema
 from orcapod_dagster.partitions import HIDDEN_COLUMNS, distinct_keys, key_strings, partitioned_sources, with_partition_by
 from orcapod_dagster.translator import OrcapodTranslator, sanitize_name
 
@@ -173,28 +174,10 @@ def fresh_source(source: Stream) -> Stream:
     """``source`` read again: a ``CSVSource`` from its file, a ``DeltaTableSource`` from the
     latest version of its table (same options, column types and label); any other source
     (rows held in memory, or a Delta source pinned to a version) as it is."""
-    if isinstance(source, CSVSource):
-        config = source.to_config()
-        return CSVSource(
-            config["path"],
-            config["tag_columns"],
-            config["record_id_column"],
-            config["source_id"],
-            schema=_declared_types(source),
-            delimiter=config["delimiter"],
-            label=source.label,
-        )
-    if isinstance(source, DeltaTableSource) and source.to_config().get("version") is None:
-        config = source.to_config()
-        return DeltaTableSource(
-            config["path"],
-            config["tag_columns"],
-            storage_options=source.storage_options,
-            record_id_column=config["record_id_column"],
-            source_id=config["source_id"],
-            schema=_declared_types(source),
-            label=source.label,
-        )
+    if isinstance(source, (CSVSource, DeltaTableSource)) and source.to_config().get("version") is None:
+        tags, packets = source.output_schema()  # every column keeps the type it has now
+        config = {**source.to_config(), "schema": dict(Schema({**tags, **packets}).to_strings())}
+        return file_source_from_config(config, getattr(source, "storage_options", None))
     return source
 
 
@@ -222,11 +205,6 @@ def _built(build: Callable[[], Pipeline]) -> Pipeline:
     if not isinstance(built, Pipeline):
         raise TypeError(f"the pipeline callable {build!r} returned {type(built).__name__}, not a Pipeline")
     return built
-
-
-def _declared_types(source: Stream) -> dict[str, Any]:
-    tags, packets = source.output_schema()
-    return {**dict(tags), **dict(packets)}
 
 
 def _digest(text: str) -> str:

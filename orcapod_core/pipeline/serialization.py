@@ -79,20 +79,19 @@ class StoredSource(Source):
         database: ArrowDatabase,
         record_path: tuple[str, ...],
         *,
-        stored_rows: int | None,
-        origin: str,
+        saved_info: dict[str, Any],
         reason: str,
-        saved_info: dict[str, Any] | None = None,
     ):
         self.label = label
         self._layout = layout
         self._hashes = (content_hash, pipeline_hash)
         self.database = database
         self.record_path = record_path
-        self.stored_rows = stored_rows
-        self.origin = origin
+        #: The node's saved ``source`` entry (written again as it is when this pipeline is saved).
+        self.saved_info = dict(saved_info)
+        self.stored_rows: int | None = saved_info.get("stored_rows")
+        self.origin = str(saved_info.get("origin", saved_info.get("class", "source")))
         self.reason = reason
-        self.saved_info = dict(saved_info or {})
         self.source_id = f"stored:{content_hash.to_hex(16)}"
 
     def _predict_layout(self) -> StreamLayout:
@@ -164,7 +163,7 @@ def _source_description(node: SourceNode, base_dir: Path) -> dict[str, Any]:
         info["config"] = config
         return info
     if isinstance(stream, StoredSource):  # saving a loaded pipeline again: as it was saved
-        return dict(stream.saved_info) or {**info, "stored_rows": stream.stored_rows, "origin": stream.origin}
+        return dict(stream.saved_info)
     info.update(stored_rows=_store_source_rows(node), origin=type(stream).__name__)
     return info
 
@@ -434,8 +433,6 @@ def _load_source(
         hashes[1],
         pipeline.pipeline_database,
         tuple(reader.get(entry, "record_path", list, where)),
-        stored_rows=info.get("stored_rows"),
-        origin=str(info.get("origin", info.get("class", "source"))),
-        reason=reason,
         saved_info=info,
+        reason=reason,
     )
