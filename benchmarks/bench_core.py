@@ -19,7 +19,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
-from orcapod_core.function_pod import function_pod
+from orcapod_core import function_pod
 from orcapod_core.hashing import hash_rows
 from orcapod_core.operators import Join
 from orcapod_core.sources import ArrowTableSource

@@ -35,7 +35,7 @@ CHILD = textwrap.dedent(
     import polars as pl, pyarrow as pa
     from deltalake import DeltaTable, write_deltalake
     from orcapod_core.databases import DeltaTableDatabase
-    from orcapod_core.function_pod import function_pod
+    from orcapod_core import function_pod
     from orcapod_core.pipeline import Pipeline
     from orcapod_core.sources import DeltaTableSource
 

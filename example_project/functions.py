@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from orcapod_core.function_pod import function_pod
+from orcapod_core import function_pod
 
 
 @function_pod(output_keys="do_calibrated_mg_l", version="v1")

@@ -20,6 +20,20 @@ class SchemaMismatchError(InputValidationError):
     """Two schemas that must agree do not (e.g. a function parameter vs a stream column)."""
 
 
+class OutputTypeError(SchemaMismatchError):
+    """A function returned a value that does not fit its declared output type (``2.5`` for
+    ``-> int``, ``None`` for a non-optional output, a tuple of the wrong length): that packet
+    fails and nothing is stored for it. ``function_name``, ``output_key``, ``expected`` (the
+    declared type as a string) and ``value`` say which."""
+
+    def __init__(self, message: str, *, function_name: str = "", output_key: str | None = None, expected: str = "", value: object = None):
+        super().__init__(message)
+        self.function_name = function_name
+        self.output_key = output_key
+        self.expected = expected
+        self.value = value
+
+
 class UnsupportedTypeError(InputValidationError, TypeError):
     """A Python or Arrow type outside the documented type table."""
 

@@ -8,7 +8,9 @@ Two encodings, both versioned by :data:`HASH_METHOD`:
 * **Rows** (packet and tag content): a row message is the 32-byte digest of the
   row's column names and types, then each column's value in sorted-name order:
   ``0x00`` for null, else ``0x01`` + payload. Payloads: int64/timestamp[us]/time64[us]
-  as 8-byte little-endian, float64 as 8-byte IEEE-754 LE, date32 as 4-byte LE
+  as 8-byte little-endian, float64 as 8-byte IEEE-754 LE (every NaN — any sign or payload — as
+  the one quiet NaN ``0x7FF8000000000000``; ``-0.0`` keeps its sign: it is a different value
+  from ``0.0``, e.g. for ``1 / x``), date32 as 4-byte LE
   days, bool as one byte, strings/binary as 8-byte LE length + bytes, lists as
   8-byte LE count + encoded items, maps as count + (key, value) pairs sorted by
   key. The row digest is SHA-256 of that message. Fixed-width, string and list
@@ -62,6 +64,9 @@ _VALID = b"\x01"
 _LB = pa.large_binary()
 _S_VALID = pa.scalar(_VALID, _LB)
 _S_EMPTY = pa.scalar(b"", _LB)
+#: The one NaN every NaN is encoded as (the quiet NaN with no sign and no payload).
+CANONICAL_NAN: float = struct.unpack("<d", bytes.fromhex("000000000000f87f"))[0]
+_S_NAN = pa.scalar(CANONICAL_NAN, pa.float64())
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +177,8 @@ def encode_value(value: Any, dtype: pa.DataType) -> bytes:
             value = (value - _EPOCH) // datetime.timedelta(microseconds=1)
         elif dtype == pa.time64("us"):
             value = ((value.hour * 60 + value.minute) * 60 + value.second) * 1_000_000 + value.microsecond
+        elif dtype == pa.float64() and value != value:
+            value = CANONICAL_NAN
         return _VALID + struct.pack(_STRUCT_FMT[dtype], value)
     if pa.types.is_large_string(dtype) or pa.types.is_string(dtype):
         data = value.encode("utf-8")
@@ -237,6 +244,10 @@ def _encode_column(arr: pa.Array) -> pa.Array:
     if len(arr) == 0:
         return pa.array([], _LB)
     if dtype in _FIXED_WIDTH and _LITTLE:
+        if dtype == pa.float64():
+            nan = pc.is_nan(arr)
+            if pc.any(nan).as_py():  # one encoding for every NaN bit pattern
+                arr = pc.if_else(nan, _S_NAN, arr)
         body = pc.binary_join_element_wise(_S_VALID, _fixed_bytes(arr, _FIXED_WIDTH[dtype]), _S_EMPTY)
     elif dtype == pa.bool_():
         body = pc.if_else(arr, _VALID + b"\x01", _VALID + b"\x00").cast(pa.large_binary())

@@ -28,16 +28,11 @@ import pyarrow as pa
 
 from orcapod_core.errors import FunctionBindError, PacketFunctionUnavailableError, PipelineLoadError
 from orcapod_core.executors import LocalPythonFunctionExecutor, PythonFunctionExecutor, check_executor
-from orcapod_core.function_pod import (
-    BatchResult,
-    FunctionPod,
-    PacketFunctionDescription,
-    PythonPacketFunction,
-)
+from orcapod_core.packet_function import BatchResult, PacketFunctionDescription, PythonPacketFunction
 from orcapod_core.hashing import ContentHash
 from orcapod_core.types import Schema, arrow_field, arrow_schema_from_json, type_from_string
 
-__all__ = ["PacketFunctionProxy", "resolve_packet_function_from_config", "function_pod_from_config"]
+__all__ = ["PacketFunctionProxy", "resolve_packet_function_from_config"]
 
 _REQUIRED = (
     "type",
@@ -324,8 +319,3 @@ def resolve_packet_function_from_config(
     if fallback_to_proxy:
         return PacketFunctionProxy(config, reason=reason)
     raise PacketFunctionUnavailableError(f"function {config['function_name']!r} ({where}) cannot be loaded: {reason}")
-
-
-def function_pod_from_config(config: Mapping[str, Any], fallback_to_proxy: bool = False) -> FunctionPod:
-    """``FunctionPod(resolve_packet_function_from_config(config, fallback_to_proxy))``."""
-    return FunctionPod(resolve_packet_function_from_config(config, fallback_to_proxy))

@@ -26,7 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from orcapod_core.databases import RECORD_ID_COLUMN, ArrowDatabase
-from orcapod_core.function_pod import BatchResult, FunctionPod, PythonPacketFunction
+from orcapod_core.function_pods import FunctionPod
+from orcapod_core.packet_function import BatchResult, PythonPacketFunction
 from orcapod_core.hashing import digests_to_hex, hash_rows
 from orcapod_core.keysets import all_distinct, index_in
 from orcapod_core.types import Schema, arrow_field

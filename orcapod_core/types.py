@@ -16,11 +16,21 @@ Python type            Arrow type (field nullability from ``| None``)
 ``T | None``           ``T``'s Arrow type in a *nullable* field
 =====================  ====================================================
 
-``python_to_arrow`` and ``arrow_to_python`` are exact inverses on this table.
+``python_to_arrow`` and ``arrow_to_python`` are exact inverses on this table. Types nest at
+most :data:`MAX_NESTING_DEPTH` levels (``list[list[int]]`` is 2).
 Arrow types outside it that have an obvious lossless canonical form (``int32``,
 ``string``, ``list``, dictionary-encoded strings, ...) are accepted on input and
 cast by :func:`canonical_arrow_type`; anything else raises
 :class:`~orcapod_core.errors.UnsupportedTypeError` naming the column.
+
+**Values are stored exactly or not at all.** :func:`strict_array` builds an Arrow array of a
+table type from Python values and refuses any value Arrow would change on the way in (``2.5``
+for ``int`` — Arrow alone truncates it to ``2`` —, a ``datetime`` for ``date``, a timezone-aware
+``datetime``, ``str`` for ``bytes``, a map with a repeated key); values
+that arrive unchanged — read back, they compare equal (``==``; NaN equals NaN) and are of the
+same kind — pass, so ``2.0`` for ``int`` is ``2`` and an ``int`` for ``float`` is widened when the
+float is exact. Arrow input is cast with Arrow's safe casts (which refuse
+truncation) and map columns are checked for repeated keys.
 
 >>> Schema({"x": int, "tags": list[str]}) == {"x": int, "tags": list[str]}
 True
@@ -33,12 +43,12 @@ from __future__ import annotations
 import datetime
 import types
 import typing
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
 
-from orcapod_core.errors import UnsupportedTypeError
+from orcapod_core.errors import InputValidationError, UnsupportedTypeError
 
 __all__ = [
     "Schema",
@@ -55,7 +65,15 @@ __all__ = [
     "arrow_schema_from_json",
     "is_optional",
     "is_assignable",
+    "strict_array",
+    "value_problem",
+    "check_map_keys",
+    "MAX_NESTING_DEPTH",
 ]
+
+#: How deep types may nest (``list[list[int]]`` is 2): far beyond real data, and well inside
+#: Python's recursion limit for every recursive walk of a type or value.
+MAX_NESTING_DEPTH = 64
 
 _SCALARS: dict[Any, pa.DataType] = {
     int: pa.int64(),
@@ -91,18 +109,20 @@ def _strip_optional(tp: Any, where: str) -> tuple[Any, bool]:
     return rest[0], True
 
 
-def python_to_arrow(tp: Any, where: str = "type") -> pa.DataType:
+def python_to_arrow(tp: Any, where: str = "type", _depth: int = 0) -> pa.DataType:
     """Arrow type of a Python type (nullability is a field property: see :func:`arrow_field`)."""
+    if _depth > MAX_NESTING_DEPTH:
+        raise UnsupportedTypeError(f"{where}: type nests more than {MAX_NESTING_DEPTH} levels deep")
     inner, _ = _strip_optional(tp, where)
     if inner in _SCALARS:
         return _SCALARS[inner]
     origin, args = typing.get_origin(inner), typing.get_args(inner)
     if origin is list and len(args) == 1:
-        return pa.large_list(arrow_field("item", args[0], where))
+        return pa.large_list(pa.field("item", python_to_arrow(args[0], where, _depth + 1), nullable=is_optional(args[0])))
     if origin is dict and len(args) == 2:
         if args[0] is not str:
             raise UnsupportedTypeError(f"{where}: dict keys must be str, got {type_to_string(tp)}")
-        value = arrow_field("value", args[1], where)
+        value = pa.field("value", python_to_arrow(args[1], where, _depth + 1), nullable=is_optional(args[1]))
         return pa.map_(pa.field("key", pa.large_string(), nullable=False), value)
     raise UnsupportedTypeError(f"{where}: Python type {type_to_string(tp)} is not in the orcapod type table")
 
@@ -300,8 +320,23 @@ def schema_from_arrow(schema: pa.Schema | Iterable[pa.Field]) -> Schema:
     return Schema({f.name: arrow_to_python(f.type, f.nullable, f"column {f.name!r}") for f in schema})
 
 
+def _nesting_depth(dtype: pa.DataType) -> int:
+    depth, level = 0, [dtype]
+    while level:
+        nested = [t for t in level if pa.types.is_nested(t)]
+        if not nested:
+            return depth
+        depth += 1
+        if depth > MAX_NESTING_DEPTH:
+            return depth
+        level = [t.field(i).type for t in nested for i in range(t.num_fields)]
+    return depth
+
+
 def canonical_arrow_type(dtype: pa.DataType, where: str = "type") -> pa.DataType:
     """The table's Arrow type for an accepted Arrow input type (``int32`` → ``int64``, ...)."""
+    if pa.types.is_nested(dtype) and _nesting_depth(dtype) > MAX_NESTING_DEPTH:
+        raise UnsupportedTypeError(f"{where}: Arrow type nests more than {MAX_NESTING_DEPTH} levels deep")
     if dtype in _SCALARS_BACK:
         return dtype
     if pa.types.is_integer(dtype):
@@ -358,12 +393,148 @@ def canonicalize_table(table: pa.Table, infer_nullability: bool = True) -> pa.Ta
             dtype = _tighten_items(dtype, col)
         fields.append(pa.field(f.name, dtype, nullable=nullable))
     target = pa.schema(fields)
+    for f, col in zip(target, table.columns):
+        check_map_keys(col, f.type, f"column {f.name!r}")
     if target == table.schema:
         return table
     try:
         return table.cast(target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise UnsupportedTypeError(f"cannot convert columns {table.schema.names} to orcapod types: {exc}") from exc
+
+
+def check_map_keys(values: pa.ChunkedArray | pa.Array, dtype: pa.DataType | None = None, where: str = "column") -> None:
+    """Raise :class:`~orcapod_core.errors.InputValidationError` naming ``where`` when a map value
+    (at any depth) repeats a key — Arrow stores such maps, but they are no ``dict[str, T]``."""
+    dtype = values.type if dtype is None else dtype
+    if not _has_map(dtype):
+        return
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+    _check_keys(values, where)
+
+
+def _has_map(dtype: pa.DataType) -> bool:
+    if pa.types.is_map(dtype):
+        return True
+    return pa.types.is_nested(dtype) and any(_has_map(dtype.field(i).type) for i in range(dtype.num_fields))
+
+
+def _check_keys(arr: pa.Array, where: str) -> None:
+    import polars as pl
+    import pyarrow.compute as pc
+
+    if pa.types.is_map(arr.type):
+        if len(arr.keys):
+            as_list = pa.ListArray.from_arrays(arr.offsets, arr.keys)  # (list_parent_indices rejects maps)
+            frame = pl.DataFrame({"row": pc.list_parent_indices(as_list), "key": pl.from_arrow(pc.list_flatten(as_list))})
+            repeated = frame.filter(frame.is_duplicated())
+            if repeated.height:
+                row, key = repeated.row(0)
+                raise InputValidationError(f"{where}: row {row} holds a map with the key {key!r} more than once")
+        _check_keys(arr.items, where)
+    elif pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+        if _has_map(arr.type.value_type):
+            _check_keys(arr.flatten(), where)
+
+
+def _same(stored: Any, given: Any) -> bool:
+    """Whether ``stored`` (read back from Arrow) is exactly the Python value ``given``."""
+    if isinstance(stored, float):
+        if isinstance(given, (str, bytes)):
+            return False
+        if stored != stored:  # NaN is stored as NaN
+            return bool(given != given)
+        return bool(stored == given)
+    if isinstance(stored, dict):
+        try:
+            pairs = list(given.items()) if isinstance(given, Mapping) else [tuple(p) for p in given]
+        except TypeError:
+            return False
+        return len(pairs) == len(stored) and all(len(p) == 2 and p[0] in stored and _same(stored[p[0]], p[1]) for p in pairs)
+    if isinstance(stored, list):
+        if isinstance(given, (str, bytes, Mapping)):
+            return False
+        try:
+            items = list(given)
+        except TypeError:
+            return False
+        return len(items) == len(stored) and all(_same(s, g) for s, g in zip(stored, items))
+    if isinstance(stored, str):
+        return isinstance(given, str) and stored == given
+    if isinstance(stored, bytes):
+        return isinstance(given, (bytes, bytearray, memoryview)) and stored == bytes(given)
+    if isinstance(stored, datetime.datetime):
+        return isinstance(given, datetime.datetime) and given.tzinfo is None and stored == given
+    if isinstance(stored, (datetime.date, datetime.time)):  # a datetime is no date
+        return type(given) is type(stored) and stored == given
+    try:
+        return bool(stored == given)
+    except (TypeError, ValueError):
+        return False
+
+
+def strict_array(values: Sequence[Any], field: pa.Field) -> pa.Array:
+    """An Arrow array of ``field``'s type holding exactly ``values``, or ``ValueError`` /
+    ``TypeError`` naming the first value that would not arrive unchanged (or a null in a
+    non-nullable field).
+
+    >>> strict_array([1, 2.0], pa.field("x", pa.int64())).to_pylist()
+    [1, 2]
+    >>> strict_array([2.5], pa.field("x", pa.int64()))
+    Traceback (most recent call last):
+    ...
+    ValueError: float 2.5 would be stored as 2
+    """
+    values = values if isinstance(values, list) else list(values)
+    try:
+        arr = pa.array(values, type=field.type)
+    except RecursionError:
+        raise ValueError(f"a value nests more than {MAX_NESTING_DEPTH} levels deep") from None
+    if not field.nullable and arr.null_count:
+        row = next(i for i, v in enumerate(values) if v is None)
+        raise ValueError(f"row {row} is None (declare the type as T | None to allow nulls)")
+    if _has_map(field.type):
+        try:
+            check_map_keys(arr, field.type, "value")
+        except InputValidationError as exc:
+            raise ValueError(str(exc)) from None
+    back = arr.to_pylist(maps_as_pydicts="strict")
+    try:
+        equal = back == values
+    except (TypeError, ValueError):  # e.g. NumPy arrays among the values
+        equal = False
+    if not equal:
+        for stored, given in zip(back, values):
+            try:
+                same = _same(stored, given)
+            except RecursionError:
+                raise ValueError(f"a value nests more than {MAX_NESTING_DEPTH} levels deep") from None
+            if not same:
+                raise ValueError(f"{type(given).__name__} {_short(given)} would be stored as {_short(stored)}")
+    return arr
+
+
+def value_problem(value: Any, field: pa.Field) -> str | None:
+    """Why ``value`` cannot be stored exactly in ``field`` (``None``: it can)."""
+    if value is None:
+        return None if field.nullable else "got None (declare the type as T | None to allow nulls)"
+    try:
+        strict_array([value], field)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError, ValueError) as exc:
+        text = str(exc)
+        if "would be stored as" in text or "nests more than" in text:
+            return f"got {text}"
+        return f"got {type(value).__name__} {_short(value)} ({text})"
+    return None
+
+
+def _short(value: Any) -> str:
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"<deeply nested {type(value).__name__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _tighten_items(dtype: pa.DataType, values: pa.ChunkedArray | pa.Array) -> pa.DataType:

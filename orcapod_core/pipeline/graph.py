@@ -28,7 +28,7 @@ from typing import Any
 
 from orcapod_core.databases import ArrowDatabase, validate_record_path
 from orcapod_core.errors import InvalidLabelError, InvalidPathError
-from orcapod_core.function_pod import FunctionPod
+from orcapod_core.function_pods import FunctionPod
 from orcapod_core.operators import Operator
 from orcapod_core.pipeline.nodes import CacheMode, FunctionNode, Node, OperatorNode, SourceNode
 from orcapod_core.pipeline.observers import ExecutionObserver, NodeStats

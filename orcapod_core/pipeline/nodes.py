@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 from orcapod_core.columns import source_column
 from orcapod_core.databases import RECORD_ID_COLUMN, ArrowDatabase
 from orcapod_core.datagrams import Packet, Tag
-from orcapod_core.function_pod import FunctionPod, FunctionPodStream
+from orcapod_core.function_pods import FunctionPod, FunctionPodStream
 from orcapod_core.hashing import ContentHash, digests_to_hex, hash_rows
 from orcapod_core.keysets import distinct, index_in, is_in
 from orcapod_core.operators import Join, Operator
@@ -481,6 +481,8 @@ class FunctionNode(Node):
         position = index_in(hexes, found.column(PACKET_HASH_COLUMN))
         stored = pc.is_valid(position)
         missing = pc.unique(hexes.filter(pc.invert(stored)))  # in order of first appearance
+        if state.failed_hashes and len(missing):  # failed earlier in this run: not called again
+            missing = missing.filter(pc.invert(is_in(missing, pa.array(sorted(state.failed_hashes), pa.large_string()))))
 
         computed_tables: list[pa.Table] = []
         computed_hashes: list[pa.Array] = []
@@ -525,11 +527,13 @@ class FunctionNode(Node):
 
         if compute:
             # Rows whose packet was computed in this run (by this batch or an earlier one).
-            row_computed = state.computed_mask(hexes)
-            stats.computed = pc.sum(row_computed.cast(pa.int64())).as_py() or 0 if n else 0
-            row_failed = is_in(hexes, pa.array(sorted(failed_hashes), pa.large_string())) if failed_hashes else pa.array([False] * n)
-            stats.failed = pc.sum(row_failed.cast(pa.int64())).as_py() or 0 if n else 0
+            # Counts are calls, not rows: a packet computed now counts once (its other rows, and
+            # rows of packets an earlier batch of the run computed, are cached); a packet that
+            # raised counts once as failed.
+            stats.computed = sum(len(h) for h in computed_hashes)
+            stats.failed = len(failed_hashes)
             stats.cached = len(rows) - stats.computed
+            state.failed_hashes |= failed_hashes
             if not state.spans_calls:  # this call is the whole run: commit results, then records
                 state.finish()
             stats.duration_s = time.perf_counter() - start
@@ -719,6 +723,8 @@ class _NodeRun:
         self._computed: list[pa.Array] = []
         self._computed_index: KeyIndex | None = None
         self._waiting: list[pa.Table] = []
+        #: Packets (hex hashes) whose function raised in this run: later batches do not call them again.
+        self.failed_hashes: set[str] = set()
 
     # -- lookups --------------------------------------------------------------------------
     def recorded(self, entry_ids: pa.Array) -> pa.Array:

@@ -40,7 +40,7 @@ import pyarrow as pa
 
 from orcapod_core.databases import RECORD_ID_COLUMN, ArrowDatabase, DeltaTableDatabase, database_from_config
 from orcapod_core.errors import OrcapodError, PipelineLoadError, SourceUnavailableError
-from orcapod_core.function_pod import FunctionPod
+from orcapod_core.function_pods import FunctionPod
 from orcapod_core.hashing import ContentHash, digests_to_hex, hash_rows
 from orcapod_core.operators import Operator
 from orcapod_core.packet_function_proxy import resolve_packet_function_from_config

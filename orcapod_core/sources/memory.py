@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from orcapod_core.errors import InputValidationError, UnsupportedTypeError
 from orcapod_core.sources.base import RootSource
-from orcapod_core.types import arrow_field
+from orcapod_core.types import arrow_field, strict_array, type_to_string
 
 __all__ = ["DictSource", "ListSource", "ArrowTableSource", "DataFrameSource"]
 
@@ -46,15 +46,18 @@ def _table_from_python(data: Any, schema: Mapping[str, Any] | None, name: str) -
         try:
             if col in schema:
                 field = arrow_field(col, schema[col])
-                arrays.append(pa.array(values, field.type))
+                arrays.append(strict_array(values, field))
                 fields.append(field)
             else:
                 arrays.append(pa.array(values))
                 fields.append(pa.field(col, arrays[-1].type))
         except UnsupportedTypeError as exc:
             raise UnsupportedTypeError(f"{name}: {exc}") from exc
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
-            raise InputValidationError(f"{name}: cannot convert column {col!r} to Arrow: {exc}") from exc
+        except RecursionError:
+            raise UnsupportedTypeError(f"{name}: column {col!r} holds values nested too deeply for the orcapod type table") from None
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError, ValueError) as exc:
+            declared = f" (declared {type_to_string(schema[col])})" if col in schema else ""
+            raise InputValidationError(f"{name}: cannot convert column {col!r}{declared} to Arrow: {exc}") from exc
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 

@@ -8,7 +8,8 @@ import pytest
 from orcapod_core import executors
 from orcapod_core.errors import ExecutorTypeError, InputValidationError
 from orcapod_core.executors import LocalPythonFunctionExecutor, PythonFunctionExecutor, run_coroutine_sync
-from orcapod_core.function_pod import FunctionPod, PythonPacketFunction, function_pod
+from orcapod_core.function_pods import FunctionPod, function_pod
+from orcapod_core.packet_function import PythonPacketFunction
 from orcapod_core.sources import DictSource
 
 

@@ -7,7 +7,8 @@ import pyarrow as pa
 import pytest
 
 from orcapod_core.errors import FunctionDefinitionError, SchemaMismatchError, UnsupportedTypeError
-from orcapod_core.function_pod import FunctionPod, FunctionPodStream, PythonPacketFunction, function_pod
+from orcapod_core.function_pods import FunctionPod, FunctionPodStream, function_pod
+from orcapod_core.packet_function import PythonPacketFunction
 from orcapod_core.sources import DictSource
 from orcapod_core.tracking import tracking
 from orcapod_core.types import arrow_schema
@@ -27,7 +28,7 @@ def load(tmp_path):
 
     def _load(source, name="f"):
         path = tmp_path / f"fp_variant_{next(_counter)}.py"
-        path.write_text("from orcapod_core.function_pod import function_pod\n" + textwrap.dedent(source))
+        path.write_text("from orcapod_core import function_pod\n" + textwrap.dedent(source))
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
@@ -341,15 +342,6 @@ def test_identity_is_stable_across_loads_and_pinned(load):
         "orcapod_v1:6788815602808a514ead1a89f000aef8cf151788c1146221a04d29629bb5f4a4"
     )
     assert pf.uri == "f/v0/6788815602808a51"
-
-
-def test_source_identity_needs_source_text():
-    namespace = {"function_pod": function_pod}
-    exec("def f(x: int) -> int:\n    return x\n", namespace)
-    with pytest.raises(FunctionDefinitionError, match="identity='declared'"):
-        function_pod(output_keys="y")(namespace["f"])
-    # declared identity works without source
-    function_pod(output_keys="y", identity="declared")(namespace["f"])
 
 
 # -- definition errors ---------------------------------------------------------------------

@@ -269,3 +269,21 @@ def test_lists_of_unsupported_items_keep_the_reference_behaviour():
     assert _encode_column(only_nulls).to_pylist() == _reference(only_nulls)
     with pytest.raises(TypeError, match="no canonical encoding"):
         _encode_column(pa.array([[{"a": 1}]], dtype))
+
+
+def test_every_nan_hashes_the_same_and_negative_zero_keeps_its_sign():
+    """One documented rule: every NaN (any sign or payload, e.g. inf - inf) is one value; -0.0 is
+    not 0.0 (1/x tells them apart, so a result for one must not serve the other)."""
+    payload_nan = struct.unpack("<d", bytes.fromhex("010000000000f8ff"))[0]
+    nans = [float("nan"), float("inf") - float("inf"), -float("nan"), payload_nan]
+    assert len({struct.pack("<d", v) for v in nans}) > 1  # really different bit patterns
+    assert len(set(hash_rows(pa.table({"x": pa.array(nans, pa.float64())})).to_pylist())) == 1
+    lists = pa.array([[v, 1.0] for v in nans], pa.large_list(pa.float64()))
+    assert len(set(hash_rows(pa.table({"x": lists})).to_pylist())) == 1
+    assert len({encode_value(v, pa.float64()) for v in nans}) == 1
+    assert encode_value(float("nan"), pa.float64()) == b"\x01" + bytes.fromhex("000000000000f87f")
+    zeros = hash_rows(pa.table({"x": pa.array([0.0, -0.0], pa.float64())})).to_pylist()
+    assert zeros[0] != zeros[1]
+    from orcapod_core import Packet
+
+    assert Packet({"x": float("inf") - float("inf")}).content_hash() == Packet({"x": float("nan")}).content_hash()

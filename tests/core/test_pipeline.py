@@ -18,7 +18,7 @@ from orcapod_core.databases import RECORD_ID_COLUMN, DeltaTableDatabase, InMemor
 from orcapod_core.datagrams import Packet
 from orcapod_core.errors import InvalidLabelError
 from orcapod_core.executors import LocalPythonFunctionExecutor
-from orcapod_core.function_pod import function_pod
+from orcapod_core import function_pod
 from orcapod_core.operators import Join
 from orcapod_core.pipeline import (
     AsyncPipelineOrchestrator,
@@ -241,7 +241,8 @@ def test_first_run_computes_second_run_serves_and_identical_packets_compute_once
     p = build()
     first = p.run(orchestrator=orchestrator)
     assert sorted(calls) == [1, 2, 3]  # identical packets computed once
-    assert first.computed == 5 and first.cached == 0 and first.failed == 0  # counted in rows
+    # Counted in calls: 3 distinct packets computed; their 2 repeats in this run are cached.
+    assert first.computed == 3 and first.cached == 2 and first.failed == 0
     assert first.stats["double"].total == 5 and first.stats["dict_source"].total == 5
     table = p.double.as_table()
     assert table.to_pylist() == [{"id": i, "y": y} for i, y in zip([1, 2, 3, 4, 5], [2, 4, 6, 6, 4])]
@@ -286,7 +287,7 @@ def test_same_packet_under_different_tags_is_one_computation_but_two_pipeline_re
     with Pipeline("demo", pipeline_database=InMemoryArrowDatabase()) as p:
         double.pod(source([7, 7], ids=[1, 2]))
     result = p.run()
-    assert calls == [7] and result.computed == 2
+    assert calls == [7] and (result.computed, result.cached) == (1, 1)
     records = p.double.get_pipeline_records()
     assert records.num_rows == 2
     assert len(set(records[RECORD_ID_COLUMN].to_pylist())) == 2  # two entries ...
@@ -760,7 +761,7 @@ def test_both_orchestrators_give_identical_tables_and_errors(policy):
     assert sync[3] is None or all(sync[3][k].equals(async_[3][k]) for k in sync[3])
     assert sync[4] == async_[4]
     if policy == "continue":
-        assert sync[0] is None and sync[1]["double"][3] == 2  # both rows with x=3
+        assert sync[0] is None and sync[1]["double"][3] == 1  # one packet (x=3, in two rows) raised
         assert sync[1]["add"][:4] == (5, 5, 0, 0)
     else:
         assert sync[0][0] is ValueError and sync[1] is None
@@ -1017,7 +1018,8 @@ def test_an_async_run_reads_the_store_once_per_node_however_many_batches_its_inp
             p.run(orchestrator=orchestrator)
         db.reads.clear()
         result = p.run(orchestrator=orchestrator)
-        assert (result.computed, result.cached) == ((0, 2 * n) if warm else (2 * n, 0))
+        # Cold: each node calls its n/2 distinct packets once; their repeats are cached.
+        assert (result.computed, result.cached) == ((0, 2 * n) if warm else (n, n))
         assert [r["z"] for r in rows(p.inc)] == [2 * (i % (n // 2)) + 1 for i in range(n)]
         return list(db.reads)
 
@@ -1102,7 +1104,7 @@ def test_pipeline_records_are_committed_during_the_run_in_step_with_their_result
 # -- fresh processes --------------------------------------------------------------------------------------
 
 _MODULE = '''
-from orcapod_core.function_pod import function_pod
+from orcapod_core import function_pod
 
 CALLS = []
 
@@ -1163,7 +1165,7 @@ def _run(tmp_path, mode="run"):
 def test_fresh_processes_serve_stored_rows_and_function_edits_invalidate_only_real_changes(tmp_path):
     _write_module(tmp_path)
     first = _run(tmp_path)
-    assert first["computed"] == 4 and sorted(first["calls"]) == [1, 2, 3]
+    assert first["computed"] == 3 and first["cached"] == 1 and sorted(first["calls"]) == [1, 2, 3]
     assert [r["y"] for r in first["rows"]] == [10, 20, 30, 30]
 
     # A fresh process: nothing computed, identical rows.
@@ -1186,8 +1188,94 @@ def test_fresh_processes_serve_stored_rows_and_function_edits_invalidate_only_re
     _write_module(tmp_path, body="x * 100")
     edited = _run(tmp_path)
     assert edited["identity"] != first["identity"]
-    assert edited["computed"] == 4 and sorted(edited["calls"]) == [1, 2, 3]
+    assert edited["computed"] == 3 and sorted(edited["calls"]) == [1, 2, 3]
     assert [r["y"] for r in edited["rows"]] == [100, 200, 300, 300]
     # ... and reading without running serves the edited function's rows, never the stale ones.
     read = _run(tmp_path, mode="read")
     assert [r["y"] for r in read["rows"]] == [100, 200, 300, 300] and read["calls"] == []
+
+
+# -- honest counts (E4) -------------------------------------------------------------------------
+
+
+class _Counting(NoOpObserver):
+    def __init__(self):
+        self.ended, self.packets, self.crashes = {}, 0, 0
+
+    def on_node_end(self, node, stats):
+        self.ended[node.label] = (stats.total, stats.computed, stats.cached, stats.failed)
+
+    def on_packet_end(self, node, tag, packet, output, cached, captured=None):
+        self.packets += 1
+
+    def on_packet_crash(self, node, tag, packet, error, captured=None):
+        self.crashes += 1
+
+
+@pytest.mark.parametrize(
+    "orchestrator",
+    [SyncPipelineOrchestrator(), AsyncPipelineOrchestrator(), AsyncPipelineOrchestrator(buffer_size=1, chunk_rows=3)],
+    ids=["sync", "async", "async-small-batches"],
+)
+def test_counts_are_function_calls_not_rows(orchestrator, tmp_path):
+    """100 rows over 7 distinct packets, one of which (x=6, in 14 rows) raises: 6 computed (one
+    call each), 80 cached (the other rows of those packets), 1 failed (one call) — in RunResult,
+    node stats, observers, progress lines and the stored logs, even when the rows of one packet
+    arrive in different batches."""
+    calls: list[int] = []
+    double = doubler(calls, fail_on=6)
+    xs = [i % 7 for i in range(100)]  # x == 6 appears 14 times
+    with Pipeline("counts", pipeline_database=DeltaTableDatabase(tmp_path / "store")) as p:
+        double.pod(source(xs), label="double")
+    counting, progress = _Counting(), io.StringIO()
+    logs = LoggingObserver()
+    result = p.run(orchestrator=orchestrator, observer=CompositeObserver(counting, ProgressObserver(progress), logs))
+    assert sorted(calls) == [0, 1, 2, 3, 4, 5, 6]  # one call per distinct packet, the failing one once
+    assert (result.computed, result.cached, result.failed) == (6, 80, 1)
+    assert counting.ended["double"] == (100, 6, 80, 1)
+    assert counting.packets == 6 and counting.crashes == 1
+    assert "100 rows — 6 computed, 80 cached, 1 failed" in progress.getvalue()
+    assert LoggingObserver.read(p).num_rows == 7  # one log record per call
+    again = p.run(orchestrator=orchestrator)
+    assert (again.computed, again.cached, again.failed) == (0, 86, 1) and sorted(calls) == [0, 1, 2, 3, 4, 5, 6, 6]
+
+
+def test_a_wrong_output_value_is_a_per_packet_failure_and_nothing_is_stored(tmp_path):
+    """E2: `-> int` returning 2.5 (Arrow alone would store 2), `list[int]` returning [1.5] and a map
+    with a repeated key fail their packet naming function, key, type and value."""
+    from orcapod_core.errors import OutputTypeError
+
+    @function_pod(output_keys="half")
+    def half(x: int) -> int:
+        return x / 2  # 2.0 is stored as 2; 2.5 is not an int
+
+    @function_pod(output_keys="halves")
+    def halves(x: int) -> list[int]:
+        return [x / 2]
+
+    @function_pod(output_keys="counts")
+    def counts(x: int) -> dict[str, int]:
+        return [("k", x), ("k", x)] if x == 3 else {"k": x}
+
+    for fn, key, declared in ((half, "half", "int"), (halves, "halves", "list[int]"), (counts, "counts", "dict[str, int]")):
+        crashes = []
+
+        class Crashes(NoOpObserver):
+            def on_packet_crash(self, node, tag, packet, error, captured=None):
+                crashes.append(error)
+
+        with Pipeline("strict", pipeline_database=DeltaTableDatabase(tmp_path / fn.__name__)) as p:
+            fn.pod(source([2, 3, 4]), label="out")
+        result = p.run(observer=Crashes())
+        assert (result.computed, result.failed) == (2, 1), fn.__name__
+        assert [r["id"] for r in rows(p.out)] == [1, 3]  # the row of x=3 has no result
+        (error,) = crashes
+        assert isinstance(error, OutputTypeError)
+        assert (error.function_name, error.output_key, error.expected) == (fn.__name__, key, declared)
+        assert f"function {fn.__name__!r}" in str(error) and f"output key {key!r}" in str(error) and declared in str(error)
+        stored = ResultCache(p.result_database, result_record_path(fn.pod.packet_function)).get_all_records()
+        assert stored.num_rows == 2  # nothing stored for the failed packet
+        with pytest.raises(OutputTypeError):
+            fn.pod.packet_function.call({"x": 3})
+        with pytest.raises(OutputTypeError):
+            p.run(error_policy="fail_fast")

@@ -28,7 +28,7 @@ MAX_CHUNK = 64
 _SCRIPT = """
 import json, os, sys, time
 from orcapod_core.databases import DeltaTableDatabase
-from orcapod_core.function_pod import function_pod
+from orcapod_core import function_pod
 from orcapod_core.pipeline import AsyncPipelineOrchestrator, FunctionNode, Pipeline
 from orcapod_core.sources import DictSource
 

@@ -15,7 +15,8 @@ import pytest
 
 from orcapod_core.databases import RECORD_ID_COLUMN, DeltaTableDatabase, InMemoryArrowDatabase
 from orcapod_core.executors import LocalPythonFunctionExecutor
-from orcapod_core.function_pod import FunctionPod, FunctionPodStream, PythonPacketFunction, function_pod
+from orcapod_core.function_pods import FunctionPod, FunctionPodStream, function_pod
+from orcapod_core.packet_function import PythonPacketFunction
 from orcapod_core.hashing import digests_to_hex, hash_rows
 from orcapod_core.result_cache import (
     PACKET_HASH_COLUMN,
@@ -364,7 +365,7 @@ os._exit(0)
 """
 
 _SHARED_FN = '''
-from orcapod_core.function_pod import function_pod
+from orcapod_core import function_pod
 
 calls = []
 

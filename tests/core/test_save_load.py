@@ -23,7 +23,8 @@ from orcapod_core.errors import (
     PipelineLoadError,
     SourceUnavailableError,
 )
-from orcapod_core.function_pod import FunctionPod, PythonPacketFunction
+from orcapod_core.function_pods import FunctionPod
+from orcapod_core.packet_function import PythonPacketFunction
 from orcapod_core.operators import Batch, Join, MapPackets, PolarsFilter
 from orcapod_core.packet_function_proxy import PacketFunctionProxy, resolve_packet_function_from_config
 from orcapod_core.pipeline import AsyncPipelineOrchestrator, CacheMode, LoadStatus, Pipeline, SyncPipelineOrchestrator
@@ -33,7 +34,7 @@ from orcapod_core.sources import CSVSource, DictSource
 _counter = itertools.count()
 
 FUNCS = '''
-from orcapod_core.function_pod import function_pod
+from orcapod_core import function_pod
 
 CALLS = []
 
@@ -338,7 +339,7 @@ def test_bind_delegates_and_unbind_reverts(funcs):
 
 def _variant(tmp_path, monkeypatch, body: str):
     name = f"variant_{next(_counter)}"
-    (tmp_path / f"{name}.py").write_text("from orcapod_core.function_pod import function_pod\n" + textwrap.dedent(body))
+    (tmp_path / f"{name}.py").write_text("from orcapod_core import function_pod\n" + textwrap.dedent(body))
     monkeypatch.syspath_prepend(str(tmp_path))
     return importlib.import_module(name)
 

@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 LAB = '''
-from orcapod_core.function_pod import function_pod
+from orcapod_core import function_pod
 
 @function_pod(output_keys="y", function_name="calibrate", version="v2")
 def calibrate(x: int) -> int:
@@ -21,7 +21,7 @@ def calibrate(x: int) -> int:
 '''
 
 REPORT = '''
-from orcapod_core.function_pod import function_pod
+from orcapod_core import function_pod
 
 @function_pod(output_keys="label")
 def label(y: int) -> str:

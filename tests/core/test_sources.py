@@ -210,7 +210,7 @@ def test_delta_table_source(tmp_path):
 
 def test_delta_source_rows_keep_their_record_ids_when_rows_are_appended(tmp_path):
     from orcapod_core.databases import InMemoryArrowDatabase
-    from orcapod_core.function_pod import function_pod
+    from orcapod_core import function_pod
     from orcapod_core.pipeline import Pipeline
 
     path = str(tmp_path / "table")
@@ -243,3 +243,36 @@ def test_delta_source_rows_keep_their_record_ids_when_rows_are_appended(tmp_path
     p = run()
     p.run()
     assert len(p.double.get_pipeline_records()) == 8  # only the appended row got a new record
+
+
+# -- values are never silently changed (E2) ------------------------------------------------
+
+
+def test_every_source_refuses_a_value_its_declared_type_would_change():
+    """A declared int fed 2.5 raises naming the column (Arrow alone would store 2), whatever the source."""
+    with pytest.raises(InputValidationError, match=r"column 'x' \(declared int\).*float 2.5 would be stored as 2"):
+        DictSource({"k": [1, 2], "x": [1, 2.5]}, tag_columns="k", schema={"x": int})
+    with pytest.raises(InputValidationError, match=r"column 'x'.*list \[1.5\] would be stored as \[1\]"):
+        DictSource({"k": [1], "x": [[1.5]]}, tag_columns="k", schema={"x": list[int]})
+    with pytest.raises(InputValidationError, match="'x'"):
+        ListSource("x", [1, 2.5], schema={"element_index": int, "x": int})
+    with pytest.raises(InputValidationError, match="'x'"):
+        ArrowTableSource(pa.table({"k": [1], "x": [2.5]}), "k", schema={"x": int})
+    with pytest.raises(InputValidationError, match="'x'"):
+        DataFrameSource(pl.DataFrame({"k": [1], "x": [2.5]}), "k", schema={"x": int})
+    # what arrives unchanged is kept: an integral float, exact int → float widening
+    assert DictSource({"k": [1], "x": [2.0]}, "k", schema={"x": int}).as_table().column("x").to_pylist() == [2]
+    assert DictSource({"k": [1], "x": [3]}, "k", schema={"x": float}).as_table().column("x").to_pylist() == [3.0]
+
+
+def test_maps_with_a_repeated_key_and_values_nested_too_deeply_are_orcapod_errors():
+    maps = pa.array([[("a", 1)], [("a", 1), ("a", 2)]], pa.map_(pa.large_string(), pa.int64()))
+    with pytest.raises(InputValidationError, match=r"column 'm': row 1 holds a map with the key 'a' more than once"):
+        ArrowTableSource(pa.table({"k": [1, 2], "m": maps}), "k")
+    with pytest.raises(InputValidationError, match="'m'.*key 'a'"):
+        DictSource({"k": [1], "m": [[("a", 1), ("a", 2)]]}, "k", schema={"m": dict[str, int]})
+    deep: object = 1
+    for _ in range(1000):
+        deep = [deep]
+    with pytest.raises(UnsupportedTypeError, match="'x'.*nests more than 64 levels"):
+        DictSource({"k": [1], "x": [deep]}, "k")

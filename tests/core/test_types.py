@@ -136,3 +136,79 @@ def test_assignability():
 def test_type_strings_are_canonical():
     assert type_to_string(dict[str, list[int | None]] | None) == "dict[str, list[int | None]] | None"
     assert type_to_string(datetime.datetime) == "datetime.datetime"
+
+
+# -- values are stored exactly or not at all (E2) ------------------------------------------
+
+
+from orcapod_core.errors import InputValidationError  # noqa: E402
+from orcapod_core.types import MAX_NESTING_DEPTH, check_map_keys, strict_array, value_problem  # noqa: E402
+
+_INT = pa.field("x", pa.int64(), nullable=False)
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype", "stored"),
+    [
+        ([1, 2.0], pa.int64(), [1, 2]),  # an integral float is the same number
+        ([1, 2], pa.float64(), [1.0, 2.0]),  # exact widening
+        ([float("nan"), -0.0], pa.float64(), None),
+        ([(1, 2)], pa.large_list(pa.int64()), [[1, 2]]),
+        ([{"a": 1}, [("b", 2)]], pa.map_(pa.large_string(), pa.int64()), [[("a", 1)], [("b", 2)]]),
+        ([bytearray(b"x")], pa.large_binary(), [b"x"]),
+        ([datetime.datetime(2024, 1, 2, 3)], pa.timestamp("us"), [datetime.datetime(2024, 1, 2, 3)]),
+    ],
+)
+def test_strict_array_keeps_values_that_arrive_unchanged(values, dtype, stored):
+    arr = strict_array(values, pa.field("x", dtype))
+    if stored is not None:
+        assert arr.to_pylist() == stored
+    else:
+        assert len(arr) == len(values)
+
+
+@pytest.mark.parametrize(
+    ("value", "dtype", "problem"),
+    [
+        (2.5, pa.int64(), "float 2.5 would be stored as 2"),  # pa.array alone stores 2
+        ([1.5], pa.large_list(pa.int64()), r"list \[1.5\] would be stored as \[1\]"),
+        ({"a": 1.5}, pa.map_(pa.large_string(), pa.int64()), "would be stored as"),
+        (datetime.datetime(2024, 1, 2, 12), pa.date32(), "would be stored as datetime.date"),
+        (datetime.datetime(2024, 1, 2, tzinfo=datetime.timezone.utc), pa.timestamp("us"), "would be stored as"),
+        ("a", pa.large_binary(), "str 'a' would be stored as b'a'"),
+        (b"a", pa.large_string(), "would be stored as 'a'"),
+        (2**53 + 1, pa.float64(), "exactly representable"),
+        ([("a", 1), ("a", 2)], pa.map_(pa.large_string(), pa.int64()), "key 'a' more than once"),
+        (None, pa.int64(), "declare the type as T | None"),
+    ],
+)
+def test_strict_array_refuses_values_arrow_would_change(value, dtype, problem):
+    field = pa.field("x", dtype, nullable=False)
+    with pytest.raises((ValueError, TypeError, pa.ArrowInvalid)):
+        strict_array([value], field)
+    import re
+
+    assert re.search(problem, value_problem(value, field))
+
+
+def test_types_and_values_nested_too_deeply_are_an_orcapod_error_not_a_recursion_error():
+    deep: type = int
+    for _ in range(MAX_NESTING_DEPTH + 1):
+        deep = list[deep]
+    with pytest.raises(UnsupportedTypeError, match="nests more than 64 levels"):
+        python_to_arrow(deep, "column 'x'")
+    value: object = 1
+    for _ in range(1000):
+        value = [value]
+    with pytest.raises(UnsupportedTypeError, match="column 'x'.*nests more than"):
+        canonicalize_table(pa.table({"x": pa.array([value])}))
+
+
+def test_map_columns_with_a_repeated_key_are_refused_naming_column_and_row():
+    maps = pa.array([[("a", "1")], [("b", "2"), ("b", "3")]], pa.map_(pa.large_string(), pa.large_string()))
+    with pytest.raises(InputValidationError, match=r"column 'm': row 1 holds a map with the key 'b' more than once"):
+        canonicalize_table(pa.table({"m": maps}))
+    nested = pa.array([[[("k", 1), ("k", 2)]]], pa.large_list(pa.map_(pa.large_string(), pa.int64())))
+    with pytest.raises(InputValidationError, match="key 'k'"):
+        check_map_keys(nested, where="column 'n'")
+    check_map_keys(maps.slice(0, 1), where="column 'm'")  # the first row alone is fine

@@ -20,7 +20,7 @@ import json
 
 import dagster as dg
 from orcapod_core.databases import DeltaTableDatabase
-from orcapod_core.function_pod import function_pod
+from orcapod_core import function_pod
 from orcapod_core.pipeline import Pipeline
 from orcapod_core.sources import DictSource
 from orcapod_dagster import build_definitions
@@ -114,7 +114,7 @@ def materializations(result: dg.ExecuteInProcessResult | dg.ExecutionResult) -> 
 # -- a CSV-backed pipeline for partitions, sensors and the component ---------------------------
 
 from orcapod_core.databases import DeltaTableDatabase  # noqa: E402
-from orcapod_core.function_pod import function_pod  # noqa: E402
+from orcapod_core import function_pod  # noqa: E402
 from orcapod_core.pipeline import Pipeline  # noqa: E402
 from orcapod_core.sources import CSVSource, DictSource  # noqa: E402
 

@@ -16,7 +16,7 @@ from orcapod_core.sources import CSVSource
 from orcapod_dagster import build_definitions
 
 FUNCS = '''
-from orcapod_core.function_pod import function_pod
+from orcapod_core import function_pod
 
 @function_pod(output_keys="y", function_name="calibrate")
 def calibrate(x: int) -> int:
@@ -25,7 +25,7 @@ def calibrate(x: int) -> int:
 '''
 
 DOWNSTREAM = '''
-from orcapod_core.function_pod import function_pod
+from orcapod_core import function_pod
 
 @function_pod(output_keys="label")
 def label(y: int) -> str:

@@ -11,7 +11,7 @@ from conftest import load_module, materializations
 
 from orcapod_core.databases import DeltaTableDatabase, InMemoryArrowDatabase
 from orcapod_core.errors import InputValidationError, NotMaterializedError, SchemaMismatchError
-from orcapod_core.function_pod import function_pod
+from orcapod_core import function_pod
 from orcapod_core.pipeline import Pipeline
 from orcapod_core.pipeline.snapshots import data_version, load_snapshot, pinned_outputs, save_snapshot
 from orcapod_core.sources import DictSource
@@ -99,7 +99,7 @@ import dagster as dg
 from orcapod_core.databases import DeltaTableDatabase
 from orcapod_core.pipeline import Pipeline
 from orcapod_core.sources import DeltaTableSource
-from orcapod_core.function_pod import function_pod
+from orcapod_core import function_pod
 from orcapod_dagster import build_definitions, OrcapodIOManager
 
 STORE = {store!r}

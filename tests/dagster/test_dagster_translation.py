@@ -7,7 +7,7 @@ import pytest
 
 from orcapod_core.databases import InMemoryArrowDatabase
 from orcapod_core.errors import InputValidationError, InvalidLabelError
-from orcapod_core.function_pod import function_pod
+from orcapod_core import function_pod
 from orcapod_core.pipeline import Pipeline
 from orcapod_core.sources import DictSource
 from orcapod_dagster import OrcapodTranslator, OrcapodTranslatorSettings, build_definitions, orcapod_assets

@@ -1,121 +1,75 @@
-"""Function pods: typed Python functions applied packet by packet to streams.
+"""Packet functions: a typed Python function seen as packet → packet.
 
 A :class:`PythonPacketFunction` wraps a typed function: its parameters are the input packet
-columns, its return value the output packet (``output_keys`` names the columns). A
-:class:`FunctionPod` applies it to a stream and returns a lazy :class:`FunctionPodStream`:
-tags and system tags pass through, the packet becomes the function's outputs, and each
-output value's source info points at the function and the input packet it came from.
+columns, its return value the output packet (``output_keys`` names the columns). Pods
+(:mod:`orcapod_core.function_pods`) apply it to streams; result caches store what it computes.
 
->>> @function_pod(output_keys="total")                                  # doctest: +SKIP
-... def add(x: int, y: int) -> int:
-...     return x + y
->>> add(1, 2)                                     # still a plain function  # doctest: +SKIP
-3
->>> add.pod(DictSource({"id": [1], "x": [1], "y": [2]}, "id")).as_table()  # doctest: +SKIP
+>>> def scale(x: float, factor: float = 2.0) -> float:
+...     return x * factor
+>>> pf = PythonPacketFunction(scale, output_keys="y")
+>>> pf.call({"x": 1.5})
+{'y': 3.0}
 
 **Identity.** A function's identity is its name, version, input/output schemas and output
-keys, plus (``identity="source"``, the default) a hash of its *normalized* source: the
-``def`` without decorators or docstrings, re-rendered by ``ast.unparse`` — so comments,
-docstrings and formatting do not matter, but any change to what it computes does.
-``identity="declared"`` drops the source: bump ``version`` to invalidate stored results.
+keys, plus (``identity="source"``, the default) its code identity
+(:mod:`orcapod_core.function_identity`): a hash of its *normalized* source — the ``def``
+without decorators or docstrings, re-rendered by ``ast.unparse``, so comments, docstrings and
+formatting do not matter but any change to what it computes does — or, for a function whose
+source cannot be read (``python -c``, ``exec``, a plain REPL), a canonical hash of its code
+object. ``identity="declared"`` drops the code: bump ``version`` to invalidate stored results.
 Executors are never part of identity.
+
+**Outputs are stored exactly or not at all.** A returned value that does not fit its output's
+declared type — ``2.5`` for ``-> int``, ``[1.5]`` for ``list[int]``, ``None`` for a
+non-optional output, a string for ``bytes``, a map with a repeated key — makes that packet fail
+with :class:`~orcapod_core.errors.OutputTypeError` naming the function, the output key, the
+declared type and the value; nothing is stored for it. A value is accepted when Arrow holds it
+unchanged: ``2.0`` for ``int`` is stored as ``2``, an ``int`` for ``float`` is widened when the
+float is exact (``|n| ≤ 2**53``).
 """
 
 from __future__ import annotations
 
-import ast
-import functools
 import inspect
 import os
 import platform
-import socket
-import subprocess
-import textwrap
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from orcapod_core.capture import captured_of, run_captured, run_captured_async
-from orcapod_core.columns import check_user_column, source_column
+from orcapod_core.columns import check_user_column
 from orcapod_core.errors import (
     FunctionDefinitionError,
     InputValidationError,
+    OutputTypeError,
     SchemaMismatchError,
 )
 from orcapod_core.executors import LocalPythonFunctionExecutor, PythonFunctionExecutor, check_executor
-from orcapod_core.hashing import ContentHash, digests_to_hex, hash_object
-from orcapod_core.streams import Stream, StreamLayout
-from orcapod_core.tracking import Invocation, record, untracked
-if typing.TYPE_CHECKING:
-    from orcapod_core.packet_function_proxy import PacketFunctionProxy
+from orcapod_core.function_identity import code_identity, git_hash, host_info
+from orcapod_core.hashing import ContentHash, hash_object
+from orcapod_core.types import (
+    Schema,
+    arrow_field,
+    arrow_schema_to_json,
+    is_assignable,
+    python_to_arrow,
+    strict_array,
+    type_to_string,
+    value_problem,
+)
 
-from orcapod_core.types import Schema, arrow_field, arrow_schema_to_json, is_assignable, python_to_arrow, type_to_string
+_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError, ValueError, KeyError)
 
 __all__ = [
-    "function_pod",
-    "FunctionPod",
+    "PacketFunctionDescription",
     "PythonPacketFunction",
-    "FunctionPodStream",
     "BatchResult",
-    "normalized_source",
     "check_packet_schema",
 ]
-
-_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError, ValueError)
-
-
-# --------------------------------------------------------------------------------------
-# Source normalization
-# --------------------------------------------------------------------------------------
-
-
-def normalized_source(function: Callable[..., Any]) -> str:
-    """The function's ``def`` without decorators, docstrings, comments or formatting.
-
-    ``inspect.getsource`` → ``textwrap.dedent`` → ``ast.parse`` → drop decorators and every
-    docstring (the function's and nested ones) → ``ast.unparse``.
-    """
-    name = getattr(function, "__qualname__", repr(function))
-    try:
-        source = inspect.getsource(function)
-    except (OSError, TypeError) as exc:
-        raise FunctionDefinitionError(
-            f"cannot read the source of function {name!r} ({exc}); define it in a module file, "
-            f"or use identity='declared' and bump the version when it changes"
-        ) from exc
-    tree = ast.parse(textwrap.dedent(source))
-    defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-    if not defs:
-        raise FunctionDefinitionError(f"cannot find the definition of function {name!r} in its source")
-    node = defs[0]
-    node.decorator_list = []
-    for inner in ast.walk(node):
-        if isinstance(inner, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            body = inner.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
-                inner.body = body[1:] or [ast.Pass()]
-    return ast.unparse(node)
-
-
-@functools.cache
-def _git_hash(directory: str) -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
-
-
-@functools.cache
-def _host_info() -> dict[str, str]:
-    return {"hostname": socket.gethostname(), "platform": platform.platform()}
-
 
 # --------------------------------------------------------------------------------------
 # Packet function
@@ -236,8 +190,8 @@ class PythonPacketFunction(PacketFunctionDescription):
         self._param_arrow = {p: python_to_arrow(t) for p, t in self._input_schema.items()}
         self._output_fields = [arrow_field(k, t) for k, t in self._output_schema.items()]
         self._output_arrow_schema = pa.schema(self._output_fields)
-        # Read the source now: the code that runs is the code that is imported now.
-        self._source = normalized_source(function) if identity == "source" else None
+        # Read the code now: the code that runs is the code that is imported now.
+        self._code_identity = code_identity(function) if identity == "source" else None
         self._executor: PythonFunctionExecutor = LocalPythonFunctionExecutor()
         if executor is not None:
             self.executor = executor
@@ -263,22 +217,20 @@ class PythonPacketFunction(PacketFunctionDescription):
             "output_schema": self._output_schema.to_strings(),
             "output_keys": list(self._output_keys),
         }
-        if self._source is not None:
-            structure["source_hash"] = self.source_hash()
+        if self._code_identity is not None:
+            kind, digest = self._code_identity  # "source_hash", or "code_hash" without a source file
+            structure[kind] = digest
         return structure
 
     def source_hash(self) -> str:
-        """Hash of the normalized source (``""`` when unavailable in declared mode)."""
-        cached = self.__dict__.get("_source_hash")
+        """Hash of the function's code: its normalized source, or its code object when the source
+        cannot be read (see :mod:`orcapod_core.function_identity`). Computed for declared
+        identity too: it is recorded with each result, though not part of the identity."""
+        if self._code_identity is not None:
+            return self._code_identity[1]
+        cached = self.__dict__.get("_declared_code")
         if cached is None:
-            source = self._source
-            if source is None:
-                try:
-                    source = normalized_source(self._function)
-                except FunctionDefinitionError:
-                    source = None
-            cached = "" if source is None else hash_object({"python_source": source}).to_string()
-            self.__dict__["_source_hash"] = cached
+            cached = self.__dict__["_declared_code"] = code_identity(self._function)[1]
         return cached
 
     def identity_hash(self) -> ContentHash:
@@ -340,7 +292,7 @@ class PythonPacketFunction(PacketFunctionDescription):
                 "function_name": self._function_name,
                 "function_signature_hash": signature.to_string(),
                 "function_content_hash": self.source_hash(),
-                "git_hash": _git_hash(os.path.dirname(os.path.abspath(path))) if path else "",
+                "git_hash": git_hash(os.path.dirname(os.path.abspath(path))) if path else "",
             }
             self.__dict__["_variation"] = cached
         return dict(cached)
@@ -357,7 +309,7 @@ class PythonPacketFunction(PacketFunctionDescription):
             "executor_type": self._executor.executor_type,
             "executor_info": self._executor.get_executor_data(),
             "python_version": platform.python_version(),
-            "extra_info": dict(_host_info()),
+            "extra_info": dict(host_info()),
         }
 
     @staticmethod
@@ -397,7 +349,7 @@ class PythonPacketFunction(PacketFunctionDescription):
         """Compute one packet: ``{parameter: value}`` → ``{output key: value}``.
 
         User exceptions propagate unchanged; a return value that does not fit the output
-        schema raises :class:`SchemaMismatchError` naming the output key.
+        schema raises :class:`~orcapod_core.errors.OutputTypeError` naming the output key.
         """
         result = self._executor.execute_callable(self._function, self._kwargs(packet))
         return self._checked_outputs(result)
@@ -412,9 +364,9 @@ class PythonPacketFunction(PacketFunctionDescription):
         if isinstance(values, Exception):
             raise values
         for f, v in zip(self._output_fields, values):
-            problem = _value_problem(v, f)
+            problem = value_problem(v, f)
             if problem:
-                raise self._output_error(f.name, problem)
+                raise self._output_error(f.name, problem, v)
         return dict(zip(self._output_keys, values))
 
     def _unpack_one(self, result: Any) -> tuple[Any, ...] | Exception:
@@ -423,15 +375,24 @@ class PythonPacketFunction(PacketFunctionDescription):
             return (result,)
         if isinstance(result, (tuple, list)) and len(result) == n:
             return tuple(result)
-        return SchemaMismatchError(
+        expected = f"tuple[{', '.join(type_to_string(t) for t in self._output_schema.values())}]"
+        return OutputTypeError(
             f"function {self._function_name!r} must return a tuple of {n} values for output keys "
-            f"{list(self._output_keys)}, got {type(result).__name__} {_short(result)}"
+            f"{list(self._output_keys)}, got {type(result).__name__} {_short(result)}",
+            function_name=self._function_name,
+            expected=expected,
+            value=result,
         )
 
-    def _output_error(self, key: str, problem: str) -> SchemaMismatchError:
-        return SchemaMismatchError(
+    def _output_error(self, key: str, problem: str, value: Any) -> OutputTypeError:
+        expected = type_to_string(self._output_schema[key])
+        return OutputTypeError(
             f"function {self._function_name!r} returned a wrong value for output key {key!r} "
-            f"(declared {type_to_string(self._output_schema[key])}): {problem}"
+            f"(declared {expected}): {problem}",
+            function_name=self._function_name,
+            output_key=key,
+            expected=expected,
+            value=value,
         )
 
     # -- many packets (the hot path) --------------------------------------------------------
@@ -528,15 +489,13 @@ class PythonPacketFunction(PacketFunctionDescription):
         arrays, bad = [], {}
         for f, values in zip(self._output_fields, per_key):
             try:
-                arr = pa.array(values, type=f.type)
-                if not f.nullable and arr.null_count:
-                    raise ValueError("null in a non-nullable output")
+                arr = strict_array(values, f)
             except _ARROW_ERRORS:
                 # Slow path, only on failure: find exactly which rows do not fit.
                 for j, v in enumerate(values):
-                    problem = _value_problem(v, f)
+                    problem = value_problem(v, f)
                     if problem and j not in bad:
-                        bad[j] = self._output_error(f.name, problem)
+                        bad[j] = self._output_error(f.name, problem, v)
                 if not bad:
                     raise
                 continue
@@ -580,16 +539,6 @@ def _capturing(function: Callable[..., Any], is_async: bool) -> Callable[..., An
         return run_captured(function, kwargs)
 
     return run
-
-
-def _value_problem(value: Any, f: pa.Field) -> str | None:
-    if value is None:
-        return None if f.nullable else "got None (declare the type as T | None to allow nulls)"
-    try:
-        pa.array([value], type=f.type)
-    except _ARROW_ERRORS as exc:
-        return f"got {type(value).__name__} {_short(value)} ({exc})"
-    return None
 
 
 def _short(value: Any) -> str:
@@ -664,216 +613,3 @@ def _schemas(function: Callable[..., Any], output_keys: tuple[str, ...]) -> tupl
         python_to_arrow(tp, f"function {py_name!r} output {key!r}")
     return Schema(inputs, optional), Schema(dict(zip(output_keys, types)))
 
-
-# --------------------------------------------------------------------------------------
-# Pod and its stream
-# --------------------------------------------------------------------------------------
-
-
-class FunctionPod:
-    """Applies a packet function to streams: ``pod(stream, label=...)`` → lazy stream.
-
-    >>> pod = FunctionPod(PythonPacketFunction(add, output_keys="total"))  # doctest: +SKIP
-    >>> pod(source).keys()                                                   # doctest: +SKIP
-    (('id',), ('total',))
-    """
-
-    def __init__(self, packet_function: PythonPacketFunction | PacketFunctionProxy):
-        from orcapod_core.packet_function_proxy import PacketFunctionProxy
-
-        if not isinstance(packet_function, (PythonPacketFunction, PacketFunctionProxy)):
-            raise InputValidationError(f"FunctionPod needs a PythonPacketFunction, got {type(packet_function).__name__}")
-        self._packet_function = packet_function
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any], fallback_to_proxy: bool = False) -> FunctionPod:
-        """A pod over :func:`~orcapod_core.packet_function_proxy.resolve_packet_function_from_config`.
-
-        >>> FunctionPod.from_config(pod.packet_function.to_config()).uri == pod.uri   # doctest: +SKIP
-        True
-        """
-        from orcapod_core.packet_function_proxy import resolve_packet_function_from_config
-
-        return cls(resolve_packet_function_from_config(config, fallback_to_proxy))
-
-    @property
-    def packet_function(self) -> PythonPacketFunction | PacketFunctionProxy:
-        return self._packet_function
-
-    @property
-    def computing_function(self) -> Any:
-        """What computes packets: the packet function itself (a cached pod puts its cache here)."""
-        return self._packet_function
-
-    @property
-    def default_label(self) -> str:
-        return self._packet_function.function_name
-
-    @property
-    def uri(self) -> str:
-        return self._packet_function.uri
-
-    def identity_hash(self) -> ContentHash:
-        return self._packet_function.identity_hash()
-
-    def identity_structure(self) -> dict[str, Any]:
-        return {"kind": "function_pod", "function": self.identity_hash().to_string()}
-
-    def __repr__(self) -> str:
-        return f"FunctionPod({self._packet_function!r})"
-
-    def __call__(self, *streams: Stream, label: str | None = None) -> FunctionPodStream:
-        """Apply to one stream (or several, joined first); bad inputs raise here, rows are lazy."""
-        pf = self._packet_function
-        if not streams:
-            raise InputValidationError(f"function pod {pf.function_name!r} needs at least one input stream")
-        for i, s in enumerate(streams):
-            if not isinstance(s, Stream):
-                raise InputValidationError(
-                    f"function pod {pf.function_name!r}: input {i} is a {type(s).__name__}, not a stream"
-                )
-        if len(streams) == 1:
-            stream = streams[0]
-        else:
-            from orcapod_core.operators import Join
-
-            with untracked():  # this pod's own invocation records the inputs
-                stream = Join()(*streams)
-        out = FunctionPodStream(self, stream, inputs=streams, label=label)
-        record(Invocation(pod=self, inputs=tuple(streams), output=out, label=label))
-        return out
-
-    process = __call__
-
-
-class FunctionPodStream(Stream):
-    """The lazy output of a function pod: input tags and system tags, function outputs as
-    packet columns, source info ``<function uri>::<input packet hash hex>::<output key>``.
-
-    Rows are computed on first access; identical input packets are computed once.
-    """
-
-    def __init__(self, pod: FunctionPod, stream: Stream, *, inputs: Sequence[Stream] | None = None, label: str | None = None):
-        pf = pod.packet_function
-        tags, packets = stream.output_schema()
-        pf.check_input_schema(packets)
-        clash = [k for k in pf.output_keys if k in tags]
-        if clash:
-            raise SchemaMismatchError(
-                f"function {pf.function_name!r}: output key(s) {clash} collide with tag columns {list(tags)}"
-            )
-        self._pod = pod
-        self._input = stream
-        self._inputs = tuple(inputs) if inputs is not None else (stream,)
-        self.label = label
-
-    @property
-    def pod(self) -> FunctionPod:
-        return self._pod
-
-    @property
-    def producer(self) -> FunctionPod:
-        return self._pod
-
-    @property
-    def upstreams(self) -> tuple[Stream, ...]:
-        return self._inputs
-
-    @property
-    def input_stream(self) -> Stream:
-        """The stream the function reads (the join of the inputs when there are several)."""
-        return self._input
-
-    # -- Stream hooks ----------------------------------------------------------------
-    def _identity_hashes(self) -> tuple[ContentHash, ContentHash]:
-        identity = self._pod.identity_hash()
-        content = hash_object({"function": identity, "input": self._input.content_hash()})
-        pipeline = hash_object({"function": identity, "input": self._input.pipeline_hash()})
-        return content, pipeline
-
-    def _predict_layout(self) -> StreamLayout:
-        inp = self._input.layout
-        pf = self._pod.packet_function
-        return StreamLayout.build(
-            inp.fields(inp.tag_columns),
-            inp.fields(inp.system_tag_columns),
-            [arrow_field(k, t) for k, t in pf.output_schema.items()],
-            [pa.field(source_column(k), pa.large_string(), nullable=False) for k in pf.output_keys],
-        )
-
-    def _compute_table(self) -> pa.Table:
-        pf = self._pod.packet_function
-        inp = self._input
-        layout = inp.layout
-        table = inp._table()
-        n = table.num_rows
-        hashes = inp.packet_hashes()
-
-        # Dedupe identical input packets: compute each distinct packet hash once.
-        expand = None
-        unique_hashes = hashes
-        if n > 1:
-            encoded = pc.dictionary_encode(hashes)
-            if len(encoded.dictionary) < n:
-                unique_hashes = encoded.dictionary
-                expand = encoded.indices
-        packets = table.select(list(layout.packet_columns))
-        first_rows = None
-        if expand is not None:
-            first_rows = pc.index_in(unique_hashes, value_set=hashes)
-            packets = packets.take(first_rows)
-
-        result = self._pod.computing_function.call_batch(packets, fail_fast=True, packet_hashes=unique_hashes)
-        if result.errors:
-            i, exc = next(iter(result.errors.items()))
-            row = i if first_rows is None else first_rows[i].as_py()
-            tag = table.slice(row, 1).select(list(layout.tag_columns)).to_pylist()[0]
-            exc.add_note(f"orcapod: function {pf.function_name!r} ({pf.uri}) failed on the packet with tag {tag}")
-            raise exc
-
-        record_ids = digests_to_hex(unique_hashes)
-        uri = pa.scalar(pf.uri, pa.large_string())
-        sep = pa.scalar("::", pa.large_string())
-        outputs = list(result.table.columns)
-        sources = [
-            pc.binary_join_element_wise(uri, record_ids, pa.scalar(k, pa.large_string()), sep) for k in pf.output_keys
-        ]
-        if expand is not None:
-            outputs = [c.take(expand) for c in outputs]
-            sources = [c.take(expand) for c in sources]
-
-        out = table.select([*layout.tag_columns, *layout.system_tag_columns])
-        for f, col in zip(self.layout.fields(self.layout.packet_columns), outputs):
-            out = out.append_column(f, col)
-        for f, col in zip(self.layout.fields(self.layout.source_columns), sources):
-            out = out.append_column(f, col)
-        return out
-
-
-# --------------------------------------------------------------------------------------
-# Decorator
-# --------------------------------------------------------------------------------------
-
-
-def function_pod(
-    output_keys: str | Sequence[str],
-    function_name: str | None = None,
-    version: str = "v0",
-    identity: str = "source",
-    executor: PythonFunctionExecutor | None = None,
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Turn a typed function into a pod at ``fn.pod``; the function itself is returned unchanged.
-
-    >>> @function_pod(output_keys=["lo", "hi"])                    # doctest: +SKIP
-    ... def bounds(values: list[float]) -> tuple[float, float]:
-    ...     return min(values), max(values)
-    >>> bounds.pod(stream, label="bounds").keys()                   # doctest: +SKIP
-    (('id',), ('lo', 'hi'))
-    """
-
-    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
-        packet_function = PythonPacketFunction(function, output_keys, function_name, version, identity, executor)
-        function.pod = FunctionPod(packet_function)  # type: ignore[attr-defined]
-        return function
-
-    return decorate
