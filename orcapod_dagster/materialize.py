@@ -125,6 +125,7 @@ class PipelineAssets:
         for label in labels:
             node = nodes[label]
             if node.kind == "source" and column in node.tag_columns:
+                node.refresh()  # as a run would: the source's current content
                 pins[node] = restrict(node.as_table(columns=HIDDEN_COLUMNS), column, partitions)
         if pins:
             shown = partitions if len(partitions) <= 10 else [*partitions[:10], "..."]

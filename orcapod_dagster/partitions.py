@@ -119,6 +119,10 @@ def partition_keys(pipeline: Pipeline, partition_by: str, sources: Sequence[Stre
     ['north', 'south']
     """
     streams = list(sources) if sources is not None else partitioned_sources(pipeline, partition_by)
+    for stream in streams:  # the data as it is now (files and tables may have grown)
+        refresh = getattr(stream, "refresh", None)
+        if refresh is not None:
+            refresh()
     return distinct_keys([s.as_table() for s in streams if partition_by in s.tag_columns], partition_by)
 
 

@@ -1,11 +1,17 @@
 """orcapod_source_sensor: request a run when the rows of a pipeline's sources change.
 
-Every tick re-reads the watched source nodes and fingerprints their rows; the cursor holds the
-last fingerprint per source, so a run is requested exactly when a source's rows changed since
-the previous tick — e.g. new lines appended to a CSV file or a new version of a Delta table. A
-source's fingerprint is a hash over its row hashes (every column: tags, system tags, values,
-source info; row order ignored). It differs from the source's *content hash*, which covers its
+Every tick asks each watched source whether its data may have changed — a cheap fingerprint
+that reads no rows: a Delta table's version, a CSV file's size and modification time — and
+only for a source whose fingerprint moved re-reads its rows the way a run does (the source's
+``refresh()``: its current content) and fingerprints them. A run is requested exactly when a
+source's rows changed since the previous tick — e.g. new lines appended to a CSV file or a new
+version of a Delta table; a rewrite with the same rows requests nothing. A source's row
+fingerprint is a hash over its row hashes (every column: tags, system tags, values, source
+info; row order ignored). It differs from the source's *content hash*, which covers its
 ``source_id`` and schema only and so stays the same when rows are appended.
+
+The cursor holds the last row fingerprint per source and, under ``"@versions"``, the data
+fingerprints they were taken at.
 
 * The first tick (no cursor) requests a run: the sensor cannot know what was materialized before.
 * Unchanged rows → ``SkipReason``; the cursor is rewritten either way.
@@ -15,11 +21,8 @@ source info; row order ignored). It differs from the source's *content hash*, wh
   one run per contiguous block of partition keys (a single key, or a partition range run). A
   changed source without the partition column (reference data) requests every partition.
 
-How a tick reads fresh rows: ``CSVSource`` and ``DeltaTableSource`` are read again from their
-file or table (same options and column types; a Delta source pinned to a ``version`` cannot
-change). Other sources hold their rows in memory and change only when the pipeline is built
-again: pass ``pipeline`` as a zero-argument callable that builds it, and every tick builds a
-fresh one.
+Sources that hold their rows in memory change only when the pipeline is built again: pass
+``pipeline`` as a zero-argument callable that builds it, and every tick builds a fresh one.
 
 >>> sensor = orcapod_source_sensor(pipeline, sources=["samples"], job=job)   # doctest: +SKIP
 >>> defs = build_definitions(pipeline, sensors=["samples"])                   # doctest: +SKIP
@@ -39,21 +42,21 @@ import pyarrow as pa
 from orcapod_core.errors import InvalidLabelError
 from orcapod_core.hashing import digests_to_hex, hash_rows
 from orcapod_core.pipeline import Pipeline
-from orcapod_core.sources import CSVSource, DeltaTableSource, file_source_from_config
 from orcapod_core.streams import Stream
-from orcapod_core.types import Schema
 from orcapod_dagster.partitions import HIDDEN_COLUMNS, distinct_keys, key_strings, partitioned_sources, with_partition_by
 from orcapod_dagster.translator import OrcapodTranslator, sanitize_name
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-__all__ = ["orcapod_source_sensor", "fresh_source", "row_fingerprints", "watched_sources"]
+__all__ = ["orcapod_source_sensor", "row_fingerprints", "watched_sources", "VERSIONS_KEY"]
 
 # Run tags that make one run materialize a range of partitions (what a single-run backfill launches).
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 CHANGED_SOURCES_TAG = "orcapod/changed_sources"
+#: Cursor entry with the data fingerprints (Delta version, CSV size + mtime) the row fingerprints were taken at.
+VERSIONS_KEY = "@versions"
 
 
 def orcapod_source_sensor(
@@ -103,14 +106,25 @@ def orcapod_source_sensor(
         description=description or f"Runs the orcapod pipeline {'/'.join(defined.name)!r} when the rows of {what} change.",
     )
     def _sensor(context):  # type: ignore[no-untyped-def]  (Dagster inspects the parameter name)
-        if build is not None:  # a freshly built pipeline: its sources hold the current rows
-            current = _built(build)
-            streams = {label: current.nodes[label].source for label in watched_sources(current, labels)}  # type: ignore[attr-defined]
-        else:
-            streams = {label: fresh_source(defined.nodes[label].source) for label in labels}  # type: ignore[attr-defined]
-        now = {label: row_fingerprints(stream, column) for label, stream in streams.items()}
+        current = _built(build) if build is not None else defined  # a fresh build holds the current rows
         seen = _read_cursor(context)
-        cursor = json.dumps(now, sort_keys=True)
+        versions_seen = seen.get(VERSIONS_KEY) if isinstance(seen.get(VERSIONS_KEY), dict) else {}
+        nodes = {label: current.nodes[label] for label in watched_sources(current, labels)}
+        now: dict[str, Any] = {}
+        versions: dict[str, str] = {}
+        read: list[str] = []  # sources whose rows were read this tick
+        for label, node in nodes.items():
+            fingerprint = getattr(node.source, "fingerprint", None)  # type: ignore[attr-defined]
+            token = fingerprint() if fingerprint is not None else None
+            if token is not None:
+                versions[label] = token
+            if token is not None and token == versions_seen.get(label) and label in seen:
+                now[label] = seen[label]  # the data did not change: nothing to read
+                continue
+            node.refresh()  # what a run does: the source's current content
+            now[label] = row_fingerprints(node.source, column)  # type: ignore[attr-defined]
+            read.append(label)
+        cursor = json.dumps({**now, VERSIONS_KEY: versions}, sort_keys=True)
         changed = [label for label in labels if seen.get(label) != now[label]]
         if column is None or partitions_def is None:
             if not changed:
@@ -119,8 +133,9 @@ def orcapod_source_sensor(
             return dg.SensorResult(run_requests=[run], cursor=cursor)
 
         # Partitioned: register new keys, then request the partitions whose rows changed.
-        keyed = [label for label in labels if column in streams[label].tag_columns]
-        present = distinct_keys([streams[label].as_table() for label in keyed], column)
+        keyed = [label for label in labels if column in nodes[label].tag_columns]
+        # New keys can only come from sources read this tick (the others did not change).
+        present = distinct_keys([nodes[label].source.as_table() for label in keyed if label in read], column)  # type: ignore[attr-defined]
         requests: list[dg.AddDynamicPartitionsRequest] = []
         if isinstance(partitions_def, dg.DynamicPartitionsDefinition):
             order = list(context.instance.get_dynamic_partitions(partitions_def.name))
@@ -170,22 +185,11 @@ def watched_sources(pipeline: Pipeline, sources: str | Sequence[str] | None) -> 
     return list(dict.fromkeys(labels))
 
 
-def fresh_source(source: Stream) -> Stream:
-    """``source`` read again: a ``CSVSource`` from its file, a ``DeltaTableSource`` from the
-    latest version of its table (same options, column types and label); any other source
-    (rows held in memory, or a Delta source pinned to a version) as it is."""
-    if isinstance(source, (CSVSource, DeltaTableSource)) and source.to_config().get("version") is None:
-        tags, packets = source.output_schema()  # every column keeps the type it has now
-        config = {**source.to_config(), "schema": dict(Schema({**tags, **packets}).to_strings())}
-        return file_source_from_config(config, getattr(source, "storage_options", None))
-    return source
-
-
 def row_fingerprints(stream: Stream, partition_by: str | None = None) -> str | dict[str, str]:
     """A hash over the stream's row hashes (all columns, row order ignored); with
     ``partition_by`` (a tag column of the stream), one such hash per partition key.
 
-    >>> row_fingerprints(source) == row_fingerprints(fresh_source(source))      # doctest: +SKIP
+    >>> row_fingerprints(pipeline.samples) == row_fingerprints(pipeline.samples)   # doctest: +SKIP
     True
     """
     table = stream.as_table(columns=HIDDEN_COLUMNS)

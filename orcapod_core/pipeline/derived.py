@@ -35,6 +35,17 @@ class DerivedSource(Source):
     def _compute_table(self) -> pa.Table:
         return self.node._table()
 
+    def refresh(self) -> None:
+        """Forget the rows read so far: the next read serves what the node's store holds for its
+        input as it is then (the node's pipeline re-reads its sources)."""
+        for key in ("_cached_table", "_cached_packet_hashes"):
+            self.__dict__.pop(key, None)
+        pipeline = getattr(self.node, "pipeline", None)
+        if pipeline is not None and hasattr(pipeline, "refresh"):
+            pipeline.refresh()
+        elif hasattr(self.node, "refresh"):
+            self.node.refresh()
+
     def _identity_hashes(self) -> tuple[ContentHash, ContentHash]:
         layout = self.layout
         shape = {

@@ -279,11 +279,34 @@ class Pipeline:
         if self._tracking is not None:
             raise RuntimeError("run the pipeline after its `with` block has closed")
         orchestrator = orchestrator or SyncPipelineOrchestrator()
+        # Every run reads its sources' current data (files, tables), pinned for the whole run.
+        self.refresh(self.run_selection(nodes, include_upstream), sources_only=True)
         # Passed only when set, so orchestrators written before the option keep working.
         extra = {} if include_upstream else {"include_upstream": False}
         return orchestrator.run(
             self, observer=observer, executor=executor, error_policy=error_policy, nodes=list(nodes) if nodes else None, **extra
         )
+
+    def run_selection(self, nodes: Sequence[str] | None = None, include_upstream: bool = True) -> list[str]:
+        """The labels a run over ``nodes`` executes, in topological order (see :meth:`run`)."""
+        if nodes and not include_upstream:  # exactly these nodes; upstream ones serve their current rows
+            named = set(self.upstream_closure(nodes)) & set(nodes)  # upstream_closure validates the labels
+            return [label for label in self._nodes if label in named]
+        return self.upstream_closure(nodes) if nodes else list(self._nodes)
+
+    def refresh(self, labels: Sequence[str] | None = None, *, sources_only: bool = False) -> None:
+        """Forget the rows nodes read or computed so far (default: every node): file and table
+        sources read their current content when next needed, other nodes what the store then
+        holds for it. ``run()`` refreshes the sources it runs, so every run sees the current
+        data; call this to read fresh rows outside a run. Pinned nodes keep their pins.
+
+        >>> p.refresh()                     # doctest: +SKIP
+        >>> p.scores.as_table()             # doctest: +SKIP
+        """
+        chosen = self._nodes if labels is None else {label: self._nodes[label] for label in labels}
+        for node in chosen.values():
+            if not sources_only or node.kind == "source":
+                node.refresh()
 
     # -- saving and loading ---------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:

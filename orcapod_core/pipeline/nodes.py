@@ -146,6 +146,20 @@ class Node(Stream):
         self.__dict__["_cached_table"] = table
         self.__dict__.pop("_cached_packet_hashes", None)
 
+    @property
+    def pinned(self) -> bool:
+        """True inside :func:`~orcapod_core.pipeline.snapshots.pinned_outputs` for this node:
+        it serves the pinned rows, and :meth:`refresh` leaves them alone."""
+        return bool(self.__dict__.get("_pinned"))
+
+    def refresh(self) -> None:
+        """Forget the rows read or computed so far: the next read takes them from the current
+        data and store (a pinned node keeps its pinned rows)."""
+        if self.pinned:
+            return
+        self.__dict__.pop("_cached_table", None)
+        self.__dict__.pop("_cached_packet_hashes", None)
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.label!r}>"
 
@@ -184,6 +198,16 @@ class SourceNode(Node):
 
     def _compute_table(self) -> pa.Table:
         return self.stream._table()
+
+    def refresh(self) -> None:
+        """Forget the rows read so far; a source over files or tables (``CSVSource``,
+        ``DeltaTableSource``, a derived source) reads its current content next time."""
+        if self.pinned:
+            return
+        refresh = getattr(self.stream, "refresh", None)
+        if refresh is not None:
+            refresh()
+        super().refresh()
 
     def execute(self, observer: ExecutionObserver | None = None) -> Stream:
         """Read the source; returns this node with its rows loaded."""

@@ -46,11 +46,7 @@ class _Run:
         self.pipeline = pipeline
         self.observer = observer or NoOpObserver()
         self.run_id = pipeline.new_run_id()
-        if nodes and not include_upstream:  # exactly these nodes; upstream ones serve their current rows
-            named = set(pipeline.upstream_closure(nodes)) & set(nodes)  # upstream_closure validates the labels
-            labels = [label for label in pipeline.nodes if label in named]
-        else:
-            labels = pipeline.upstream_closure(nodes) if nodes else list(pipeline.nodes)
+        labels = pipeline.run_selection(nodes, include_upstream)
         self.nodes: list[Node] = [pipeline.nodes[label] for label in labels]
         self.stats: dict[str, NodeStats] = {}
         # Output rows per node, set before the node sends its first row (async orchestrator):

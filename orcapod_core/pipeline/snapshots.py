@@ -233,12 +233,13 @@ def pinned_outputs(pins: Mapping[Stream, Stream | pa.Table]) -> Iterator[None]:
                 raise SchemaMismatchError(
                     f"rows given for node {getattr(node, 'label', node)!r} do not fit its schema: {exc}"
                 ) from exc
-            cached = {k: node.__dict__[k] for k in ("_cached_table", "_cached_packet_hashes") if k in node.__dict__}
+            cached = {k: node.__dict__[k] for k in ("_cached_table", "_cached_packet_hashes", "_pinned") if k in node.__dict__}
             before.append((node, cached))
             node._set_output(table)  # type: ignore[attr-defined]
+            node.__dict__["_pinned"] = True  # a run's refresh of its sources leaves it alone
         yield
     finally:
         for node, cached in reversed(before):
-            node.__dict__.pop("_cached_table", None)
-            node.__dict__.pop("_cached_packet_hashes", None)
+            for key in ("_cached_table", "_cached_packet_hashes", "_pinned"):
+                node.__dict__.pop(key, None)
             node.__dict__.update(cached)

@@ -8,6 +8,10 @@ A root source turns a plain Arrow table into a stream with provenance:
 * source info ``_source_<col>`` = ``<source_id>::<record_id>::<col>`` per packet column.
 
 Its content hash covers ``source_id`` + schemas; its pipeline hash the schemas only.
+
+In-memory sources hold their table; a :class:`LiveSource` (CSV, Delta Lake) knows its layout
+without reading rows, reads them when first needed, and reads again after ``refresh()`` — what a
+pipeline does for its sources at the start of every run.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ from orcapod_core.columns import RECORD_ID_TAG, SOURCE_ID_TAG, check_user_column
 from orcapod_core.errors import DuplicateTagError, InputValidationError
 from orcapod_core.hashing import ContentHash, hash_object, hash_table
 from orcapod_core.streams import Stream, StreamLayout, shape_identity
-from orcapod_core.types import arrow_field, canonicalize_table
+from orcapod_core.types import arrow_field, arrow_to_python, canonicalize_table, check_map_keys, type_to_string
 
-__all__ = ["Source", "RootSource"]
+__all__ = ["Source", "RootSource", "LiveSource", "fit_layout"]
 
 _SEP = pa.scalar("::", pa.large_string())
 _EMPTY = pa.scalar("", pa.large_string())
@@ -46,7 +50,11 @@ class Source(Stream):
 
 
 class RootSource(Source):
-    """A source over an in-memory Arrow table of user columns; adds system tags and source info.
+    """A source over an Arrow table of user columns; adds system tags and source info.
+
+    The table is given (in-memory sources) or read when the rows are first needed
+    (:class:`LiveSource`: files and tables that may change). Either way the layout — column
+    names, types, nullability, which columns are tags — is fixed when the source is built.
 
     >>> import pyarrow as pa
     >>> s = RootSource(pa.table({"id": [1, 2], "x": [3, 4]}), tag_columns=["id"], source_id="demo")
@@ -66,35 +74,59 @@ class RootSource(Source):
         schema: Mapping[str, Any] | None = None,
         label: str | None = None,
     ):
+        name = type(self).__name__
+        for col in table.column_names:  # before anything else: a reserved name is a naming error
+            check_user_column(col, f"{name} column")
+        try:
+            table = _apply_schema(canonicalize_table(table), schema, name)
+        except InputValidationError as exc:
+            raise type(exc)(str(exc) if str(exc).startswith(name) else f"{name}: {exc}") from exc
+        self._setup(
+            table.schema,
+            tag_columns,
+            record_id_column=record_id_column,
+            source_id=source_id if source_id is not None else hash_table(table).to_hex(16),
+            label=label,
+        )
+        self._user_table = table.select(list(self._user_layout.schema.names))
+        self._record_ids = _record_ids(self._user_table, record_id_column, name)
+
+    def _setup(
+        self,
+        user_schema: pa.Schema,
+        tag_columns: Sequence[str] | str,
+        *,
+        record_id_column: str | None,
+        source_id: str,
+        label: str | None,
+    ) -> None:
+        """Check the columns and fix the layout and identity (no rows needed)."""
         tag_columns = [tag_columns] if isinstance(tag_columns, str) else list(tag_columns)
         name = type(self).__name__
-        for col in table.column_names:
+        names = user_schema.names
+        for col in names:
             check_user_column(col, f"{name} column")
-        missing = [c for c in tag_columns if c not in table.column_names]
+        missing = [c for c in tag_columns if c not in names]
         if missing:
-            raise InputValidationError(
-                f"{name}: tag column(s) {missing} not found in the data (columns: {table.column_names})"
-            )
+            raise InputValidationError(f"{name}: tag column(s) {missing} not found in the data (columns: {names})")
         if len(set(tag_columns)) != len(tag_columns):
             raise InputValidationError(f"{name}: tag columns {tag_columns} contain duplicates")
-        table = _apply_schema(canonicalize_table(table), schema, name)
-        if record_id_column is not None and record_id_column not in table.column_names:
-            raise InputValidationError(
-                f"{name}: record_id_column {record_id_column!r} not found in the data (columns: {table.column_names})"
-            )
-
-        packet_columns = [c for c in table.column_names if c not in tag_columns]
+        if record_id_column is not None and record_id_column not in names:
+            raise InputValidationError(f"{name}: record_id_column {record_id_column!r} not found in the data (columns: {names})")
+        packet_columns = [c for c in names if c not in tag_columns]
         self._user_layout = StreamLayout(
-            pa.schema([table.schema.field(c) for c in [*tag_columns, *packet_columns]]), tuple(tag_columns)
+            pa.schema([user_schema.field(c) for c in [*tag_columns, *packet_columns]]), tuple(tag_columns)
         )
         self._shape = shape_identity(self._user_layout)
-        self.source_id = source_id if source_id is not None else hash_table(table).to_hex(16)
+        self.source_id = source_id
         if not isinstance(self.source_id, str) or not self.source_id or "::" in self.source_id:
             raise InputValidationError(f"{name}: source_id must be a non-empty string without '::', got {self.source_id!r}")
         self.record_id_column = record_id_column
         self.label = label
-        self._user_table = table.select(list(self._user_layout.schema.names))
-        self._record_ids = _record_ids(self._user_table, record_id_column, name)
+
+    def _user_rows(self) -> tuple[pa.Table, pa.Array]:
+        """The user columns in layout order, and each row's record id."""
+        return self._user_table, self._record_ids
 
     # -- Stream hooks ---------------------------------------------------------------
     def _identity_hashes(self) -> tuple[ContentHash, ContentHash]:
@@ -119,11 +151,10 @@ class RootSource(Source):
         )
 
     def _compute_table(self) -> pa.Table:
-        table = self._user_table
+        table, record_ids = self._user_rows()
         n = table.num_rows
         h = self.system_tag_hash
         sid = pa.scalar(self.source_id, pa.large_string())
-        record_ids = self._record_ids
         table = table.append_column(f"{SOURCE_ID_TAG}::{h}", pa.repeat(sid, n)).append_column(
             f"{RECORD_ID_TAG}::{h}", record_ids
         )
@@ -134,6 +165,61 @@ class RootSource(Source):
 
     def identity_structure(self) -> dict[str, Any]:
         return {"kind": "source", "source_id": self.source_id, **self._shape}
+
+
+class LiveSource(RootSource):
+    """A source over data that can change (a file, a table): its layout is known without reading
+    rows, its rows are read when first needed, and :meth:`refresh` makes the next read see the
+    data's current content. A pipeline refreshes its sources when a run starts, so every run
+    reads the current data, once, pinned for the whole run.
+
+    Subclasses implement :meth:`_read` (the user columns, as stored) and :meth:`fingerprint`.
+    """
+
+    def _read(self) -> pa.Table:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """A cheap token that changes whenever the data may have changed (no rows are read)."""
+        raise NotImplementedError
+
+    def refresh(self) -> None:
+        """Forget the rows read so far: the next read sees the data's current content."""
+        for key in ("_cached_table", "_cached_packet_hashes"):
+            self.__dict__.pop(key, None)
+
+    def _user_rows(self) -> tuple[pa.Table, pa.Array]:
+        name = f"{type(self).__name__} {getattr(self, 'path', self.source_id)!r}"
+        table = fit_layout(self._read(), self._user_layout.schema, name)
+        return table, _record_ids(table, self.record_id_column, name)
+
+
+def fit_layout(table: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
+    """``table``'s columns of ``schema``, cast to it exactly (Arrow's safe casts: no value is
+    truncated) — or :class:`~orcapod_core.errors.InputValidationError` naming the column (and,
+    for a null in a column declared without ``| None``, the row)."""
+    missing = [c for c in schema.names if c not in table.column_names]
+    if missing:
+        raise InputValidationError(f"{name}: column(s) {missing} are no longer in the data (columns: {table.column_names})")
+    columns = []
+    for f in schema:
+        col = table.column(f.name)
+        if not f.nullable and col.null_count:
+            row = pc.index(pc.is_null(col), True).as_py()
+            raise InputValidationError(
+                f"{name}: column {f.name!r} ({type_to_string(arrow_to_python(f.type))}) has no value in row {row}; "
+                f"declare it with schema={{{f.name!r}: {type_to_string(arrow_to_python(f.type))} | None}} to allow missing values"
+            )
+        if col.type != f.type:
+            try:
+                col = col.cast(f.type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                raise InputValidationError(
+                    f"{name}: column {f.name!r} no longer fits its type {type_to_string(arrow_to_python(f.type, f.nullable))}: {exc}"
+                ) from exc
+        check_map_keys(col, f.type, f"{name}: column {f.name!r}")
+        columns.append(col)
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _apply_schema(table: pa.Table, schema: Mapping[str, Any] | None, name: str) -> pa.Table:

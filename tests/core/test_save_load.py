@@ -285,6 +285,23 @@ def test_new_packets_on_a_proxy_fail_clearly_and_compute_after_bind(tmp_path, fu
         sys.modules.pop("restored_funcs_mod", None)
 
 
+def test_a_loaded_pipeline_sees_rows_appended_after_load(tmp_path, funcs):
+    """E5: the CSV source of a loaded pipeline is read at each run, not at load: a row appended
+    after loading reaches the function — a proxy reports it instead of silently computing nothing."""
+    p = build(tmp_path, funcs)
+    p.run()
+    p.save(tmp_path / "p.json")
+    forget_module(funcs)
+    q = Pipeline.load(tmp_path / "p.json")
+    assert q.run().computed == 0 and q.run().failed == 0  # everything known is served
+    with (tmp_path / "data.csv").open("a") as fh:
+        fh.write("4,40\n")
+    result = q.run()  # the same loaded object: this run reads the file as it is now
+    assert result.stats["data"].total == 4 and result.stats["doubled"].failed == 1
+    with pytest.raises(PacketFunctionUnavailableError, match="'double_it'"):
+        q.run(error_policy="fail_fast")
+
+
 # --------------------------------------------------------------------------------------
 # The proxy on its own
 # --------------------------------------------------------------------------------------

@@ -276,3 +276,129 @@ def test_maps_with_a_repeated_key_and_values_nested_too_deeply_are_orcapod_error
         deep = [deep]
     with pytest.raises(UnsupportedTypeError, match="'x'.*nests more than 64 levels"):
         DictSource({"k": [1], "x": [deep]}, "k")
+
+
+# -- live, lazy file sources (E5) ------------------------------------------------------------
+
+
+def _spy_reads(source):
+    """Count the source's data reads (a spy around the read it makes)."""
+    reads = []
+    original = source._read
+    source._read = lambda: reads.append(1) or original()
+    return reads
+
+
+def test_building_a_delta_source_reads_its_metadata_only(tmp_path):
+    """Types from the table's schema, nullability from the log's null counts: the data files
+    are not needed until rows are read (here they are deleted to prove it)."""
+    uri = tmp_path / "t"
+    write_deltalake(uri, pa.table({"id": [1, 2], "x": [1.5, None], "name": ["a", "b"]}))
+    write_deltalake(uri, pa.table({"id": [3], "x": [2.5], "name": ["c"]}), mode="append")
+    for part in uri.glob("*.parquet"):
+        part.unlink()
+    source = DeltaTableSource(uri, tag_columns="id")
+    assert source.output_schema() == ({"id": int}, {"x": float | None, "name": str})
+    assert source.version == 1 and source.fingerprint() == "delta:1"
+    with pytest.raises(Exception):  # the rows are read now, and their files are gone
+        source.as_table()
+
+
+def test_a_delta_column_without_null_counts_is_read_unless_declared(tmp_path):
+    uri = tmp_path / "t"
+    write_deltalake(uri, pa.table({"id": [1, 2], "xs": [[1, 2], [3]]}))
+    assert DeltaTableSource(uri, tag_columns="id").output_schema()[1] == {"xs": list[int]}  # read: items never null
+    for part in uri.glob("*.parquet"):
+        part.unlink()
+    declared = DeltaTableSource(uri, tag_columns="id", schema={"xs": list[int | None] | None})
+    assert declared.output_schema()[1] == {"xs": list[int | None] | None}  # no read needed
+
+
+def test_a_delta_source_reads_the_version_current_at_refresh_and_a_pinned_one_never_moves(tmp_path):
+    uri = tmp_path / "t"
+    write_deltalake(uri, pa.table({"id": [1], "x": [1.0]}))
+    live, pinned = DeltaTableSource(uri, "id"), DeltaTableSource(uri, "id", version=0)
+    write_deltalake(uri, pa.table({"id": [2], "x": [2.0]}), mode="append")
+    assert live.version == 0 and len(live) == 1  # built at version 0: reads version 0 until refreshed
+    live.refresh()
+    assert live.version == 1 and live.fingerprint() == "delta:1"
+    write_deltalake(uri, pa.table({"id": [3], "x": [3.0]}), mode="append")  # after the refresh...
+    assert len(live) == 2  # ... the read is pinned to version 1
+    live.refresh()
+    assert len(live) == 3
+    pinned.refresh()
+    assert len(pinned) == 1 and pinned.fingerprint() == "delta:0"
+
+
+def test_building_a_csv_source_reads_only_its_first_block(tmp_path):
+    from orcapod_core.sources.files import CSV_SAMPLE_BYTES
+
+    path = tmp_path / "big.csv"
+    good = "".join(f"{i},{i * 0.5}\n" for i in range(CSV_SAMPLE_BYTES // 8))
+    path.write_text("id,x\n" + good + "999999999,not a number\n")
+    source = CSVSource(path, tag_columns="id")  # types from the first block: the bad row is not read
+    assert source.output_schema() == ({"id": int}, {"x": float})
+    reads = _spy_reads(source)
+    assert reads == []
+    with pytest.raises(InputValidationError, match=r"big.csv.*CSV column #1 \('x'\).*not a number"):
+        source.as_table()
+    assert reads == [1]
+
+
+def test_csv_empty_fields_are_null_in_optional_columns_and_empty_strings_in_str_columns(tmp_path):
+    path = tmp_path / "notes.csv"
+    path.write_text('id,note,label,ph\n1,a,x,7.1\n2,,,\n3,"","",6.5\n')
+    inferred = CSVSource(path, tag_columns="id")
+    assert inferred.output_schema()[1] == {"note": str | None, "label": str | None, "ph": float | None}
+    assert inferred.as_table().to_pylist() == [
+        {"id": 1, "note": "a", "label": "x", "ph": 7.1},
+        {"id": 2, "note": None, "label": None, "ph": None},  # empty field: null, as polars reads it
+        {"id": 3, "note": "", "label": "", "ph": 6.5},  # a quoted "" is the empty string
+    ]
+    declared = CSVSource(path, tag_columns="id", schema={"note": str | None, "label": str})
+    assert declared.as_table().column("note").to_pylist() == ["a", None, ""]
+    assert declared.as_table().column("label").to_pylist() == ["x", "", ""]  # str cannot be null
+
+
+def test_a_long_lived_pipeline_sees_rows_appended_to_its_csv_source(tmp_path):
+    from orcapod_core import DeltaTableDatabase, Pipeline, function_pod
+
+    calls = []
+
+    @function_pod(output_keys="y")
+    def double(x: int) -> int:
+        calls.append(x)
+        return 2 * x
+
+    path = tmp_path / "in.csv"
+    path.write_text("id,x\n1,10\n2,20\n")
+    with Pipeline("live", DeltaTableDatabase(tmp_path / "store")) as p:
+        double.pod(CSVSource(path, tag_columns="id"), label="double")
+    assert p.run().computed == 2
+    with path.open("a") as fh:
+        fh.write("3,30\n")
+    again = p.run()  # the same pipeline object: the run reads the file's current content
+    assert (again.computed, again.cached) == (1, 2) and calls == [10, 20, 30]
+    assert p.double.as_table().column("y").to_pylist() == [20, 40, 60]
+    with path.open("a") as fh:
+        fh.write("4,oops\n")
+    with pytest.raises(InputValidationError, match=r"in.csv.*'x'.*oops"):
+        p.run()
+    assert len(p.double.get_pipeline_records()) == 3  # nothing stored was lost
+
+
+def test_a_delta_source_that_gains_nulls_fails_naming_the_column_and_the_fix(tmp_path):
+    from orcapod_core import InMemoryArrowDatabase, Pipeline, function_pod
+
+    @function_pod(output_keys="y")
+    def inc(x: float) -> float:
+        return x + 1
+
+    uri = tmp_path / "t"
+    write_deltalake(uri, pa.table({"id": [1], "x": [1.0]}))
+    with Pipeline("p", InMemoryArrowDatabase()) as p:
+        inc.pod(DeltaTableSource(uri, tag_columns="id"), label="inc")
+    p.run()
+    write_deltalake(uri, pa.table({"id": [2], "x": pa.array([None], pa.float64())}), mode="append")
+    with pytest.raises(InputValidationError, match=r"column 'x' \(float\) has no value in row 1; .*schema=\{'x': float \| None\}"):
+        p.run()

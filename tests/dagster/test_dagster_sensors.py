@@ -35,16 +35,24 @@ def test_runs_when_csv_rows_change_and_skips_otherwise(tmp_path, instance):
     assert sensor.job_name == "sites_job" and sensor.default_status == dg.DefaultSensorStatus.STOPPED
     dg.Definitions.validate_loadable(defs)
 
+    source = pipeline.readings.source
+    reads = []
+    original = source._read
+    source._read = lambda: reads.append(1) or original()  # count the file reads (a spy)
+
     first = tick(sensor, instance, defs, None)  # no cursor: nothing is known, so run
     assert len(first.run_requests) == 1 and first.run_requests[0].tags["orcapod/changed_sources"] == "readings"
-    assert set(json.loads(first.cursor)) == {"readings"}
+    cursor = json.loads(first.cursor)
+    assert set(cursor) == {"readings", "@versions"} and cursor["@versions"]["readings"] == source.fingerprint()
+    assert len(reads) == 1
 
     second = tick(sensor, instance, defs, first.cursor)
     assert second.run_requests == [] and "unchanged" in second.skip_message
     assert second.cursor == first.cursor
+    assert len(reads) == 1  # the file did not change (size, mtime): its rows were not read
 
-    write_readings(csv, READINGS)  # rewritten, same rows: still nothing to do
-    assert tick(sensor, instance, defs, first.cursor).run_requests == []
+    write_readings(csv, READINGS)  # rewritten, same rows: read again, still nothing to do
+    assert tick(sensor, instance, defs, first.cursor).run_requests == [] and len(reads) == 2
 
     with csv.open("a") as f:
         f.write("west,2,9\n")

@@ -136,3 +136,43 @@ def test_preview_cuts_long_lists_before_converting_them():
         "| 2 | [1, 2] |",
         "| 3 | None |",
     ]
+
+
+def test_building_definitions_over_file_sources_reads_no_rows(tmp_path, instance):
+    """E5: the definitions of a code location come from schemas only. The Delta source's data files
+    are removed to prove no row is read while building; materializing then reads the table."""
+    import shutil
+
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from orcapod_core.databases import DeltaTableDatabase
+    from orcapod_core.sources import CSVSource, DeltaTableSource
+
+    @function_pod(output_keys="y")
+    def scale(x: float, k: float) -> float:
+        return x * k
+
+    table = tmp_path / "readings"
+    write_deltalake(table, pa.table({"id": [1, 2], "x": [1.5, 2.5]}))
+    (tmp_path / "k.csv").write_text("id,k\n1,2.0\n2,3.0\n")
+    kept = tmp_path / "kept"
+    shutil.copytree(table, kept)
+    for part in table.glob("*.parquet"):
+        part.unlink()
+
+    def build():
+        with Pipeline("lazy", pipeline_database=DeltaTableDatabase(tmp_path / "store")) as p:
+            scale.pod(DeltaTableSource(table, tag_columns="id", label="readings"), CSVSource(tmp_path / "k.csv", tag_columns="id"), label="scaled")
+        return p
+
+    defs = build_definitions(build())
+    dg.Definitions.validate_loadable(defs)
+    specs = spec_by_key(list(defs.assets))
+    assert [c.name for c in specs["lazy/scaled"].metadata["dagster/column_schema"].columns] == ["id", "y"]
+
+    for part in kept.glob("*.parquet"):  # the data is back: a materialization reads it
+        shutil.copy(part, table / part.name)
+    result = dg.materialize(list(defs.assets), resources=dict(defs.resources), instance=instance)
+    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(["lazy", "scaled"])]
+    assert event.materialization.metadata["orcapod/computed"].value == 2
