@@ -523,7 +523,9 @@ def value_problem(value: Any, field: pa.Field) -> str | None:
         strict_array([value], field)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError, ValueError) as exc:
         text = str(exc)
-        if "would be stored as" in text or "nests more than" in text:
+        if "would be stored as" in text:
+            return "got " + text.replace(" would be stored as ", ", which would be stored as ", 1)
+        if "nests more than" in text:
             return f"got {text}"
         return f"got {type(value).__name__} {_short(value)} ({text})"
     return None

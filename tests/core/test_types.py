@@ -170,12 +170,12 @@ def test_strict_array_keeps_values_that_arrive_unchanged(values, dtype, stored):
 @pytest.mark.parametrize(
     ("value", "dtype", "problem"),
     [
-        (2.5, pa.int64(), "float 2.5 would be stored as 2"),  # pa.array alone stores 2
-        ([1.5], pa.large_list(pa.int64()), r"list \[1.5\] would be stored as \[1\]"),
+        (2.5, pa.int64(), "float 2.5, which would be stored as 2"),  # pa.array alone stores 2
+        ([1.5], pa.large_list(pa.int64()), r"list \[1.5\], which would be stored as \[1\]"),
         ({"a": 1.5}, pa.map_(pa.large_string(), pa.int64()), "would be stored as"),
         (datetime.datetime(2024, 1, 2, 12), pa.date32(), "would be stored as datetime.date"),
         (datetime.datetime(2024, 1, 2, tzinfo=datetime.timezone.utc), pa.timestamp("us"), "would be stored as"),
-        ("a", pa.large_binary(), "str 'a' would be stored as b'a'"),
+        ("a", pa.large_binary(), "str 'a', which would be stored as b'a'"),
         (b"a", pa.large_string(), "would be stored as 'a'"),
         (2**53 + 1, pa.float64(), "exactly representable"),
         ([("a", 1), ("a", 2)], pa.map_(pa.large_string(), pa.int64()), "key 'a' more than once"),
