@@ -33,7 +33,6 @@ from __future__ import annotations
 import inspect
 import os
 import platform
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -41,7 +40,6 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from orcapod_core.capture import captured_of, run_captured, run_captured_async
-from orcapod_core.columns import check_user_column
 from orcapod_core.errors import (
     FunctionDefinitionError,
     InputValidationError,
@@ -50,12 +48,12 @@ from orcapod_core.errors import (
 )
 from orcapod_core.executors import LocalPythonFunctionExecutor, PythonFunctionExecutor, check_executor
 from orcapod_core.function_identity import code_identity, git_hash, host_info
+from orcapod_core.function_signature import check_name_part, check_output_keys, check_packet_schema, signature_schemas
 from orcapod_core.hashing import ContentHash, hash_object
 from orcapod_core.types import (
     Schema,
     arrow_field,
     arrow_schema_to_json,
-    is_assignable,
     python_to_arrow,
     strict_array,
     type_to_string,
@@ -177,16 +175,16 @@ class PythonPacketFunction(PacketFunctionDescription):
         if identity not in ("source", "declared"):
             raise InputValidationError(f"function {py_name!r}: identity must be 'source' or 'declared', got {identity!r}")
         name = function.__name__ if function_name is None else function_name
-        _check_name_part(name, "function_name", py_name)
-        _check_name_part(version, "version", py_name)
+        check_name_part(name, "function_name", py_name)
+        check_name_part(version, "version", py_name)
 
         self._function = function
         self._function_name = name
         self._version = version
         self._identity_mode = identity
         self._is_async = inspect.iscoroutinefunction(function)
-        self._output_keys = _output_keys(output_keys, py_name)
-        self._input_schema, self._output_schema = _schemas(function, self._output_keys)
+        self._output_keys = check_output_keys(output_keys, py_name)
+        self._input_schema, self._output_schema = signature_schemas(function, self._output_keys)
         self._param_arrow = {p: python_to_arrow(t) for p, t in self._input_schema.items()}
         self._output_fields = [arrow_field(k, t) for k, t in self._output_schema.items()]
         self._output_arrow_schema = pa.schema(self._output_fields)
@@ -503,29 +501,6 @@ class PythonPacketFunction(PacketFunctionDescription):
         return arrays, bad
 
 
-def check_packet_schema(function_name: str, input_schema: Schema, packet_schema: Mapping[str, Any]) -> None:
-    """Raise :class:`SchemaMismatchError` listing every column of ``packet_schema`` that does
-    not fit a parameter of ``input_schema`` (and every required parameter without a column)."""
-    problems = []
-    optional = input_schema.optional_fields
-    for param, tp in input_schema.items():
-        if param not in packet_schema:
-            if param not in optional:
-                problems.append(f"parameter {param!r} ({type_to_string(tp)}) has no column in the stream")
-        elif not is_assignable(packet_schema[param], tp):
-            problems.append(
-                f"column {param!r} is {type_to_string(packet_schema[param])} but parameter {param!r} expects {type_to_string(tp)}"
-            )
-    for column, tp in packet_schema.items():
-        if column not in input_schema:
-            problems.append(f"column {column!r} ({type_to_string(tp)}) is not a parameter of the function")
-    if problems:
-        raise SchemaMismatchError(
-            f"function {function_name!r}: the input packet schema {dict(Schema(packet_schema).to_strings())} "
-            f"does not match its parameters {dict(input_schema.to_strings())}: " + "; ".join(problems)
-        )
-
-
 def _capturing(function: Callable[..., Any], is_async: bool) -> Callable[..., Any]:
     """Wrap ``function`` so each call returns ``(result, captured output)``."""
     if is_async:
@@ -544,72 +519,3 @@ def _capturing(function: Callable[..., Any], is_async: bool) -> Callable[..., An
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _check_name_part(value: Any, what: str, py_name: str) -> None:
-    if not isinstance(value, str) or not value or "::" in value or "/" in value or value != value.strip():
-        raise InputValidationError(
-            f"function {py_name!r}: {what} must be a non-empty string without '::' or '/', got {value!r}"
-        )
-
-
-def _output_keys(output_keys: str | Sequence[str], py_name: str) -> tuple[str, ...]:
-    keys = (output_keys,) if isinstance(output_keys, str) else tuple(output_keys)
-    if not keys:
-        raise FunctionDefinitionError(f"function {py_name!r}: output_keys must name at least one output column")
-    for k in keys:
-        try:
-            check_user_column(k, f"function {py_name!r} output key")
-        except InputValidationError as exc:
-            raise FunctionDefinitionError(str(exc)) from exc
-    dupes = sorted({k for k in keys if keys.count(k) > 1})
-    if dupes:
-        raise FunctionDefinitionError(f"function {py_name!r}: output keys {dupes} are repeated")
-    return keys
-
-
-def _schemas(function: Callable[..., Any], output_keys: tuple[str, ...]) -> tuple[Schema, Schema]:
-    py_name = function.__qualname__
-    try:
-        hints = typing.get_type_hints(function)
-    except Exception as exc:  # unresolvable forward references raise NameError, TypeError, ...
-        raise FunctionDefinitionError(f"function {py_name!r}: cannot resolve its type annotations: {exc}") from exc
-    signature = inspect.signature(function)
-    inputs: dict[str, Any] = {}
-    optional = []
-    for param in signature.parameters.values():
-        if param.kind is param.VAR_POSITIONAL:
-            raise FunctionDefinitionError(f"function {py_name!r}: *{param.name} is not allowed; declare each input as a named parameter")
-        if param.kind is param.VAR_KEYWORD:
-            raise FunctionDefinitionError(f"function {py_name!r}: **{param.name} is not allowed; declare each input as a named parameter")
-        if param.kind is param.POSITIONAL_ONLY:
-            raise FunctionDefinitionError(f"function {py_name!r}: positional-only parameter {param.name!r} cannot receive a packet column")
-        if param.name not in hints:
-            raise FunctionDefinitionError(f"function {py_name!r}: parameter {param.name!r} has no type annotation")
-        try:
-            check_user_column(param.name, f"function {py_name!r} parameter")
-        except InputValidationError as exc:
-            raise FunctionDefinitionError(str(exc)) from exc
-        tp = hints[param.name]
-        python_to_arrow(tp, f"function {py_name!r} parameter {param.name!r}")  # UnsupportedTypeError naming it
-        inputs[param.name] = tp
-        if param.default is not param.empty:
-            optional.append(param.name)
-
-    if "return" not in hints:
-        raise FunctionDefinitionError(f"function {py_name!r}: missing return type annotation (outputs {list(output_keys)})")
-    ret = hints["return"]
-    if len(output_keys) == 1:
-        types = [ret]
-    else:
-        args = typing.get_args(ret)
-        if typing.get_origin(ret) is not tuple or len(args) != len(output_keys) or Ellipsis in args:
-            raise FunctionDefinitionError(
-                f"function {py_name!r}: {len(output_keys)} output keys {list(output_keys)} need a return annotation "
-                f"tuple[...] of {len(output_keys)} types, got {type_to_string(ret)}"
-            )
-        types = list(args)
-    for key, tp in zip(output_keys, types):
-        python_to_arrow(tp, f"function {py_name!r} output {key!r}")
-    return Schema(inputs, optional), Schema(dict(zip(output_keys, types)))
-
