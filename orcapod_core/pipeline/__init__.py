@@ -9,9 +9,9 @@
 
 from orcapod_core.pipeline.derived import DerivedSource
 from orcapod_core.pipeline.graph import DEFAULT_STORE, Pipeline, RunResult
+from orcapod_core.pipeline.function_node import FunctionNode
 from orcapod_core.pipeline.nodes import (
     CacheMode,
-    FunctionNode,
     FunctionNodeProtocol,
     LoadStatus,
     Node,

@@ -30,7 +30,8 @@ from orcapod_core.databases import ArrowDatabase, validate_record_path
 from orcapod_core.errors import InvalidLabelError, InvalidPathError
 from orcapod_core.function_pods import FunctionPod
 from orcapod_core.operators import Operator
-from orcapod_core.pipeline.nodes import CacheMode, FunctionNode, Node, OperatorNode, SourceNode
+from orcapod_core.pipeline.function_node import FunctionNode
+from orcapod_core.pipeline.nodes import CacheMode, Node, OperatorNode, SourceNode
 from orcapod_core.pipeline.observers import ExecutionObserver, NodeStats
 from orcapod_core.result_cache import ResultCache, result_record_path
 from orcapod_core.sources import Source

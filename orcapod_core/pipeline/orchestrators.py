@@ -24,13 +24,8 @@ from typing import Any
 import pyarrow as pa
 
 from orcapod_core.executors import run_coroutine_sync
-from orcapod_core.pipeline.nodes import (
-    FunctionNode,
-    Node,
-    is_function_node,
-    is_operator_node,
-    is_source_node,
-)
+from orcapod_core.pipeline.function_node import FunctionNode
+from orcapod_core.pipeline.nodes import Node, is_function_node, is_operator_node, is_source_node
 from orcapod_core.pipeline.observers import ExecutionObserver, NodeStats, NoOpObserver
 from orcapod_core.streams import Stream, TableStream
 

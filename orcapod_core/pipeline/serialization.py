@@ -45,7 +45,8 @@ from orcapod_core.hashing import ContentHash, digests_to_hex, hash_rows
 from orcapod_core.operators import Operator
 from orcapod_core.packet_function_proxy import resolve_packet_function_from_config
 from orcapod_core.pipeline.derived import DerivedSource
-from orcapod_core.pipeline.nodes import NODE_CONTENT_COLUMN, CacheMode, FunctionNode, Node, OperatorNode, SourceNode
+from orcapod_core.pipeline.function_node import FunctionNode
+from orcapod_core.pipeline.nodes import NODE_CONTENT_COLUMN, CacheMode, Node, OperatorNode, SourceNode
 from orcapod_core.sources import CSVSource, DeltaTableSource, Source, file_source_from_config
 from orcapod_core.streams import Stream, StreamLayout, conform
 from orcapod_core.types import arrow_schema_from_json, arrow_schema_to_json

@@ -1,0 +1,433 @@
+"""FunctionNode: a function pod applied to upstream nodes, memoized per row and per packet
+(orcapod PR #84). One packet's path through a run:
+
+1. **entry ids** — for the current input, in one columnar pass, each row's input packet hash
+   and its entry id = hash(tag + system tags + input packet hash + node content hash);
+2. **lookup** — one anti-join of the entry ids against the stored entry-id column splits the
+   input into "recorded" and "new"; one result-cache lookup over the distinct packet hashes
+   splits what is left into "result exists" and "compute" (:mod:`.node_run` reads the store
+   once per run);
+3. **compute** — only the "compute" packets become Python calls, each distinct packet once,
+   in chunks that grow while they finish fast;
+4. **record** — results and pipeline records are written in batches during the run, in step:
+   a pipeline record is committed right after the result batch it links to (never before),
+   so a killed process loses at most the current batch of both, and no stored pipeline record
+   points to a missing result. Pipeline records hold the tag, system tags, the entry id, the
+   input packet hash (the link to the result record), the input packets' source info and
+   whether the packet was computed in that run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from orcapod_core.columns import source_column
+from orcapod_core.databases import ArrowDatabase
+from orcapod_core.datagrams import Packet, Tag
+from orcapod_core.errors import SchemaMismatchError
+from orcapod_core.function_pods import FunctionPod, FunctionPodStream
+from orcapod_core.hashing import ContentHash, digests_to_hex, hash_rows
+from orcapod_core.keysets import distinct, index_in, is_in
+from orcapod_core.operators import Join
+from orcapod_core.pipeline.node_run import NodeRun, entry_records
+from orcapod_core.pipeline.nodes import LoadStatus, Node
+from orcapod_core.pipeline.observers import ExecutionObserver, NodeStats, NoOpObserver
+from orcapod_core.result_cache import PACKET_HASH_COLUMN, CachedPacketFunction, ResultCache
+from orcapod_core.streams import Stream, StreamLayout, TableStream, conform
+from orcapod_core.tracking import untracked
+
+if TYPE_CHECKING:
+    from orcapod_core.executors import PythonFunctionExecutor
+
+__all__ = ["FunctionNode"]
+
+
+# --------------------------------------------------------------------------------------
+# Function nodes
+# --------------------------------------------------------------------------------------
+
+
+class FunctionNode(Node):
+    """A function pod applied to upstream nodes (joined first when there are several),
+    memoized twice: per row by entry id (pipeline records) and per packet by input packet
+    hash (the shared result cache)."""
+
+    kind = "function"
+    # Packets go to the executor in chunks — the unit of progress reports, observer events and
+    # result writes. Chunks start small and grow while they finish fast (cheap functions pay
+    # little per-chunk overhead), and shrink when slow (expensive functions still report often).
+    min_chunk, max_chunk, target_chunk_s = 16, 16_384, 0.5
+
+    def __init__(
+        self,
+        pod: FunctionPod,
+        upstream_nodes: Sequence[Node],
+        label: str,
+        database: ArrowDatabase,
+        record_path: tuple[str, ...],
+        result_cache: ResultCache,
+    ):
+        super().__init__(label, upstream_nodes, database, record_path)
+        self.pod = pod
+        self.result_cache = result_cache
+        self._stream = FunctionPodStream(pod, self._joined(self.upstream_nodes), inputs=self.upstream_nodes, label=label)
+
+    # -- structure --------------------------------------------------------------------
+    @staticmethod
+    def _joined(inputs: Sequence[Stream]) -> Stream:
+        if len(inputs) == 1:
+            return inputs[0]
+        with untracked():
+            return Join()(*inputs)
+
+    @property
+    def packet_function(self) -> Any:
+        return self.pod.packet_function
+
+    @property
+    def producer(self) -> FunctionPod:
+        return self.pod
+
+    def _own_load_status(self) -> LoadStatus:
+        return LoadStatus.READ_ONLY if getattr(self.packet_function, "is_bound", True) is False else LoadStatus.FULL
+
+    def identity_hash(self) -> ContentHash:
+        """The function's identity: the node's code version."""
+        return self.pod.identity_hash()
+
+    def _predict_layout(self) -> StreamLayout:
+        return self._stream.layout
+
+    def _identity_hashes(self) -> tuple[ContentHash, ContentHash]:
+        return self._stream.content_hash(), self._stream.pipeline_hash()
+
+    # -- reading without computing ------------------------------------------------------
+    def _compute_table(self) -> pa.Table:
+        """The stored outputs for the current input: never computes new results."""
+        table, _ = self._assemble(self._joined(self.upstream_nodes), compute=False)
+        return table
+
+    def join_inputs(self, inputs: Sequence[Stream]) -> Stream:
+        """The stream this node reads from its upstream outputs (joined when several)."""
+        return self._joined(inputs)
+
+    # -- orchestrator-facing ------------------------------------------------------------
+    def execute(
+        self,
+        input_stream: Stream | None = None,
+        observer: ExecutionObserver | None = None,
+        *,
+        error_policy: str = "continue",
+        executor: PythonFunctionExecutor | None = None,
+        run_id: str | None = None,
+    ) -> Stream:
+        """Bring the node up to date for ``input_stream`` (default: the join of its upstream
+        nodes' current outputs): compute what is missing, store it, and return this node with
+        its current rows."""
+        if error_policy not in ("continue", "fail_fast"):
+            raise ValueError(f"error_policy must be 'continue' or 'fail_fast', got {error_policy!r}")
+        stream = self._joined(self.upstream_nodes) if input_stream is None else input_stream
+        table, stats = self._assemble(
+            stream, compute=True, observer=observer or NoOpObserver(), error_policy=error_policy, executor=executor, run_id=run_id
+        )
+        self._set_output(table)
+        return self
+
+    def execute_packet(self, tag: Tag, packet: Packet, observer: ExecutionObserver | None = None) -> Packet | None:
+        """Compute (or fetch) one packet through the cache and record it; ``None`` if it failed."""
+        tag_table = tag.as_table(columns={"system_tags": True})
+        packet_table = packet.as_table(columns={"source": True})
+        row = pa.Table.from_arrays(
+            [*tag_table.columns, *packet_table.columns], names=[*tag_table.column_names, *packet_table.column_names]
+        )
+        layout = self._stream.input_stream.layout
+        stream = TableStream(row, layout.tag_columns, layout=layout)
+        self._assemble(stream, compute=True, observer=observer or NoOpObserver(), error_policy="continue")
+        out, _ = self._assemble(stream, compute=False)
+        if out.num_rows == 0:
+            return None
+        keys = list(self.packet_function.output_keys)
+        values = out.select(keys).to_pylist(maps_as_pydicts="strict")[0]
+        return Packet(values, hidden={source_column(k): out.column(source_column(k))[0].as_py() for k in keys})
+
+    def process_packet(self, tag: Tag, packet: Packet) -> dict[str, Any]:
+        """Pure computation of one packet (no cache, no records)."""
+        return self.packet_function.call(dict(packet))
+
+    # -- the engine -------------------------------------------------------------------
+    def _entry_ids(self, table: pa.Table, layout: StreamLayout, packet_hashes: pa.Array) -> pa.Array:
+        """Entry id per row = hash(tag + system tags + input packet hash + node content hash)."""
+        parts = table.select([*layout.tag_columns, *layout.system_tag_columns])
+        n = table.num_rows
+        parts = parts.append_column("__packet_hash", packet_hashes.cast(pa.large_binary()))
+        node_hash = pa.scalar(self.content_hash().digest, pa.large_binary())
+        parts = parts.append_column("__node_hash", pa.repeat(node_hash, n))
+        return digests_to_hex(hash_rows(parts))
+
+    def _assemble(
+        self,
+        stream: Stream,
+        *,
+        compute: bool,
+        observer: ExecutionObserver | None = None,
+        error_policy: str = "continue",
+        executor: PythonFunctionExecutor | None = None,
+        run_id: str | None = None,
+        report: bool = True,
+        run_state: NodeRun | None = None,
+    ) -> tuple[pa.Table, NodeStats]:
+        # ``run_state``: a run spread over several calls (the async orchestrator assembles a
+        # node batch by batch; see ``_begin_run``). Rows whose packets earlier batches computed
+        # count as computed, as when the whole input is assembled at once; the caller commits
+        # with ``run_state.finish()``. Without it this call is the whole run: it reads the
+        # store once and commits what it wrote before returning (or raising).
+        start = time.perf_counter()
+        observer = observer or NoOpObserver()
+        layout = stream.layout
+        if layout.schema != self._stream.input_stream.layout.schema:
+            raise SchemaMismatchError(
+                f"node {self.label!r}: input schema {layout.schema} differs from the compiled input schema "
+                f"{self._stream.input_stream.layout.schema}"
+            )
+        table = stream._table()
+        n = table.num_rows
+        if compute and report:
+            observer.on_node_start(self, n)
+        state = run_state if run_state is not None else NodeRun(self, run_id)
+        try:
+            return self._assemble_rows(
+                stream, table, state, compute=compute, observer=observer, error_policy=error_policy, executor=executor,
+                report=report, start=start,
+            )
+        except BaseException:
+            if compute and run_state is None:  # commit what was computed before the error
+                state.finish()
+            raise
+
+    def _assemble_rows(
+        self,
+        stream: Stream,
+        table: pa.Table,
+        state: NodeRun,
+        *,
+        compute: bool,
+        observer: ExecutionObserver,
+        error_policy: str,
+        executor: PythonFunctionExecutor | None,
+        report: bool,
+        start: float,
+    ) -> tuple[pa.Table, NodeStats]:
+        layout = stream.layout
+        n = table.num_rows
+        state.batches += 1
+        stats = NodeStats(self.label, self.kind, total=n)
+        pf = self.packet_function
+        keys = list(pf.output_keys)
+
+        digests = stream.packet_hashes()
+        hexes = digests_to_hex(digests)
+        # Phase 1: which rows are already recorded (the entry-id column, read once per run;
+        # only needed to compute and record, not to serve stored rows).
+        entry_ids = self._entry_ids(table, layout, digests) if n and compute else pa.array([], pa.large_string())
+        recorded = state.recorded(entry_ids)
+
+        # Phase 2: one result lookup for the distinct packet hashes of all rows; per row, the
+        # position of its stored result (null: to compute).
+        found = state.lookup(distinct(hexes))
+        position = index_in(hexes, found.column(PACKET_HASH_COLUMN))
+        stored = pc.is_valid(position)
+        missing = pc.unique(hexes.filter(pc.invert(stored)))  # in order of first appearance
+        if state.failed_hashes and len(missing):  # failed earlier in this run: not called again
+            missing = missing.filter(pc.invert(is_in(missing, pa.array(sorted(state.failed_hashes), pa.large_string()))))
+
+        computed_tables: list[pa.Table] = []
+        computed_hashes: list[pa.Array] = []
+        failed_hashes: set[str] = set()
+        first_error: BaseException | None = None
+        if compute and n:
+            # Rows served from stored results: recorded with the next result commit.
+            served = pc.indices_nonzero(pc.and_(pc.invert(recorded), stored))
+            state.stage(entry_records(table, layout, entry_ids, hexes, served, state.computed_mask(hexes.take(served)), state.run_id))
+        if compute and len(missing):
+            first_error = self._compute_missing(
+                stream, table, hexes, missing, recorded, entry_ids, state, observer, error_policy, executor,
+                computed_tables, computed_hashes, failed_hashes, stats,
+            )
+
+        # Outputs per row: stored results + what was computed now.
+        results = found
+        if computed_tables:
+            result_tables = [found] if found.num_rows else []
+            for h, t in zip(computed_hashes, computed_tables):
+                result_tables.append(t.select(keys).add_column(0, pa.field(PACKET_HASH_COLUMN, pa.large_string(), False), h).cast(self._result_schema()))
+            results = pa.concat_tables(result_tables)
+            position = index_in(hexes, results.column(PACKET_HASH_COLUMN))
+        available = pc.is_valid(position)
+        rows = pc.indices_nonzero(available)
+        everything = len(rows) == n  # the usual case: every row has its output (no copy of the rows)
+        out_layout = self.layout
+        out = table.select([*layout.tag_columns, *layout.system_tag_columns])
+        outputs = results.select(keys).take(position if everything else position.filter(available))
+        uri = pa.scalar(pf.uri, pa.large_string())
+        sep = pa.scalar("::", pa.large_string())
+        row_hashes = hexes
+        if not everything:
+            out, row_hashes = out.take(rows), hexes.take(rows)
+        for f in out_layout.fields(out_layout.packet_columns):
+            out = out.append_column(f, outputs.column(f.name))
+        for k in keys:
+            out = out.append_column(
+                pa.field(source_column(k), pa.large_string(), False),
+                pc.binary_join_element_wise(uri, row_hashes, pa.scalar(k, pa.large_string()), sep),
+            )
+
+        if compute:
+            # Rows whose packet was computed in this run (by this batch or an earlier one).
+            # Counts are calls, not rows: a packet computed now counts once (its other rows, and
+            # rows of packets an earlier batch of the run computed, are cached); a packet that
+            # raised counts once as failed.
+            stats.computed = sum(len(h) for h in computed_hashes)
+            stats.failed = len(failed_hashes)
+            stats.cached = len(rows) - stats.computed
+            state.failed_hashes |= failed_hashes
+            if not state.spans_calls:  # this call is the whole run: commit results, then records
+                state.finish()
+            stats.duration_s = time.perf_counter() - start
+            if report:
+                self.last_stats = stats
+                observer.on_node_end(self, stats)
+            if first_error is not None and error_policy == "fail_fast":
+                raise first_error
+        return conform(out, out_layout), stats
+
+    def _result_schema(self) -> pa.Schema:
+        pf = self.packet_function
+        return pa.schema([pa.field(PACKET_HASH_COLUMN, pa.large_string(), False), *pf.output_arrow_schema])
+
+    def _compute_missing(
+        self,
+        stream: Stream,
+        table: pa.Table,
+        hexes: pa.Array,
+        missing: pa.Array,
+        recorded: pa.Array,
+        entry_ids: pa.Array,
+        state: NodeRun,
+        observer: ExecutionObserver,
+        error_policy: str,
+        executor: PythonFunctionExecutor | None,
+        computed_tables: list[pa.Table],
+        computed_hashes: list[pa.Array],
+        failed_hashes: set[str],
+        stats: NodeStats,
+    ) -> BaseException | None:
+        """Compute each missing distinct packet once, chunk by chunk, storing as we go: each
+        chunk's results go to the result cache and its rows' pipeline records to ``state``,
+        which commits them once those results are committed."""
+        layout = stream.layout
+        pf = self.packet_function
+        cached_fn = CachedPacketFunction(pf, self.result_cache)
+        first_rows = index_in(missing, hexes)
+        packets = table.select(list(layout.packet_columns)).take(first_rows)
+        # Rows to record as their packets get computed (not recorded yet), ordered by their
+        # packet's position in ``missing`` (the compute order): a chunk's rows are one slice.
+        position = index_in(hexes, missing)
+        needs_record = pc.and_(pc.is_valid(position), pc.invert(recorded))
+        to_record = pl.DataFrame(
+            {"row": pc.indices_nonzero(needs_record).cast(pa.int64()), "pos": position.filter(needs_record).cast(pa.int64())}
+        ).sort("pos")
+        wants_events = getattr(observer, "wants_packet_events", True)
+        capture = getattr(observer, "wants_captured_output", False)
+        done = 0
+        total = len(missing)
+        state.progress_total += total
+        size = self.min_chunk
+        while done < total:
+            started = time.perf_counter()
+            chunk = packets.slice(done, size)
+            chunk_hashes = missing.slice(done, size)
+            chunk_rows = first_rows.slice(done, size)
+            tags = packets_objs = None
+            if wants_events:
+                tags, packets_objs = self._objects(table, layout, chunk_rows)
+                for t, p in zip(tags, packets_objs):
+                    observer.on_packet_start(self, t, p)
+            result = cached_fn._pf.call_batch(
+                chunk, fail_fast=error_policy == "fail_fast", executor=executor, capture=capture
+            )
+            if result.table.num_rows:
+                ok = pa.array(list(result.rows), pa.int64())
+                ok_hashes = chunk_hashes.take(ok)
+                cached_fn._store(ok_hashes, result.table, executor)
+                computed_tables.append(result.table)
+                computed_hashes.append(ok_hashes)
+                state.note_computed(ok_hashes, result.table)
+                lo = to_record["pos"].search_sorted(done, side="left")
+                hi = to_record["pos"].search_sorted(done + len(chunk), side="left")
+                chunk_records = to_record.slice(lo, hi - lo)
+                if len(result.rows) < len(chunk):  # failed packets get no record
+                    chunk_records = chunk_records.filter(pl.col("pos").is_in([done + i for i in result.rows]))
+                rows = chunk_records["row"].to_arrow()
+                state.stage(entry_records(table, layout, entry_ids, hexes, rows, True, state.run_id))
+            state.release()  # commits the staged records if the results they link to are committed
+            if wants_events:
+                outputs = result.table.to_pylist(maps_as_pydicts="strict")
+                for j, i in enumerate(result.rows):
+                    observer.on_packet_end(self, tags[i], packets_objs[i], outputs[j], False, result.captured.get(i))
+            for i, exc in result.errors.items():
+                failed_hashes.add(chunk_hashes[i].as_py())
+                message = f"{type(exc).__name__}: {exc}"
+                stats.errors.append(message)
+                if wants_events:
+                    observer.on_packet_crash(self, tags[i], packets_objs[i], exc, result.captured.get(i))
+                if error_policy == "fail_fast":
+                    tag = table.slice(chunk_rows[i].as_py(), 1).select(list(layout.tag_columns)).to_pylist()[0]
+                    exc.add_note(f"orcapod: node {self.label!r} ({pf.uri}) failed on the packet with tag {tag}")
+                    return exc
+            done += len(chunk)
+            state.progress_done += len(chunk)
+            progress = getattr(observer, "on_node_progress", None)
+            if progress is not None:  # cumulative over the run's batches
+                progress(self, state.progress_done, state.progress_total)
+            elapsed = time.perf_counter() - started
+            if elapsed < self.target_chunk_s / 2:
+                size = min(size * 2, self.max_chunk)
+            elif elapsed > self.target_chunk_s * 2:
+                size = max(size // 2, self.min_chunk)
+        return None
+
+    def _objects(self, table: pa.Table, layout: StreamLayout, rows: pa.Array) -> tuple[list[Tag], list[Packet]]:
+        sub = table.take(rows)
+        tag_schema = pa.schema(layout.fields([*layout.tag_columns, *layout.system_tag_columns]))
+        packet_schema = pa.schema(layout.fields([*layout.packet_columns, *layout.source_columns]))
+        tags = [
+            Tag({k: v for k, v in r.items() if k in layout.tag_columns}, hidden={k: r[k] for k in layout.system_tag_columns}, arrow_schema=tag_schema)
+            for r in sub.select(tag_schema.names).to_pylist(maps_as_pydicts="strict")
+        ]
+        packets = [
+            Packet({k: r[k] for k in layout.packet_columns}, hidden={k: r[k] for k in layout.source_columns}, arrow_schema=packet_schema)
+            for r in sub.select(packet_schema.names).to_pylist(maps_as_pydicts="strict")
+        ]
+        return tags, packets
+
+    def _begin_run(self, run_id: str | None = None) -> NodeRun:
+        """State for a run assembled over several ``_assemble(..., run_state=)`` calls; end it
+        with ``finish()`` (also when the run fails: it commits what was computed)."""
+        return NodeRun(self, run_id, spans_calls=True)
+
+    def get_pipeline_records(self) -> pa.Table | None:
+        """Every pipeline record of this node's table."""
+        return self.database.get_all_records(self.record_path)
+
+    def as_source(self) -> Stream:
+        from orcapod_core.pipeline.derived import DerivedSource
+
+        return DerivedSource(self)
+
+

@@ -1,0 +1,212 @@
+"""One run of a function node: the store read once per run, and pipeline records committed in
+step with the result batches they link to.
+
+A run may span several ``_assemble`` calls (the async orchestrator assembles a node batch by
+batch as its input arrives); its :class:`NodeRun` reads the stored entry ids and results once
+and answers later batches in memory, so a batch never costs time proportional to the stored
+tables.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from orcapod_core.columns import source_column
+from orcapod_core.keysets import is_in
+from orcapod_core.pipeline.key_index import KeyIndex
+from orcapod_core.pipeline.nodes import COMPUTED_COLUMN, ENTRY_ID_COLUMN, INPUT_SOURCE_COLUMN, RUN_ID_COLUMN
+from orcapod_core.result_cache import PACKET_HASH_COLUMN
+from orcapod_core.streams import StreamLayout
+
+if TYPE_CHECKING:
+    from orcapod_core.pipeline.function_node import FunctionNode
+
+__all__ = ["NodeRun", "entry_records"]
+
+_INPUT_SOURCE_TYPE = pa.map_(pa.field("key", pa.large_string(), False), pa.field("value", pa.large_string(), True))
+
+
+class NodeRun:
+    """One run of a :class:`FunctionNode`: a single ``_assemble`` call (sync orchestrator,
+    ``execute``) or many (``spans_calls``: the async orchestrator assembles a node batch by
+    batch as its input arrives).
+
+    * The store is read once per run: the stored entry-id column, and the result table. The
+      first batch looks its packets up directly (a run whose input arrives in one piece does
+      exactly one lookup); later batches are answered in memory from the result table read
+      once (:class:`~orcapod_core.pipeline.key_index.KeyIndex`), so no batch costs time
+      proportional to the stored tables, and packets computed by earlier batches are found
+      (computed once per run).
+    * Pipeline records wait here until every result they may link to is committed (the
+      result database holds no pending rows of the function's table), then are committed as
+      one transaction: records reach the store in step with the result batches (the result
+      database's size/time-bounded batching), so a killed process loses at most the current
+      batch of both and never leaves a pipeline record whose result is missing.
+    """
+
+    def __init__(self, node: FunctionNode, run_id: str | None, spans_calls: bool = False):
+        self.node = node
+        self.run_id = run_id or uuid.uuid4().hex
+        self.spans_calls = spans_calls
+        self.batches = 0  # _assemble calls so far
+        # Progress events: distinct packets computed so far / found missing so far in the run.
+        self.progress_done = 0
+        self.progress_total = 0
+        self._stored_ids: pa.Array | None = None
+        self._stored_index: KeyIndex | None = None
+        self._results: KeyIndex | None = None
+        self._computed: list[pa.Array] = []
+        self._computed_index: KeyIndex | None = None
+        self._waiting: list[pa.Table] = []
+        #: Packets (hex hashes) whose function raised in this run: later batches do not call them again.
+        self.failed_hashes: set[str] = set()
+
+    # -- lookups --------------------------------------------------------------------------
+    def recorded(self, entry_ids: pa.Array) -> pa.Array:
+        """Per row: is its entry id stored (as of the run's first batch)?"""
+        n = len(entry_ids)
+        if n == 0:
+            return pa.array([], pa.bool_())
+        node = self.node
+        stored = self._stored_ids
+        if stored is None:
+            stored = node.database.get_column(node.record_path, ENTRY_ID_COLUMN)
+            if stored is None:
+                stored = pa.array([], pa.large_string())
+            if self.spans_calls:  # later batches look up against it (a one-call run keeps nothing)
+                self._stored_ids = stored
+        if not len(stored):
+            return _falses(n)
+        if self.batches <= 1:
+            return is_in(entry_ids, stored)
+        if self._stored_index is None:
+            self._stored_index = KeyIndex(ENTRY_ID_COLUMN, pa.table({ENTRY_ID_COLUMN: stored}))
+        return self._stored_index.contains(entry_ids)
+
+    def lookup(self, unique: pa.Array) -> pa.Table:
+        """Stored results of the distinct packet hashes ``unique`` (packet hash + outputs, in
+        the node's result schema)."""
+        node = self.node
+        schema = node._result_schema()
+        if not len(unique):
+            return schema.empty_table()
+        outputs = schema.names[1:]  # only what the node's rows need is read
+        if self.batches <= 1:
+            return _project(node.result_cache.lookup(unique, columns=outputs), schema)
+        if self._results is None:
+            self._results = KeyIndex(PACKET_HASH_COLUMN, _project(node.result_cache.get_all_records(columns=outputs), schema))
+        found = self._results.take(unique)
+        return schema.empty_table() if found is None else found
+
+    def note_computed(self, hashes: pa.Array, outputs: pa.Table) -> None:
+        """Packets this run computed (and stored), with their outputs."""
+        self._computed.append(hashes)
+        if self._computed_index is not None:
+            self._computed_index.add(pa.table({PACKET_HASH_COLUMN: hashes}))
+        if self._results is not None:
+            schema = self.node._result_schema()
+            self._results.add(outputs.select(schema.names[1:]).add_column(0, schema.field(0), hashes).cast(schema))
+
+    def computed_mask(self, hexes: pa.Array) -> pa.Array:
+        """Per row: was its packet computed by this run (this batch or an earlier one)?"""
+        n = len(hexes)
+        if not self._computed or n == 0:
+            return _falses(n)
+        if self.batches <= 1:
+            return is_in(hexes, pa.concat_arrays(self._computed))
+        if self._computed_index is None:
+            self._computed_index = KeyIndex(PACKET_HASH_COLUMN, pa.table({PACKET_HASH_COLUMN: pa.concat_arrays(self._computed)}))
+        return self._computed_index.contains(hexes)
+
+    # -- writing --------------------------------------------------------------------------
+    def stage(self, records: pa.Table) -> None:
+        """Pipeline records to commit once the results they link to are committed."""
+        if records.num_rows:
+            self._waiting.append(records)
+
+    def release(self) -> None:
+        """Commit the waiting pipeline records if no result of the function's table is pending
+        (they were committed, by this handle or another); else they wait for the next commit."""
+        if not self._waiting:
+            return
+        cache = self.node.result_cache
+        pending = getattr(cache.database, "pending_count", None)
+        if pending is None or pending(cache.record_path):
+            return
+        self._commit_records()
+
+    def finish(self) -> None:
+        """End of the run (also a failed one): commit the results, then the pipeline records."""
+        self.node.result_cache.flush()
+        self._commit_records()
+
+    def _commit_records(self) -> None:
+        node = self.node
+        waiting, self._waiting = self._waiting, []
+        for records in waiting:
+            node.database.add_records(node.record_path, records)
+        node.database.flush_path(node.record_path)
+
+
+def _falses(n: int) -> pa.Array:
+    return pa.repeat(pa.scalar(False, pa.bool_()), n)
+
+
+def _project(found: pa.Table | None, schema: pa.Schema) -> pa.Table:
+    """Result records reduced to packet hash + outputs, in ``schema``."""
+    if found is None or found.num_rows == 0:
+        return schema.empty_table()
+    return found.select(schema.names).cast(schema)
+
+
+def _source_map(table: pa.Table, layout: StreamLayout) -> pa.Array:
+    """Input source info per row as a map ``{packet column: source info}`` (list-valued source
+    info, e.g. after a Batch, is stored as its JSON text)."""
+    n = table.num_rows
+    cols = [c for c in layout.packet_columns if source_column(c) in table.column_names]
+    if not cols or n == 0:
+        return pa.array([[] for _ in range(n)], _INPUT_SOURCE_TYPE)
+    k = len(cols)
+    texts = []
+    for c in cols:
+        col = table.column(source_column(c)).combine_chunks()
+        if not pa.types.is_large_string(col.type):
+            col = pa.array([None if v is None else json.dumps(v) for v in col.to_pylist()], pa.large_string())
+        texts.append(col)
+    keys = pa.concat_arrays([pa.repeat(pa.scalar(c, pa.large_string()), n) for c in cols])
+    values = pa.concat_arrays(texts)
+    if k > 1:  # interleave row-major: row 0 col 0, row 0 col 1, ..., row 1 col 0, ...
+        i = pa.array(range(n * k), pa.int64())
+        col_of = pc.subtract(i, pc.multiply(pc.divide(i, pa.scalar(k, pa.int64())), pa.scalar(k, pa.int64())))
+        row_of = pc.divide(i, pa.scalar(k, pa.int64()))
+        order = pc.add(pc.multiply(col_of, pa.scalar(n, pa.int64())), row_of)
+        keys, values = keys.take(order), values.take(order)
+    offsets = pa.array(range(0, n * k + 1, k), pa.int32())
+    return pa.MapArray.from_arrays(offsets, keys, values, type=_INPUT_SOURCE_TYPE)
+
+
+def entry_records(
+        table: pa.Table,
+        layout: StreamLayout,
+        entry_ids: pa.Array,
+        hexes: pa.Array,
+        rows: pa.Array,
+        computed: bool | pa.Array,
+        run_id: str,
+    ) -> pa.Table:
+        """Pipeline records for ``rows`` of ``table`` (tags, system tags, entry id, packet hash
+        link, input source info, computed flag: one for all, or one per row of ``rows``)."""
+        records = table.select([*layout.tag_columns, *layout.system_tag_columns]).take(rows)
+        records = records.append_column(pa.field(ENTRY_ID_COLUMN, pa.large_string(), False), entry_ids.take(rows))
+        records = records.append_column(pa.field(PACKET_HASH_COLUMN, pa.large_string(), False), hexes.take(rows))
+        records = records.append_column(pa.field(INPUT_SOURCE_COLUMN, _INPUT_SOURCE_TYPE), _source_map(table.take(rows), layout))
+        if isinstance(computed, bool):
+            computed = pa.repeat(pa.scalar(computed, pa.bool_()), len(rows))
+        records = records.append_column(pa.field(COMPUTED_COLUMN, pa.bool_(), False), computed)
+        run = pa.scalar(run_id, pa.large_string())
+        return records.append_column(pa.field(RUN_ID_COLUMN, pa.large_string(), False), pa.repeat(run, len(rows)))
