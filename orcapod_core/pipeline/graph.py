@@ -319,6 +319,7 @@ class Pipeline:
         ``allowed_modules=["my_lab", ...]`` (module-name prefixes, covering submodules) a module
         outside the list is never imported — :class:`~orcapod_core.errors.PipelineLoadError` —
         and plain typed functions inside it are accepted; orcapod_core's operators always are.
+        A relative data or store path that climbs out of the file's folder (``..``) is refused.
 
         >>> p = Pipeline.load("pipeline.json")                     # doctest: +SKIP
         >>> {n.label: n.load_status.value for n in p}              # doctest: +SKIP

@@ -21,8 +21,10 @@ they come from. Sources that cannot be rebuilt from config (in-memory data) have
 written to the pipeline database at save time; on load they are ``UNAVAILABLE`` and serve
 those rows, so every node below them still serves its stored results (``CACHE_ONLY``).
 
-Local database paths are saved relative to the JSON file, so a project folder can be moved
-or copied to another machine with its store.
+Local paths (databases, CSV/Delta sources) inside the JSON file's folder are saved relative
+to it (``relative_to_file: true``), so a project folder can be moved or copied to another
+machine with its store; paths outside it are saved absolute. On load, a relative path that
+climbs out of the file's folder (``../elsewhere``) is refused.
 
 Trust: loading imports the modules the file names (their top-level code runs). By default
 a function must be an orcapod function pod (decorated with ``@function_pod``) and an operator
@@ -148,11 +150,37 @@ def _class_path(obj: Any) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+def _climbs_out(relative: str) -> bool:
+    """True when a relative path leaves its base folder (``..``, ``a/../..``)."""
+    return Path(os.path.normpath(relative)).parts[:1] == ("..",)
+
+
+def _saved_path(path: str, base_dir: Path) -> tuple[str, bool]:
+    """How a local path is written: ``(path relative to base_dir, True)`` when it lies inside
+    ``base_dir`` (as given or with symlinks resolved), else ``(absolute path, False)``."""
+    for candidate in (os.path.abspath(path), os.path.realpath(path)):
+        try:
+            relative = os.path.relpath(candidate, base_dir)
+        except ValueError:  # another drive (Windows)
+            continue
+        if not _climbs_out(relative):
+            return relative, True
+    return os.path.abspath(path), False
+
+
+def _with_saved_path(config: dict[str, Any], key: str, base_dir: Path) -> dict[str, Any]:
+    config[key], relative = _saved_path(config[key], base_dir)
+    if relative:
+        config["relative_to_file"] = True
+    else:
+        config.pop("relative_to_file", None)
+    return config
+
+
 def _database_config(db: ArrowDatabase, base_dir: Path) -> dict[str, Any]:
     config = dict(db.to_config())
     if config.get("type") == "delta" and "://" not in str(config.get("base_uri", "")):
-        config["base_uri"] = os.path.relpath(os.path.abspath(config["base_uri"]), base_dir)
-        config["relative_to_file"] = True
+        _with_saved_path(config, "base_uri", base_dir)
     return config
 
 
@@ -166,8 +194,7 @@ def _source_description(node: SourceNode, base_dir: Path) -> dict[str, Any]:
     config = stream.to_config() if isinstance(stream, (CSVSource, DeltaTableSource)) else None
     if config is not None:
         if "://" not in config["path"]:
-            config["path"] = os.path.relpath(os.path.abspath(config["path"]), base_dir)
-            config["relative_to_file"] = True
+            _with_saved_path(config, "path", base_dir)
         info["config"] = config
         return info
     if isinstance(stream, StoredSource):  # saving a loaded pipeline again: as it was saved
@@ -291,6 +318,20 @@ class _LoadOptions:
     allowed_modules: tuple[str, ...] | None  # None: any module, but functions must be pods
 
 
+def _local_path(path: str, relative_to_file: bool, options: _LoadOptions, reader: _Reader, what: str) -> str:
+    """A saved path ready to open. A relative path that climbs out of the file's folder is
+    refused: a shared project folder must not reach files beside it unless it says so with an
+    absolute path."""
+    if "://" in path or os.path.isabs(path):
+        return path
+    if _climbs_out(path):
+        raise reader.error(
+            f"{what} is {path!r}, a relative path that climbs out of the pipeline file's folder ({options.base_dir}); "
+            "a path outside that folder must be absolute"
+        )
+    return str((options.base_dir / path).resolve()) if relative_to_file else path
+
+
 def _open_database(config: Any, options: _LoadOptions, field: str, reader: _Reader) -> ArrowDatabase:
     if not isinstance(config, Mapping):
         raise reader.error(f"field {field!r} must be a database config object")
@@ -302,8 +343,8 @@ def _open_database(config: Any, options: _LoadOptions, field: str, reader: _Read
     config = dict(config)
     if config.get("type") == "delta":
         uri = reader.get(config, "base_uri", str, f"field {field!r}")
-        if config.pop("relative_to_file", False):
-            config["base_uri"] = uri = str((options.base_dir / uri).resolve())
+        relative = bool(config.pop("relative_to_file", False))
+        config["base_uri"] = uri = _local_path(uri, relative, options, reader, f"field {field!r}: the database path")
         if "://" not in uri and not Path(uri).is_dir():
             raise reader.error(f"field {field!r}: the database path {uri!r} does not exist")
     try:
@@ -446,8 +487,9 @@ def _load_source(
         return _load_derived_source(entry, info, where, options, reader, pipeline, outer)
     if "config" in info:
         config = dict(reader.get(info, "config", dict, where))
-        if config.pop("relative_to_file", False):
-            config["path"] = str((options.base_dir / config["path"]).resolve())
+        path = reader.get(config, "path", str, f"{where} source config")
+        relative = bool(config.pop("relative_to_file", False))
+        config["path"] = _local_path(path, relative, options, reader, f"{where}: field 'source.config.path'")
         try:
             return file_source_from_config(config, options.storage_options)
         except (OrcapodError, OSError) as exc:

@@ -444,6 +444,14 @@ def _with_operator(text: str, label: str, class_path: str) -> str:
     return json.dumps(description)
 
 
+def _with_source_path(text: str, path: str, relative: bool = True) -> str:
+    description = json.loads(text)
+    config = next(n for n in description["nodes"] if n["label"] == "data")["source"]["config"]
+    config["path"] = path
+    config["relative_to_file"] = relative
+    return json.dumps(description)
+
+
 def _store_state(db: DeltaTableDatabase) -> dict:
     return {path: db.table_version(path) for path in db.list_tables()}
 
@@ -471,9 +479,18 @@ def _store_state(db: DeltaTableDatabase) -> dict:
          r"node 'doubled': .*collections:OrderedDict, which is a type, not a function"),
         (lambda text: _with_operator(text, "batched", "json:JSONDecoder"), r"node 'batched': 'json:JSONDecoder' is not an Operator"),
         (lambda text: _with_operator(text, "batched", "os:system"), r"node 'batched': 'os:system' is not a class"),
+        (lambda text: _with_source_path(text, "../data.csv"),
+         r"node 'data': field 'source.config.path' is '../data.csv', a relative path that climbs out of the pipeline file's folder"),
+        (lambda text: _with_source_path(text, "inner/../../data.csv", relative=False),
+         r"node 'data': field 'source.config.path' is 'inner/../../data.csv', a relative path that climbs out"),
+        (lambda text: json.dumps({**json.loads(text), "pipeline_database": {"type": "delta", "base_uri": "../store", "relative_to_file": True}}),
+         r"field 'pipeline_database': the database path is '../store', a relative path that climbs out"),
+        (lambda text: json.dumps({**json.loads(text), "result_database": {"type": "delta", "base_uri": "store/../../x"}}),
+         r"field 'result_database': the database path is 'store/../../x', a relative path that climbs out"),
     ],
     ids=["corrupt", "version", "format", "missing-db", "memory-db", "edge", "field", "non-function",
-         "plain-function", "builtin", "class", "not-an-operator", "operator-builtin"],
+         "plain-function", "builtin", "class", "not-an-operator", "operator-builtin",
+         "source-dotdot", "source-dotdot-inner", "db-dotdot", "result-db-dotdot"],
 )
 def test_bad_saved_files_raise_specific_errors_and_touch_nothing(tmp_path, funcs, mutate, match):
     p = build(tmp_path, funcs)
@@ -499,6 +516,10 @@ def test_saved_store_path_is_relative_to_the_file_so_the_folder_can_move(tmp_pat
     p = build(project, funcs)
     p.run()
     p.save(project / "p.json")
+    description = json.loads((project / "p.json").read_text())
+    assert description["pipeline_database"]["base_uri"] == "store" and description["pipeline_database"]["relative_to_file"]
+    data = node_entry(description, "data")["source"]["config"]
+    assert data["path"] == "data.csv" and data["relative_to_file"]
     moved = tmp_path / "moved"
     project.rename(moved)
     q = Pipeline.load(moved / "p.json")
@@ -782,3 +803,57 @@ def test_module_allowed_matches_whole_module_names():
     assert [module_allowed(m, prefixes) for m in ("my_lab", "my_lab.x", "my_lab.x.y", "my_labs", "my", "x.my_lab")] == [
         True, True, True, False, False, False,
     ]
+
+
+# --------------------------------------------------------------------------------------
+# Paths outside the pipeline file's folder
+# --------------------------------------------------------------------------------------
+
+
+def test_paths_outside_the_file_folder_are_saved_absolute_and_load_after_a_move(tmp_path, funcs):
+    project = tmp_path / "project"
+    project.mkdir()
+    p = build(tmp_path, funcs, DeltaTableDatabase(project / "store"))  # data.csv beside the project
+    p.run()
+    saved = p.save(project / "p.json")
+    description = json.loads(saved.read_text())
+    store = description["pipeline_database"]
+    data = node_entry(description, "data")["source"]["config"]
+    assert (store["base_uri"], store["relative_to_file"]) == ("store", True)  # inside: relative
+    assert data["path"] == str(tmp_path / "data.csv") and "relative_to_file" not in data  # outside: absolute
+    assert ".." not in saved.read_text()
+
+    moved = tmp_path / "moved"
+    project.rename(moved)
+    q = Pipeline.load(moved / "p.json")
+    assert Path(q.pipeline_database.base_uri) == (moved / "store").resolve()
+    assert q.data.load_status is LoadStatus.FULL and q.data.source.path == str(tmp_path / "data.csv")
+    assert q.run().computed == 0
+    assert q.doubled.as_table().equals(p.doubled.as_table())
+
+
+def test_a_store_outside_the_file_folder_is_saved_absolute(tmp_path, funcs):
+    p = build(tmp_path, funcs)  # store and data in tmp_path, the file one folder below
+    p.run()
+    saved = p.save(tmp_path / "shared" / "deep" / "p.json")
+    description = json.loads(saved.read_text())
+    assert description["pipeline_database"]["base_uri"] == str(tmp_path / "store")
+    assert "relative_to_file" not in description["pipeline_database"]
+    assert node_entry(description, "data")["source"]["config"]["path"] == str(tmp_path / "data.csv")
+    q = Pipeline.load(saved)
+    assert q.run().computed == 0 and q.summary.as_table().equals(p.summary.as_table())
+    # saved again beside the data: relative again
+    again = json.loads(q.save(tmp_path / "again.json").read_text())
+    assert again["pipeline_database"]["base_uri"] == "store" and again["pipeline_database"]["relative_to_file"]
+
+
+def test_a_symlinked_store_inside_the_folder_stays_relative(tmp_path, funcs):
+    project = tmp_path / "project"
+    project.mkdir()
+    (tmp_path / "big_disk").mkdir()
+    (project / "store").symlink_to(tmp_path / "big_disk", target_is_directory=True)
+    p = build(project, funcs)
+    p.run()
+    description = json.loads(p.save(project / "p.json").read_text())
+    assert description["pipeline_database"]["base_uri"] == "store"
+    assert Pipeline.load(project / "p.json").run().computed == 0
