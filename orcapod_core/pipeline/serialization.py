@@ -327,7 +327,7 @@ def _local_path(path: str, relative_to_file: bool, options: _LoadOptions, reader
     if _climbs_out(path):
         raise reader.error(
             f"{what} is {path!r}, a relative path that climbs out of the pipeline file's folder ({options.base_dir}); "
-            "a path outside that folder must be absolute"
+            "a path outside that folder must be absolute: write it so if that location is intended"
         )
     return str((options.base_dir / path).resolve()) if relative_to_file else path
 
@@ -462,8 +462,10 @@ def _build_node(
         return pipeline._source_node(_load_source(entry, where, options, reader, pipeline, description), label)
     if kind == "function":
         config = reader.get(entry, "function", dict, where)
-        allowed = options.allowed_modules
-        pf = resolve_packet_function_from_config(config, fallback_to_proxy=True, allowed_modules=allowed, require_pod=allowed is None)
+        allowed = options.allowed_modules  # no list: any module, but only decorated pods
+        pf = resolve_packet_function_from_config(
+            config, fallback_to_proxy=True, allowed_modules=allowed, require_pod=allowed is None
+        )
         return pipeline._function_node(FunctionPod(pf), upstream, label)
     if kind == "operator":
         op_entry = reader.get(entry, "operator", dict, where)
