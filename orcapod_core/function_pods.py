@@ -58,13 +58,25 @@ class FunctionPod:
         self._packet_function = packet_function
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], fallback_to_proxy: bool = False) -> FunctionPod:
-        """A pod over :func:`~orcapod_core.packet_function_proxy.resolve_packet_function_from_config`.
+    def from_config(
+        cls,
+        config: Mapping[str, Any],
+        fallback_to_proxy: bool = False,
+        *,
+        allowed_modules: Sequence[str] | None = None,
+        require_pod: bool = False,
+    ) -> FunctionPod:
+        """A pod over :func:`~orcapod_core.packet_function_proxy.resolve_packet_function_from_config`
+        (``allowed_modules`` / ``require_pod``: which modules may be imported and what is accepted).
 
         >>> FunctionPod.from_config(pod.packet_function.to_config()).uri == pod.uri   # doctest: +SKIP
         True
         """
-        return cls(resolve_packet_function_from_config(config, fallback_to_proxy))
+        return cls(
+            resolve_packet_function_from_config(
+                config, fallback_to_proxy, allowed_modules=allowed_modules, require_pod=require_pod
+            )
+        )
 
     @property
     def packet_function(self) -> PythonPacketFunction | PacketFunctionProxy:
@@ -247,6 +259,16 @@ def function_pod(
     return decorate
 
 
-def function_pod_from_config(config: Mapping[str, Any], fallback_to_proxy: bool = False) -> FunctionPod:
-    """``FunctionPod(resolve_packet_function_from_config(config, fallback_to_proxy))``."""
-    return FunctionPod(resolve_packet_function_from_config(config, fallback_to_proxy))
+def function_pod_from_config(
+    config: Mapping[str, Any],
+    fallback_to_proxy: bool = False,
+    *,
+    allowed_modules: Sequence[str] | None = None,
+    require_pod: bool = False,
+) -> FunctionPod:
+    """``FunctionPod.from_config(config, fallback_to_proxy, allowed_modules=..., require_pod=...)``.
+
+    >>> function_pod_from_config(saved, allowed_modules=["my_lab"]).uri == saved["uri"]   # doctest: +SKIP
+    True
+    """
+    return FunctionPod.from_config(config, fallback_to_proxy, allowed_modules=allowed_modules, require_pod=require_pod)

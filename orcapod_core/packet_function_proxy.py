@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -30,6 +30,7 @@ from orcapod_core.errors import FunctionBindError, PacketFunctionUnavailableErro
 from orcapod_core.executors import LocalPythonFunctionExecutor, PythonFunctionExecutor, check_executor
 from orcapod_core.packet_function import BatchResult, PacketFunctionDescription, PythonPacketFunction
 from orcapod_core.hashing import ContentHash
+from orcapod_core.module_policy import allowed_module_prefixes, module_allowed
 from orcapod_core.types import Schema, arrow_field, arrow_schema_from_json, type_from_string
 
 __all__ = ["PacketFunctionProxy", "resolve_packet_function_from_config"]
@@ -276,8 +277,44 @@ def _import_callable(module: str, qualname: str) -> Any:
     return obj
 
 
+def _is_decorated_pod(obj: Any, function: Any) -> bool:
+    """True when ``obj`` carries the pod ``@function_pod`` put on ``function`` (``fn.pod``).
+
+    Checked by what the decorator leaves, not by class, so this module needs no import of
+    :mod:`orcapod_core.function_pods` (which imports it)."""
+    packet_function = getattr(getattr(obj, "pod", None), "packet_function", None)
+    return isinstance(packet_function, PythonPacketFunction) and packet_function.function in (obj, function)
+
+
+def _check_may_import(module: str, where: str, allowed_modules: tuple[str, ...] | None) -> None:
+    if allowed_modules is not None and not module_allowed(module, allowed_modules):
+        raise PipelineLoadError(
+            f"function {where}: module {module!r} is not in allowed_modules {list(allowed_modules)}, so it was not imported"
+        )
+
+
+def _check_trusted(obj: Any, function: Any, where: str, allowed_modules: tuple[str, ...] | None, require_pod: bool) -> None:
+    """Refuse what the loading policy does not accept (see :func:`resolve_packet_function_from_config`)."""
+    if allowed_modules is not None:
+        defined_in = getattr(function, "__module__", None) or "?"
+        if not module_allowed(defined_in, allowed_modules):
+            raise PipelineLoadError(
+                f"function {where} is defined in module {defined_in!r}, which is not in allowed_modules {list(allowed_modules)}"
+            )
+    elif require_pod and not _is_decorated_pod(obj, function):
+        raise PipelineLoadError(
+            f"packet function config field 'callable' names {where}, a plain function, not an orcapod function pod "
+            f"(a function decorated with @function_pod); pass allowed_modules= covering {where.partition(':')[0]!r} "
+            "to load plain functions from a module you trust"
+        )
+
+
 def resolve_packet_function_from_config(
-    config: Mapping[str, Any], fallback_to_proxy: bool = False
+    config: Mapping[str, Any],
+    fallback_to_proxy: bool = False,
+    *,
+    allowed_modules: Sequence[str] | None = None,
+    require_pod: bool = False,
 ) -> PythonPacketFunction | PacketFunctionProxy:
     """Rebuild a packet function from :meth:`PythonPacketFunction.to_config` output.
 
@@ -287,26 +324,38 @@ def resolve_packet_function_from_config(
     ``fallback_to_proxy=True``, returns a :class:`PacketFunctionProxy`. A config naming an
     object that is not a function raises :class:`PipelineLoadError` either way.
 
+    What may be imported (importing runs the module's top-level code) and accepted:
+
+    - ``allowed_modules`` (module-name prefixes, see :mod:`orcapod_core.module_policy`): a
+      module outside the list is never imported (:class:`PipelineLoadError`); a function from
+      inside it is accepted as it is, decorated or not, and must be defined there.
+    - otherwise, with ``require_pod=True`` (what :meth:`Pipeline.load` does by default), the
+      named object must be a function decorated with ``@function_pod`` (it has ``fn.pod``).
+
     >>> pf = resolve_packet_function_from_config(fn.pod.packet_function.to_config())  # doctest: +SKIP
+    >>> resolve_packet_function_from_config(config, allowed_modules=["my_lab"])        # doctest: +SKIP
     """
     config = _check_config(config)
-    where = f"{config['module']}:{config['callable']}"
+    allowed = allowed_module_prefixes(allowed_modules)
+    module, where = str(config["module"]), f"{config['module']}:{config['callable']}"
     if config["type"] != PythonPacketFunction.function_type:
         reason = f"unknown function type {config['type']!r}"
     else:
+        _check_may_import(module, where, allowed)
         try:
-            obj = _import_callable(str(config["module"]), str(config["callable"]))
+            obj = _import_callable(module, str(config["callable"]))
         except LookupError as exc:
             reason = str(exc)
         else:
-            obj = getattr(obj, "__wrapped__", obj)
-            if not inspect.isfunction(obj):
+            function = getattr(obj, "__wrapped__", obj)
+            if not inspect.isfunction(function):
                 raise PipelineLoadError(
-                    f"packet function config field 'callable' names {where}, which is a {type(obj).__name__}, not a function"
+                    f"packet function config field 'callable' names {where}, which is a {type(function).__name__}, not a function"
                 )
+            _check_trusted(obj, function, where, allowed, require_pod)
             try:
                 return PythonPacketFunction(
-                    obj,
+                    function,
                     list(config["output_keys"]),
                     function_name=str(config["function_name"]),
                     version=str(config["version"]),

@@ -34,7 +34,6 @@ from orcapod_core.pipeline.function_node import FunctionNode
 from orcapod_core.pipeline.nodes import CacheMode, Node, OperatorNode, SourceNode
 from orcapod_core.pipeline.observers import ExecutionObserver, NodeStats
 from orcapod_core.result_cache import ResultCache, result_record_path
-from orcapod_core.sources import Source
 from orcapod_core.streams import Stream
 from orcapod_core.tracking import Invocation, tracking
 
@@ -330,17 +329,30 @@ class Pipeline:
         result_database: ArrowDatabase | None = None,
         *,
         storage_options: dict[str, str] | None = None,
+        allowed_modules: Sequence[str] | None = None,
     ) -> Pipeline:
         """Rebuild a pipeline saved with :meth:`save`; each node gets a ``load_status``
         (:class:`~orcapod_core.pipeline.nodes.LoadStatus`). Functions that cannot be imported
         become :class:`~orcapod_core.packet_function_proxy.PacketFunctionProxy` (``READ_ONLY``).
 
+        Loading imports the modules the file names, so their top-level code runs: load files
+        you trust. By default (``allowed_modules=None``) any module may be imported, but a
+        function must be an orcapod function pod (decorated with ``@function_pod``) and an
+        operator an :class:`~orcapod_core.operators.Operator` subclass. With
+        ``allowed_modules=["my_lab", ...]`` (module-name prefixes, covering submodules) a module
+        outside the list is never imported — :class:`~orcapod_core.errors.PipelineLoadError` —
+        and plain typed functions inside it are accepted; orcapod_core's operators always are.
+        A relative data or store path that climbs out of the file's folder (``..``) is refused.
+
         >>> p = Pipeline.load("pipeline.json")                     # doctest: +SKIP
         >>> {n.label: n.load_status.value for n in p}              # doctest: +SKIP
+        >>> Pipeline.load("pipeline.json", allowed_modules=["my_lab"])   # doctest: +SKIP
         """
         from orcapod_core.pipeline.serialization import load_pipeline
 
-        return load_pipeline(path, pipeline_database, result_database, storage_options=storage_options)
+        return load_pipeline(
+            path, pipeline_database, result_database, storage_options=storage_options, allowed_modules=allowed_modules
+        )
 
     def flush(self) -> None:
         """Commit all pending writes of both databases."""

@@ -21,8 +21,16 @@ they come from. Sources that cannot be rebuilt from config (in-memory data) have
 written to the pipeline database at save time; on load they are ``UNAVAILABLE`` and serve
 those rows, so every node below them still serves its stored results (``CACHE_ONLY``).
 
-Local database paths are saved relative to the JSON file, so a project folder can be moved
-or copied to another machine with its store.
+Local paths (databases, CSV/Delta sources) inside the JSON file's folder are saved relative
+to it (``relative_to_file: true``), so a project folder can be moved or copied to another
+machine with its store; paths outside it are saved absolute. On load, a relative path that
+climbs out of the file's folder (``../elsewhere``) is refused.
+
+Trust: loading imports the modules the file names (their top-level code runs). By default
+a function must be an orcapod function pod (decorated with ``@function_pod``) and an operator
+an :class:`~orcapod_core.operators.Operator` subclass; ``allowed_modules=[...]`` (module-name
+prefixes, :mod:`orcapod_core.module_policy`) never imports a module outside the list and
+accepts any typed function inside it. orcapod_core's own operators are always allowed.
 """
 
 from __future__ import annotations
@@ -32,16 +40,18 @@ import importlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from orcapod_core.databases import RECORD_ID_COLUMN, ArrowDatabase, DeltaTableDatabase, database_from_config
+from orcapod_core.databases import RECORD_ID_COLUMN, ArrowDatabase, database_from_config
 from orcapod_core.errors import OrcapodError, PipelineLoadError, SourceUnavailableError
 from orcapod_core.function_pods import FunctionPod
 from orcapod_core.hashing import ContentHash, digests_to_hex, hash_rows
+from orcapod_core.module_policy import allowed_module_prefixes, module_allowed
 from orcapod_core.operators import Operator
 from orcapod_core.packet_function_proxy import resolve_packet_function_from_config
 from orcapod_core.pipeline.derived import DerivedSource
@@ -141,11 +151,37 @@ def _class_path(obj: Any) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+def _climbs_out(relative: str) -> bool:
+    """True when a relative path leaves its base folder (``..``, ``a/../..``)."""
+    return Path(os.path.normpath(relative)).parts[:1] == ("..",)
+
+
+def _saved_path(path: str, base_dir: Path) -> tuple[str, bool]:
+    """How a local path is written: ``(path relative to base_dir, True)`` when it lies inside
+    ``base_dir`` (as given or with symlinks resolved), else ``(absolute path, False)``."""
+    for candidate in (os.path.abspath(path), os.path.realpath(path)):
+        try:
+            relative = os.path.relpath(candidate, base_dir)
+        except ValueError:  # another drive (Windows)
+            continue
+        if not _climbs_out(relative):
+            return relative, True
+    return os.path.abspath(path), False
+
+
+def _with_saved_path(config: dict[str, Any], key: str, base_dir: Path) -> dict[str, Any]:
+    config[key], relative = _saved_path(config[key], base_dir)
+    if relative:
+        config["relative_to_file"] = True
+    else:
+        config.pop("relative_to_file", None)
+    return config
+
+
 def _database_config(db: ArrowDatabase, base_dir: Path) -> dict[str, Any]:
     config = dict(db.to_config())
     if config.get("type") == "delta" and "://" not in str(config.get("base_uri", "")):
-        config["base_uri"] = os.path.relpath(os.path.abspath(config["base_uri"]), base_dir)
-        config["relative_to_file"] = True
+        _with_saved_path(config, "base_uri", base_dir)
     return config
 
 
@@ -159,8 +195,7 @@ def _source_description(node: SourceNode, base_dir: Path) -> dict[str, Any]:
     config = stream.to_config() if isinstance(stream, (CSVSource, DeltaTableSource)) else None
     if config is not None:
         if "://" not in config["path"]:
-            config["path"] = os.path.relpath(os.path.abspath(config["path"]), base_dir)
-            config["relative_to_file"] = True
+            _with_saved_path(config, "path", base_dir)
         info["config"] = config
         return info
     if isinstance(stream, StoredSource):  # saving a loaded pipeline again: as it was saved
@@ -275,7 +310,30 @@ def _check_header(description: Any, file: str) -> dict[str, Any]:
     return description
 
 
-def _open_database(config: Any, base_dir: Path, storage_options: dict[str, str] | None, field: str, reader: _Reader) -> ArrowDatabase:
+@dataclass(frozen=True)
+class _LoadOptions:
+    """What every part of one load shares (a derived source's saved pipeline included)."""
+
+    base_dir: Path  # the JSON file's folder: relative paths are relative to it
+    storage_options: dict[str, str] | None
+    allowed_modules: tuple[str, ...] | None  # None: any module, but functions must be pods
+
+
+def _local_path(path: str, relative_to_file: bool, options: _LoadOptions, reader: _Reader, what: str) -> str:
+    """A saved path ready to open. A relative path that climbs out of the file's folder is
+    refused: a shared project folder must not reach files beside it unless it says so with an
+    absolute path."""
+    if "://" in path or os.path.isabs(path):
+        return path
+    if _climbs_out(path):
+        raise reader.error(
+            f"{what} is {path!r}, a relative path that climbs out of the pipeline file's folder ({options.base_dir}); "
+            "a path outside that folder must be absolute: write it so if that location is intended"
+        )
+    return str((options.base_dir / path).resolve()) if relative_to_file else path
+
+
+def _open_database(config: Any, options: _LoadOptions, field: str, reader: _Reader) -> ArrowDatabase:
     if not isinstance(config, Mapping):
         raise reader.error(f"field {field!r} must be a database config object")
     if config.get("type") == "memory":
@@ -286,18 +344,29 @@ def _open_database(config: Any, base_dir: Path, storage_options: dict[str, str] 
     config = dict(config)
     if config.get("type") == "delta":
         uri = reader.get(config, "base_uri", str, f"field {field!r}")
-        if config.pop("relative_to_file", False):
-            config["base_uri"] = uri = str((base_dir / uri).resolve())
+        relative = bool(config.pop("relative_to_file", False))
+        config["base_uri"] = uri = _local_path(uri, relative, options, reader, f"field {field!r}: the database path")
         if "://" not in uri and not Path(uri).is_dir():
             raise reader.error(f"field {field!r}: the database path {uri!r} does not exist")
     try:
-        return database_from_config(config, storage_options)
+        return database_from_config(config, options.storage_options)
     except OrcapodError as exc:
         raise reader.error(f"field {field!r}: {exc}") from exc
 
 
-def _import_class(path: str, reader: _Reader, where: str) -> type:
+#: Modules whose operators every policy accepts: orcapod_core's own.
+_BUILT_IN_MODULES = ("orcapod_core",)
+
+
+def _import_operator(path: str, reader: _Reader, where: str, allowed: tuple[str, ...] | None) -> type[Operator]:
+    """The operator class at ``module:qualname``; with ``allowed``, a module outside it (and
+    outside orcapod_core) is refused before it is imported."""
     module, _, qualname = path.partition(":")
+    if allowed is not None and not module_allowed(module, _BUILT_IN_MODULES + allowed):
+        raise reader.error(
+            f"{where}: operator {path!r}: module {module!r} is not in allowed_modules {list(allowed)} "
+            "(orcapod_core's own operators are always allowed), so it was not imported"
+        )
     try:
         obj: Any = importlib.import_module(module)
         for part in qualname.split("."):
@@ -306,6 +375,12 @@ def _import_class(path: str, reader: _Reader, where: str) -> type:
         raise reader.error(f"{where}: cannot import {path!r} ({type(exc).__name__}: {exc})") from exc
     if not isinstance(obj, type):
         raise reader.error(f"{where}: {path!r} is not a class")
+    if not issubclass(obj, Operator):
+        raise reader.error(f"{where}: {path!r} is not an Operator")
+    if allowed is not None and not module_allowed(obj.__module__, _BUILT_IN_MODULES + allowed):
+        raise reader.error(
+            f"{where}: operator {path!r} is defined in module {obj.__module__!r}, which is not in allowed_modules {list(allowed)}"
+        )
     return obj
 
 
@@ -315,31 +390,35 @@ def load_pipeline(
     result_database: ArrowDatabase | None = None,
     *,
     storage_options: dict[str, str] | None = None,
+    allowed_modules: Sequence[str] | None = None,
 ) -> Pipeline:
-    """Rebuild a pipeline from :func:`save_pipeline` output (see :meth:`Pipeline.load`).
+    """Rebuild a pipeline from :func:`save_pipeline` output (see :meth:`Pipeline.load`, which
+    documents ``allowed_modules``).
 
     Nothing is written to any database while loading.
+
+    >>> p = load_pipeline("pipeline.json", allowed_modules=["my_lab"])   # doctest: +SKIP
     """
     file = Path(path)
+    options = _LoadOptions(file.parent.resolve(), storage_options, allowed_module_prefixes(allowed_modules))
     description = _read_description(file)
-    return _build(description, file.parent.resolve(), _Reader(str(file)), pipeline_database, result_database, storage_options)
+    return _build(description, options, _Reader(str(file)), pipeline_database, result_database)
 
 
 def _build(
     description: dict[str, Any],
-    base_dir: Path,
+    options: _LoadOptions,
     reader: _Reader,
     pipeline_database: ArrowDatabase | None,
     result_database: ArrowDatabase | None,
-    storage_options: dict[str, str] | None,
 ) -> Pipeline:
     from orcapod_core.pipeline.graph import Pipeline
 
     name = reader.get(description, "name", list, "the pipeline")
     if pipeline_database is None:
-        pipeline_database = _open_database(description.get("pipeline_database"), base_dir, storage_options, "pipeline_database", reader)
+        pipeline_database = _open_database(description.get("pipeline_database"), options, "pipeline_database", reader)
     if result_database is None and description.get("result_database") is not None:
-        result_database = _open_database(description["result_database"], base_dir, storage_options, "result_database", reader)
+        result_database = _open_database(description["result_database"], options, "result_database", reader)
     try:
         cache_mode = CacheMode(description.get("operator_cache_mode", "off"))
     except ValueError:
@@ -356,22 +435,7 @@ def _build(
             raise reader.error(f"{where}: upstream node(s) {unknown} are not defined before it")
         upstream = [nodes[u] for u in upstream_labels]
         try:
-            if kind == "source":
-                source = _load_source(entry, where, base_dir, reader, pipeline, description, storage_options)
-                node: Node = pipeline._source_node(source, label)
-            elif kind == "function":
-                config = reader.get(entry, "function", dict, where)
-                pf = resolve_packet_function_from_config(config, fallback_to_proxy=True)
-                node = pipeline._function_node(FunctionPod(pf), upstream, label)
-            elif kind == "operator":
-                op_entry = reader.get(entry, "operator", dict, where)
-                cls = _import_class(reader.get(op_entry, "class", str, f"{where} operator"), reader, where)
-                if not issubclass(cls, Operator):
-                    raise reader.error(f"{where}: {op_entry['class']!r} is not an Operator")
-                operator = cls.from_config(reader.get(op_entry, "config", dict, f"{where} operator"))
-                node = pipeline._operator_node(operator, upstream, label, CacheMode(op_entry.get("cache_mode", "off")))
-            else:
-                raise reader.error(f"{where}: unknown node kind {kind!r}")
+            node = _build_node(entry, kind, label, where, upstream, pipeline, description, options, reader)
         except PipelineLoadError as exc:
             if str(exc).startswith(reader.file):
                 raise
@@ -384,41 +448,53 @@ def _build(
     return pipeline
 
 
+def _build_node(
+    entry: dict[str, Any],
+    kind: str,
+    label: str,
+    where: str,
+    upstream: list[Node],
+    pipeline: Pipeline,
+    description: dict[str, Any],
+    options: _LoadOptions,
+    reader: _Reader,
+) -> Node:
+    if kind == "source":
+        return pipeline._source_node(_load_source(entry, where, options, reader, pipeline, description), label)
+    if kind == "function":
+        config = reader.get(entry, "function", dict, where)
+        allowed = options.allowed_modules  # no list: any module, but only decorated pods
+        pf = resolve_packet_function_from_config(
+            config, fallback_to_proxy=True, allowed_modules=allowed, require_pod=allowed is None
+        )
+        return pipeline._function_node(FunctionPod(pf), upstream, label)
+    if kind == "operator":
+        op_entry = reader.get(entry, "operator", dict, where)
+        cls = _import_operator(reader.get(op_entry, "class", str, f"{where} operator"), reader, where, options.allowed_modules)
+        operator = cls.from_config(reader.get(op_entry, "config", dict, f"{where} operator"))
+        return pipeline._operator_node(operator, upstream, label, CacheMode(op_entry.get("cache_mode", "off")))
+    raise reader.error(f"{where}: unknown node kind {kind!r}")
+
+
 def _load_source(
     entry: dict[str, Any],
     where: str,
-    base_dir: Path,
+    options: _LoadOptions,
     reader: _Reader,
     pipeline: Pipeline,
     outer: dict[str, Any],
-    storage_options: dict[str, str] | None,
 ) -> Stream:
     info = reader.get(entry, "source", dict, where)
     reason = "it holds in-memory data"
     if "derived" in info:
-        derived = reader.get(info, "derived", dict, where)
-        inner = _check_header(reader.get(derived, "pipeline", dict, where), f"{reader.file} ({where})")
-        # The upstream pipeline shares the databases it was saved with (as passed to load).
-        same_db = inner.get("pipeline_database") == outer.get("pipeline_database")
-        same_results = inner.get("result_database") == outer.get("result_database")
-        upstream_pipeline = _build(
-            inner,
-            base_dir,
-            reader,
-            pipeline.pipeline_database if same_db else None,
-            pipeline.result_database if same_db and same_results else None,
-            storage_options,
-        )
-        node_label = reader.get(derived, "node", str, where)
-        if node_label not in upstream_pipeline.nodes:
-            raise reader.error(f"{where}: derived from node {node_label!r}, which its saved pipeline does not have")
-        return DerivedSource(upstream_pipeline.nodes[node_label], label=entry["label"])
+        return _load_derived_source(entry, info, where, options, reader, pipeline, outer)
     if "config" in info:
         config = dict(reader.get(info, "config", dict, where))
-        if config.pop("relative_to_file", False):
-            config["path"] = str((base_dir / config["path"]).resolve())
+        path = reader.get(config, "path", str, f"{where} source config")
+        relative = bool(config.pop("relative_to_file", False))
+        config["path"] = _local_path(path, relative, options, reader, f"{where}: field 'source.config.path'")
         try:
-            return file_source_from_config(config, storage_options)
+            return file_source_from_config(config, options.storage_options)
         except (OrcapodError, OSError) as exc:
             reason = f"rebuilding it failed: {exc}"
     schema = reader.get(entry, "output_schema", dict, where)
@@ -437,3 +513,33 @@ def _load_source(
         saved_info=info,
         reason=reason,
     )
+
+
+def _load_derived_source(
+    entry: dict[str, Any],
+    info: dict[str, Any],
+    where: str,
+    options: _LoadOptions,
+    reader: _Reader,
+    pipeline: Pipeline,
+    outer: dict[str, Any],
+) -> DerivedSource:
+    """A derived source: its saved upstream pipeline is built with the same options (paths,
+    trust policy) as the pipeline that reads it."""
+    derived = reader.get(info, "derived", dict, where)
+    inner_reader = _Reader(f"{reader.file} ({where}: its upstream pipeline)")  # errors say where they are
+    inner = _check_header(reader.get(derived, "pipeline", dict, where), inner_reader.file)
+    # The upstream pipeline shares the databases it was saved with (as passed to load).
+    same_db = inner.get("pipeline_database") == outer.get("pipeline_database")
+    same_results = inner.get("result_database") == outer.get("result_database")
+    upstream_pipeline = _build(
+        inner,
+        options,
+        inner_reader,
+        pipeline.pipeline_database if same_db else None,
+        pipeline.result_database if same_db and same_results else None,
+    )
+    node_label = reader.get(derived, "node", str, where)
+    if node_label not in upstream_pipeline.nodes:
+        raise reader.error(f"{where}: derived from node {node_label!r}, which its saved pipeline does not have")
+    return DerivedSource(upstream_pipeline.nodes[node_label], label=entry["label"])

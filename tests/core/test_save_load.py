@@ -19,11 +19,13 @@ import pytest
 from orcapod_core.databases import DeltaTableDatabase, InMemoryArrowDatabase
 from orcapod_core.errors import (
     FunctionBindError,
+    InputValidationError,
     PacketFunctionUnavailableError,
     PipelineLoadError,
     SourceUnavailableError,
 )
-from orcapod_core.function_pods import FunctionPod
+from orcapod_core.function_pods import FunctionPod, function_pod_from_config
+from orcapod_core.module_policy import allowed_module_prefixes, module_allowed
 from orcapod_core.packet_function import PythonPacketFunction
 from orcapod_core.operators import Batch, Join, MapPackets, PolarsFilter
 from orcapod_core.packet_function_proxy import PacketFunctionProxy, resolve_packet_function_from_config
@@ -447,6 +449,26 @@ def test_incomplete_function_config_names_the_missing_fields(funcs):
 # --------------------------------------------------------------------------------------
 
 
+def _with_function(text: str, label: str, **change) -> str:
+    description = json.loads(text)
+    next(n for n in description["nodes"] if n["label"] == label)["function"].update(change)
+    return json.dumps(description)
+
+
+def _with_operator(text: str, label: str, class_path: str) -> str:
+    description = json.loads(text)
+    next(n for n in description["nodes"] if n["label"] == label)["operator"]["class"] = class_path
+    return json.dumps(description)
+
+
+def _with_source_path(text: str, path: str, relative: bool = True) -> str:
+    description = json.loads(text)
+    config = next(n for n in description["nodes"] if n["label"] == "data")["source"]["config"]
+    config["path"] = path
+    config["relative_to_file"] = relative
+    return json.dumps(description)
+
+
 def _store_state(db: DeltaTableDatabase) -> dict:
     return {path: db.table_version(path) for path in db.list_tables()}
 
@@ -466,8 +488,26 @@ def _store_state(db: DeltaTableDatabase) -> dict:
          r"node 'doubled' lacks the field 'function'"),
         (lambda text: json.dumps({**json.loads(text), "nodes": [{**n, "function": {**n["function"], "callable": "NOT_A_FUNCTION"}} if n["label"] == "doubled" else n for n in json.loads(text)["nodes"]]}),
          r"NOT_A_FUNCTION.*not a function"),
+        (lambda text: _with_function(text, "doubled", module="json", callable="dumps"),
+         r"node 'doubled': .*json:dumps, a plain function, not an orcapod function pod"),
+        (lambda text: _with_function(text, "doubled", module="os", callable="system"),
+         r"node 'doubled': .*os:system, which is a builtin_function_or_method, not a function"),
+        (lambda text: _with_function(text, "doubled", module="collections", callable="OrderedDict"),
+         r"node 'doubled': .*collections:OrderedDict, which is a type, not a function"),
+        (lambda text: _with_operator(text, "batched", "json:JSONDecoder"), r"node 'batched': 'json:JSONDecoder' is not an Operator"),
+        (lambda text: _with_operator(text, "batched", "os:system"), r"node 'batched': 'os:system' is not a class"),
+        (lambda text: _with_source_path(text, "../data.csv"),
+         r"node 'data': field 'source.config.path' is '../data.csv', a relative path that climbs out of the pipeline file's folder"),
+        (lambda text: _with_source_path(text, "inner/../../data.csv", relative=False),
+         r"node 'data': field 'source.config.path' is 'inner/../../data.csv', a relative path that climbs out"),
+        (lambda text: json.dumps({**json.loads(text), "pipeline_database": {"type": "delta", "base_uri": "../store", "relative_to_file": True}}),
+         r"field 'pipeline_database': the database path is '../store', a relative path that climbs out"),
+        (lambda text: json.dumps({**json.loads(text), "result_database": {"type": "delta", "base_uri": "store/../../x"}}),
+         r"field 'result_database': the database path is 'store/../../x', a relative path that climbs out"),
     ],
-    ids=["corrupt", "version", "format", "missing-db", "memory-db", "edge", "field", "non-function"],
+    ids=["corrupt", "version", "format", "missing-db", "memory-db", "edge", "field", "non-function",
+         "plain-function", "builtin", "class", "not-an-operator", "operator-builtin",
+         "source-dotdot", "source-dotdot-inner", "db-dotdot", "result-db-dotdot"],
 )
 def test_bad_saved_files_raise_specific_errors_and_touch_nothing(tmp_path, funcs, mutate, match):
     p = build(tmp_path, funcs)
@@ -493,6 +533,10 @@ def test_saved_store_path_is_relative_to_the_file_so_the_folder_can_move(tmp_pat
     p = build(project, funcs)
     p.run()
     p.save(project / "p.json")
+    description = json.loads((project / "p.json").read_text())
+    assert description["pipeline_database"]["base_uri"] == "store" and description["pipeline_database"]["relative_to_file"]
+    data = node_entry(description, "data")["source"]["config"]
+    assert data["path"] == "data.csv" and data["relative_to_file"]
     moved = tmp_path / "moved"
     project.rename(moved)
     q = Pipeline.load(moved / "p.json")
@@ -515,3 +559,318 @@ def test_a_loaded_pipeline_with_proxies_and_stored_sources_saves_again_unchanged
     assert first == second
     r = Pipeline.load(tmp_path / "second.json")
     assert r.doubled.as_table().equals(p.doubled.as_table())
+
+
+# --------------------------------------------------------------------------------------
+# Trust: what loading may import, and what it accepts
+# --------------------------------------------------------------------------------------
+
+PLAIN = '''
+def triple(x: int) -> int:
+    return x * 3
+'''
+
+
+@pytest.fixture
+def make_module(tmp_path, monkeypatch):
+    """``make_module(body, name=None)`` writes an importable module (dotted names become
+    packages) whose import leaves a marker file; ``make_module.imported(name)`` tells whether
+    it ran. Nothing is imported by the fixture itself."""
+    folder = tmp_path / "lib"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+    made: list[str] = []
+
+    def make(body: str, name: str | None = None) -> str:
+        name = name or f"trust_mod_{next(_counter)}"
+        *packages, leaf = name.split(".")
+        where = folder
+        for part in packages:
+            where = where / part
+            where.mkdir(exist_ok=True)
+            (where / "__init__.py").touch()
+        marker = folder / f"{name}.imported"
+        (where / f"{leaf}.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n" + textwrap.dedent(body))
+        importlib.invalidate_caches()
+        made.append(name)
+        return name
+
+    def forget(name: str) -> None:
+        """Drop ``name`` (and its packages) from ``sys.modules`` and delete its marker."""
+        for module in [m for m in sys.modules if m == name or name.startswith(m + ".") or m.startswith(name + ".")]:
+            sys.modules.pop(module, None)
+        (folder / f"{name}.imported").unlink(missing_ok=True)
+
+    make.imported = lambda name: (folder / f"{name}.imported").exists()
+    make.forget = forget
+    yield make
+    for name in made:
+        forget(name)
+
+
+def plain_pipeline(tmp_path, triple, name="plain") -> Pipeline:
+    """CSV → a plain (undecorated) typed function, run and stored in ``tmp_path/store``."""
+    csv = write_csv(tmp_path / "data.csv", [(1, 10), (2, 20)])
+    with Pipeline(name, DeltaTableDatabase(tmp_path / "store")) as p:
+        FunctionPod(PythonPacketFunction(triple, "y"))(CSVSource(csv, tag_columns="id"), label="tripled")
+    p.run()
+    return p
+
+
+def edit_saved(path: Path, change) -> Path:
+    """Apply ``change(description)`` to a saved pipeline file in place."""
+    description = json.loads(path.read_text())
+    change(description)
+    path.write_text(json.dumps(description))
+    return path
+
+
+def node_entry(description: dict, label: str) -> dict:
+    return next(n for n in description["nodes"] if n["label"] == label)
+
+
+def test_default_load_refuses_a_plain_function_and_allowed_modules_accepts_it(tmp_path, make_module):
+    name = make_module(PLAIN)
+    module = importlib.import_module(name)
+    saved = plain_pipeline(tmp_path, module.triple).save(tmp_path / "p.json")
+    before = _store_state(DeltaTableDatabase(tmp_path / "store"))
+
+    with pytest.raises(PipelineLoadError) as info:
+        Pipeline.load(saved)
+    message = str(info.value)
+    assert message.startswith(f"{saved}: node 'tripled':") and f"{name}:triple" in message
+    assert "a plain function, not an orcapod function pod" in message and "allowed_modules=" in message
+    assert _store_state(DeltaTableDatabase(tmp_path / "store")) == before
+
+    q = Pipeline.load(saved, allowed_modules=[name])  # explicit trust: plain functions are fine
+    assert q.tripled.load_status is LoadStatus.FULL and q.tripled.packet_function.function is module.triple
+    assert q.run().computed == 0
+    assert sorted(q.tripled.as_table().column("y").to_pylist()) == [30, 60]
+
+
+def test_pods_load_by_default_and_under_allowed_modules(tmp_path, funcs):
+    p = build(tmp_path, funcs)
+    p.run()
+    saved = p.save(tmp_path / "p.json")
+    for allowed in (None, [funcs.__name__]):
+        # orcapod_core's own operators (Join, Batch, MapPackets here) need no listing
+        q = Pipeline.load(saved, allowed_modules=allowed)
+        assert {n.label: n.content_hash() for n in q} == {n.label: n.content_hash() for n in p}
+        assert q.doubled.load_status is LoadStatus.FULL and q.batched.load_status is LoadStatus.FULL
+        assert q.run().computed == 0
+
+
+def test_allowed_modules_never_imports_a_module_outside_the_list(tmp_path, funcs, make_module):
+    p = build(tmp_path, funcs)
+    p.run()
+    saved = p.save(tmp_path / "p.json")
+    # The file is edited to take `double` from a module nobody has imported yet.
+    other = make_module(f"from {funcs.__name__} import double\n")
+    edit_saved(saved, lambda d: node_entry(d, "doubled")["function"].update(module=other))
+    before = _store_state(DeltaTableDatabase(tmp_path / "store"))
+
+    with pytest.raises(PipelineLoadError) as info:
+        Pipeline.load(saved, allowed_modules=[funcs.__name__, "my_lab"])
+    message = str(info.value)
+    assert message.startswith(f"{saved}: node 'doubled':") and f"module {other!r}" in message
+    assert f"[{funcs.__name__!r}, 'my_lab']" in message and "was not imported" in message
+    assert not make_module.imported(other) and other not in sys.modules
+    assert _store_state(DeltaTableDatabase(tmp_path / "store")) == before
+
+    # Listed, it is imported, but `double` is defined in a module outside the list.
+    with pytest.raises(PipelineLoadError, match=rf"{other}:double is defined in module '{funcs.__name__}', which is not in allowed_modules \['{other}'\]"):
+        Pipeline.load(saved, allowed_modules=[other])
+    assert make_module.imported(other)
+
+    # The default imports any module (its top-level code runs) and accepts the pod it names.
+    make_module.forget(other)
+    q = Pipeline.load(saved)
+    assert make_module.imported(other) and q.doubled.load_status is LoadStatus.FULL
+
+
+@pytest.mark.parametrize(
+    "allowed, accepted",
+    [
+        (["labpkg"], True),
+        (["labpkg."], True),
+        ("labpkg", True),  # one string is one prefix
+        (["labpkg.steps"], True),
+        (["elsewhere", "labpkg.steps."], True),
+        (["labpk"], False),  # a string prefix that is not a module boundary
+        (["labpkg.step"], False),
+        (["labpkg.steps.inner"], False),
+        (["labpkgs"], False),
+        ([], False),
+    ],
+)
+def test_allowed_modules_are_module_name_prefixes(tmp_path, make_module, allowed, accepted):
+    name = make_module(PLAIN, "labpkg.steps")
+    saved = plain_pipeline(tmp_path, importlib.import_module(name).triple).save(tmp_path / "p.json")
+    make_module.forget(name)
+    if accepted:
+        assert Pipeline.load(saved, allowed_modules=allowed).tripled.load_status is LoadStatus.FULL
+        assert make_module.imported(name)
+    else:
+        with pytest.raises(PipelineLoadError, match=r"module 'labpkg\.steps' is not in allowed_modules"):
+            Pipeline.load(saved, allowed_modules=allowed)
+        assert not make_module.imported(name) and "labpkg" not in sys.modules
+
+
+@pytest.mark.parametrize("bad", [[""], ["."], [3]], ids=["empty", "dot", "not-a-string"])
+def test_allowed_modules_that_would_allow_everything_or_are_not_names_raise(tmp_path, funcs, bad):
+    p = build(tmp_path, funcs)
+    saved = p.save(tmp_path / "p.json")
+    with pytest.raises(InputValidationError, match="allowed_modules"):
+        Pipeline.load(saved, allowed_modules=bad)
+
+
+OPERATORS = '''
+from orcapod_core.operators import MapPackets
+
+class Renamer(MapPackets):
+    """A user's operator."""
+'''
+
+
+def test_operators_from_an_unlisted_module_are_refused_before_import(tmp_path, funcs, make_module):
+    ops = make_module(OPERATORS)
+    renamer = importlib.import_module(ops).Renamer
+    src = write_csv(tmp_path / "data.csv", [(1, 10), (2, 20)])
+    with Pipeline("ops", DeltaTableDatabase(tmp_path / "store")) as p:
+        renamed = renamer({"x": "x"})(CSVSource(src, tag_columns="id"), label="renamed")
+        funcs.double.pod(renamed, label="doubled")
+    p.run()
+    saved = p.save(tmp_path / "p.json")
+    make_module.forget(ops)
+    before = _store_state(DeltaTableDatabase(tmp_path / "store"))
+
+    with pytest.raises(PipelineLoadError) as info:
+        Pipeline.load(saved, allowed_modules=[funcs.__name__])
+    message = str(info.value)
+    assert message.startswith(f"{saved}: node 'renamed': operator '{ops}:Renamer'")
+    assert f"module {ops!r} is not in allowed_modules [{funcs.__name__!r}]" in message
+    assert not make_module.imported(ops) and ops not in sys.modules
+    assert _store_state(DeltaTableDatabase(tmp_path / "store")) == before
+
+    for allowed in ([funcs.__name__, ops], None):
+        q = Pipeline.load(saved, allowed_modules=allowed)
+        assert type(q.renamed.operator).__qualname__ == "Renamer" and q.renamed.content_hash() == p.renamed.content_hash()
+        assert q.run().computed == 0
+
+
+def test_derived_sources_are_loaded_with_the_same_policy(tmp_path, funcs, make_module):
+    plain = make_module(PLAIN)
+    upstream = plain_pipeline(tmp_path, importlib.import_module(plain).triple, name="upstream")
+    with Pipeline("report", upstream.pipeline_database) as report:
+        funcs.summarize.pod(Batch()(upstream.tripled.as_source(), label="all"), label="total")
+    report.run()
+    saved = report.save(tmp_path / "report.json")
+
+    # the plain function lives in the saved upstream pipeline only
+    for allowed, match in [
+        (None, rf"\(node 'tripled_source': its upstream pipeline\): node 'tripled': .*{plain}:triple, a plain function"),
+        ([funcs.__name__], rf"\(node 'tripled_source': its upstream pipeline\): node 'tripled': .*module '{plain}' is not in allowed_modules"),
+    ]:
+        with pytest.raises(PipelineLoadError, match=match) as info:
+            Pipeline.load(saved, allowed_modules=allowed)
+        assert str(info.value).startswith(str(saved))
+    q = Pipeline.load(saved, allowed_modules=[funcs.__name__, plain])
+    assert q.total.as_table().to_pylist() == report.total.as_table().to_pylist()
+
+
+def test_a_read_only_load_keeps_working_under_allowed_modules(tmp_path, funcs):
+    p = build(tmp_path, funcs)
+    p.run()
+    saved = p.save(tmp_path / "p.json")
+    forget_module(funcs)
+    q = Pipeline.load(saved, allowed_modules=[funcs.__name__])  # listed but gone: a proxy, as without a list
+    assert isinstance(q.doubled.packet_function, PacketFunctionProxy) and q.doubled.load_status is LoadStatus.READ_ONLY
+    assert q.doubled.as_table().equals(p.doubled.as_table())
+    assert q.run().failed == 0
+
+
+def test_resolve_from_config_applies_the_policy(make_module):
+    name = make_module(PLAIN)
+    config = PythonPacketFunction(importlib.import_module(name).triple, "y").to_config()
+    assert resolve_packet_function_from_config(config).function_name == "triple"  # no policy: as before
+    with pytest.raises(PipelineLoadError, match=rf"{name}:triple, a plain function, not an orcapod function pod"):
+        resolve_packet_function_from_config(config, require_pod=True)
+    assert resolve_packet_function_from_config(config, allowed_modules=[name], require_pod=True).function_name == "triple"
+
+    make_module.forget(name)
+    refuse = [
+        lambda: resolve_packet_function_from_config(config, fallback_to_proxy=True, allowed_modules=["other"]),
+        lambda: FunctionPod.from_config(config, True, allowed_modules=["other"]),
+        lambda: function_pod_from_config(config, True, allowed_modules=["other"]),
+    ]
+    for load in refuse:
+        with pytest.raises(PipelineLoadError, match=rf"module '{name}' is not in allowed_modules \['other'\], so it was not imported"):
+            load()
+    assert not make_module.imported(name)
+    # an allowed module that cannot be imported still gives a proxy
+    gone = {**config, "module": "no_such_module_xyz"}
+    for policy in ({"allowed_modules": ["no_such_module_xyz"]}, {"require_pod": True}):
+        assert isinstance(resolve_packet_function_from_config(gone, fallback_to_proxy=True, **policy), PacketFunctionProxy)
+
+
+def test_module_allowed_matches_whole_module_names():
+    assert allowed_module_prefixes(None) is None
+    assert allowed_module_prefixes(["my_lab.", " pkg.mod "]) == ("my_lab", "pkg.mod")
+    prefixes = ("my_lab",)
+    assert [module_allowed(m, prefixes) for m in ("my_lab", "my_lab.x", "my_lab.x.y", "my_labs", "my", "x.my_lab")] == [
+        True, True, True, False, False, False,
+    ]
+
+
+# --------------------------------------------------------------------------------------
+# Paths outside the pipeline file's folder
+# --------------------------------------------------------------------------------------
+
+
+def test_paths_outside_the_file_folder_are_saved_absolute_and_load_after_a_move(tmp_path, funcs):
+    project = tmp_path / "project"
+    project.mkdir()
+    p = build(tmp_path, funcs, DeltaTableDatabase(project / "store"))  # data.csv beside the project
+    p.run()
+    saved = p.save(project / "p.json")
+    description = json.loads(saved.read_text())
+    store = description["pipeline_database"]
+    data = node_entry(description, "data")["source"]["config"]
+    assert (store["base_uri"], store["relative_to_file"]) == ("store", True)  # inside: relative
+    assert data["path"] == str(tmp_path / "data.csv") and "relative_to_file" not in data  # outside: absolute
+    assert ".." not in saved.read_text()
+
+    moved = tmp_path / "moved"
+    project.rename(moved)
+    q = Pipeline.load(moved / "p.json")
+    assert Path(q.pipeline_database.base_uri) == (moved / "store").resolve()
+    assert q.data.load_status is LoadStatus.FULL and q.data.source.path == str(tmp_path / "data.csv")
+    assert q.run().computed == 0
+    assert q.doubled.as_table().equals(p.doubled.as_table())
+
+
+def test_a_store_outside_the_file_folder_is_saved_absolute(tmp_path, funcs):
+    p = build(tmp_path, funcs)  # store and data in tmp_path, the file one folder below
+    p.run()
+    saved = p.save(tmp_path / "shared" / "deep" / "p.json")
+    description = json.loads(saved.read_text())
+    assert description["pipeline_database"]["base_uri"] == str(tmp_path / "store")
+    assert "relative_to_file" not in description["pipeline_database"]
+    assert node_entry(description, "data")["source"]["config"]["path"] == str(tmp_path / "data.csv")
+    q = Pipeline.load(saved)
+    assert q.run().computed == 0 and q.summary.as_table().equals(p.summary.as_table())
+    # saved again beside the data: relative again
+    again = json.loads(q.save(tmp_path / "again.json").read_text())
+    assert again["pipeline_database"]["base_uri"] == "store" and again["pipeline_database"]["relative_to_file"]
+
+
+def test_a_symlinked_store_inside_the_folder_stays_relative(tmp_path, funcs):
+    project = tmp_path / "project"
+    project.mkdir()
+    (tmp_path / "big_disk").mkdir()
+    (project / "store").symlink_to(tmp_path / "big_disk", target_is_directory=True)
+    p = build(project, funcs)
+    p.run()
+    description = json.loads(p.save(project / "p.json").read_text())
+    assert description["pipeline_database"]["base_uri"] == "store"
+    assert Pipeline.load(project / "p.json").run().computed == 0

@@ -115,3 +115,42 @@ def test_read_only_load_in_fresh_processes_after_the_function_module_is_deleted(
     assert bound["status"]["calibrated"] == "read_only" and bound["status_after_bind"] == "full"
     assert bound["run"]["calibrated"] == [1, 3, 0] and bound["run"]["labelled"] == [1, 3, 0]
     assert bound["labels"] == ["value=21", "value=41", "value=61", "value=81"]
+
+
+TRUST = '''
+import json, sys
+from pathlib import Path
+from orcapod_core.errors import PipelineLoadError
+from orcapod_core.pipeline import Pipeline
+
+out = {}
+try:
+    Pipeline.load("study.json", allowed_modules=sys.argv[1:])
+except PipelineLoadError as exc:
+    out["refused"] = str(exc)
+else:
+    out["refused"] = None
+out["imported"] = sorted(m for m in ("lab", "report") if m in sys.modules)
+out["lab_ran"] = Path("lab.ran").exists()
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.slow
+def test_a_fresh_process_never_imports_a_module_outside_allowed_modules(tmp_path):
+    code = tmp_path / "code"
+    code.mkdir()
+    # lab's top-level code leaves a file behind, so running it shows even across processes
+    (code / "lab.py").write_text('import pathlib\npathlib.Path("lab.ran").touch()\n' + LAB)
+    (code / "report.py").write_text(REPORT)
+    (tmp_path / "readings.csv").write_text("id,x\n1,10\n2,20\n")
+    assert run_step(tmp_path, BUILD) == {"computed": 2}
+    (tmp_path / "lab.ran").unlink()
+
+    refused = run_step(tmp_path, TRUST, "report", "lab_tools")
+    assert "study.json: node 'calibrated'" in refused["refused"]
+    assert "module 'lab' is not in allowed_modules ['report', 'lab_tools'], so it was not imported" in refused["refused"]
+    assert refused["imported"] == [] and refused["lab_ran"] is False
+
+    allowed = run_step(tmp_path, TRUST, "lab", "report")
+    assert allowed == {"refused": None, "imported": ["lab", "report"], "lab_ran": True}
