@@ -402,7 +402,30 @@ def load_pipeline(
     file = Path(path)
     options = _LoadOptions(file.parent.resolve(), storage_options, allowed_module_prefixes(allowed_modules))
     description = _read_description(file)
-    return _build(description, options, _Reader(str(file)), pipeline_database, result_database)
+    reader = _Reader(str(file))
+    _check_paths(description, options, reader)  # before any module is imported
+    return _build(description, options, reader, pipeline_database, result_database)
+
+
+def _check_paths(description: Mapping[str, Any], options: _LoadOptions, reader: _Reader, where: str = "") -> None:
+    """Refuse every data path that climbs out of the file's folder (see :func:`_local_path`) —
+    of the databases, the file sources and the pipelines derived sources come from — before
+    loading anything."""
+    for field in ("pipeline_database", "result_database"):
+        config = description.get(field)
+        if isinstance(config, Mapping) and isinstance(config.get("base_uri"), str):
+            _local_path(config["base_uri"], False, options, reader, f"{where}field {field!r}: the database path")
+    for entry in description.get("nodes") or ():
+        info = entry.get("source") if isinstance(entry, Mapping) else None
+        if not isinstance(info, Mapping):
+            continue
+        node = f"{where}node {entry.get('label')!r}: "
+        config = info.get("config")
+        if isinstance(config, Mapping) and isinstance(config.get("path"), str):
+            _local_path(config["path"], False, options, reader, f"{node}field 'source.config.path'")
+        derived = info.get("derived")
+        if isinstance(derived, Mapping) and isinstance(derived.get("pipeline"), Mapping):
+            _check_paths(derived["pipeline"], options, reader, f"{node}its upstream pipeline: ")
 
 
 def _build(

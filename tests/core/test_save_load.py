@@ -874,3 +874,22 @@ def test_a_symlinked_store_inside_the_folder_stays_relative(tmp_path, funcs):
     description = json.loads(p.save(project / "p.json").read_text())
     assert description["pipeline_database"]["base_uri"] == "store"
     assert Pipeline.load(project / "p.json").run().computed == 0
+
+
+def test_paths_are_checked_before_any_module_is_imported(tmp_path, funcs, make_module):
+    """A '..' data path anywhere in the file is refused before the code of any node is imported
+    (here the function node is listed before the source, and its module would run on import)."""
+    p = build(tmp_path, funcs)
+    p.run()
+    saved = p.save(tmp_path / "p.json")
+    other = make_module(f"from {funcs.__name__} import double\n")
+
+    def edit(description):
+        node_entry(description, "doubled")["function"].update(module=other)
+        description["nodes"].sort(key=lambda n: n["kind"] != "function")  # functions first
+        node_entry(description, "data")["source"]["config"]["path"] = "../elsewhere/data.csv"
+
+    edit_saved(saved, edit)
+    with pytest.raises(PipelineLoadError, match=r"node 'data': field 'source.config.path' is '../elsewhere/data.csv'"):
+        Pipeline.load(saved)
+    assert not make_module.imported(other)
