@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from example_project.pipeline import build_pipeline
-from orcapod_core.pipeline import ProgressObserver
+from orcapod_core import ProgressObserver
 
 
 def main(argv: list[str]) -> None:

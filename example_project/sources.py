@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from orcapod_core.sources import CSVSource, DictSource
+from orcapod_core import CSVSource, DictSource
 
 DATA = Path(__file__).parent / "data"
 

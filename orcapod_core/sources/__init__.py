@@ -6,7 +6,7 @@
 (Schema({'id': int}), Schema({'x': float}))
 """
 
-from orcapod_core.sources.base import RootSource, Source
+from orcapod_core.sources.base import LiveSource, RootSource, Source
 from orcapod_core.sources.files import CSVSource, DeltaTableSource, file_source_from_config
 from orcapod_core.sources.memory import ArrowTableSource, DataFrameSource, DictSource, ListSource
 
@@ -14,6 +14,7 @@ __all__ = [
     "file_source_from_config",
     "Source",
     "RootSource",
+    "LiveSource",
     "DictSource",
     "ListSource",
     "ArrowTableSource",

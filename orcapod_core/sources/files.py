@@ -32,10 +32,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from orcapod_core.errors import InputValidationError
-from orcapod_core.sources.base import LiveSource, RootSource, _apply_schema
+from orcapod_core.sources.base import LiveSource, _apply_schema
 from orcapod_core.types import arrow_field, canonical_arrow_type, canonicalize_table, python_to_arrow, type_from_string, type_to_string
 
-__all__ = ["CSVSource", "DeltaTableSource", "file_source_from_config", "in_commit_order", "delta_rows_in_commit_order"]
+__all__ = ["CSVSource", "DeltaTableSource", "file_source_from_config", "in_commit_order"]
 
 
 def in_commit_order(dt: Any, dataset: Any) -> Any:
@@ -62,16 +62,11 @@ def in_commit_order(dt: Any, dataset: Any) -> Any:
     return ds.FileSystemDataset([fragments[i] for i in order], dataset.schema, dataset.format, dataset.filesystem)
 
 
-def delta_rows_in_commit_order(dt: Any) -> pa.Table:
-    """Every row of the Delta table ``dt`` at its version, files in commit order."""
-    return in_commit_order(dt, dt.to_pyarrow_dataset()).to_table()
-
-
 def _schema_config(schema: Mapping[str, Any] | None) -> dict[str, str] | None:
     return {c: type_to_string(t) for c, t in schema.items()} if schema else None
 
 
-def file_source_from_config(config: Mapping[str, Any], storage_options: Mapping[str, str] | None = None) -> RootSource:
+def file_source_from_config(config: Mapping[str, Any], storage_options: Mapping[str, str] | None = None) -> LiveSource:
     """Rebuild a :class:`CSVSource` or :class:`DeltaTableSource` from its ``to_config()``
     (Delta storage options, which may hold secrets, are passed apart)."""
     kind = config.get("type")
