@@ -69,6 +69,8 @@ _NAMES: dict[str, str] = {
     "InMemoryArrowDatabase": "databases",
     "ResultCache": "result_cache",
     "LocalPythonFunctionExecutor": "executors",
+    "LocalProcessExecutor": "executors",
+    "RayExecutor": "executors",
     # data model
     "Schema": "types",
     "ContentHash": "hashing",
@@ -125,7 +127,7 @@ if TYPE_CHECKING:  # what editors and type checkers see
     from orcapod_core.columns import ColumnConfig  # noqa: F401
     from orcapod_core.databases import DeltaTableDatabase, InMemoryArrowDatabase  # noqa: F401
     from orcapod_core.datagrams import Packet, Tag  # noqa: F401
-    from orcapod_core.executors import LocalPythonFunctionExecutor  # noqa: F401
+    from orcapod_core.executors import LocalProcessExecutor, LocalPythonFunctionExecutor, RayExecutor  # noqa: F401
     from orcapod_core.function_pods import FunctionPod, FunctionPodStream, function_pod, function_pod_from_config  # noqa: F401
     from orcapod_core.hashing import ContentHash  # noqa: F401
     from orcapod_core.operators import (  # noqa: F401

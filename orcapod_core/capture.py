@@ -15,6 +15,7 @@ active, both are replaced by a proxy that writes to the *current context's* buff
 
 from __future__ import annotations
 
+import inspect
 import io
 import sys
 import threading
@@ -24,7 +25,16 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-__all__ = ["capture_output", "run_captured", "run_captured_async", "captured_of", "CAPTURED_ATTRIBUTE"]
+__all__ = [
+    "capture_output",
+    "run_captured",
+    "run_captured_async",
+    "captured_of",
+    "capturing",
+    "call_many",
+    "RemoteError",
+    "CAPTURED_ATTRIBUTE",
+]
 
 #: Attribute set on an exception raised by a captured call: ``{"stdout", "stderr", "traceback"}``.
 CAPTURED_ATTRIBUTE = "__orcapod_captured__"
@@ -124,3 +134,91 @@ def captured_of(exc: BaseException) -> dict[str, str]:
         "stderr": "",
         "traceback": "".join(traceback.format_exception(exc)),
     }
+
+
+def capturing(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` wrapped so each call returns ``(result, captured output)`` (see
+    :func:`run_captured`); ``async def`` functions stay awaitable."""
+    if inspect.iscoroutinefunction(function):
+
+        async def run_async(**kwargs: Any) -> Any:
+            return await run_captured_async(function, kwargs)
+
+        return run_async
+
+    def run(**kwargs: Any) -> Any:
+        return run_captured(function, kwargs)
+
+    return run
+
+
+class RemoteError(Exception):
+    """Stands in for an exception raised in a worker that could not travel back as it was (it
+    could not be pickled): its type name, message and traceback text are kept."""
+
+    def __init__(self, type_name: str, message: str, traceback_text: str = ""):
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.type_name, self.message, self.traceback_text), self.__dict__)
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` with its captured output and traceback text attached (the traceback object
+    cannot leave the process), or a :class:`RemoteError` when it cannot be pickled."""
+    import pickle
+
+    if getattr(exc, CAPTURED_ATTRIBUTE, None) is None:
+        setattr(exc, CAPTURED_ATTRIBUTE, captured_of(exc))
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        info = getattr(exc, CAPTURED_ATTRIBUTE)
+        stand_in = RemoteError(type(exc).__qualname__, str(exc), info.get("traceback", ""))
+        setattr(stand_in, CAPTURED_ATTRIBUTE, info)
+        return stand_in
+    return exc
+
+
+def call_many(
+    function: Callable[..., Any],
+    kwargs_list: list[dict[str, Any]],
+    capture: bool = False,
+    fail_fast: bool = False,
+    portable: bool = False,
+) -> list[Any]:
+    """Call ``function(**kwargs)`` for each kwargs, in order; per call its result — with
+    ``capture``, ``(result, captured output)`` — or the exception it raised (carrying what it
+    printed and its traceback, see :func:`captured_of`). With ``fail_fast`` the list ends at the
+    first exception. ``portable``: the list leaves this process (a worker process, a Ray task), so
+    every exception is made picklable (:class:`RemoteError` otherwise) and keeps its traceback text.
+
+    A plain module-level function, so worker processes can run it.
+
+    >>> call_many(lambda x: 10 // x, [{"x": 5}, {"x": 0}])[0]
+    2
+    """
+    is_async = inspect.iscoroutinefunction(function)
+    out: list[Any] = []
+    for kwargs in kwargs_list:
+        try:
+            if capture:
+                result = _run_async(run_captured_async(function, kwargs)) if is_async else run_captured(function, kwargs)
+            else:
+                result = _run_async(function(**kwargs)) if is_async else function(**kwargs)
+        except Exception as exc:
+            out.append(_portable(exc) if portable else exc)
+            if fail_fast:
+                break
+            continue
+        out.append(result)
+    return out
+
+
+def _run_async(coroutine: Any) -> Any:
+    import asyncio
+
+    return asyncio.run(coroutine)

@@ -33,13 +33,13 @@ from __future__ import annotations
 import inspect
 import os
 import platform
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from orcapod_core.capture import captured_of, run_captured, run_captured_async
+from orcapod_core.capture import captured_of, capturing
 from orcapod_core.errors import (
     FunctionDefinitionError,
     InputValidationError,
@@ -327,7 +327,7 @@ class PythonPacketFunction(PacketFunctionDescription):
     def executor(self, executor: PythonFunctionExecutor | None) -> None:
         if executor is None:
             executor = LocalPythonFunctionExecutor()
-        check_executor(type(self), self.function_type, executor)
+        check_executor(type(self), self.function_type, executor, self._function)
         self._executor = executor
 
     # -- input checks -------------------------------------------------------------------
@@ -412,11 +412,48 @@ class PythonPacketFunction(PacketFunctionDescription):
         ``executor`` overrides the function's executor for this call; ``capture`` records
         each call's stdout/stderr (and a failed call's traceback) in ``captured``.
         """
+        kwargs_list = self._kwargs_list(table)
+        executor = self._checked_executor(executor)
+        function = capturing(self._function) if capture else self._function
+        return self._batch_result(executor.execute_batch(function, kwargs_list, fail_fast=fail_fast), capture, fail_fast)
+
+    def call_chunks(
+        self,
+        table: pa.Table,
+        plan: Sequence[tuple[int, int]],
+        *,
+        fail_fast: bool = False,
+        executor: PythonFunctionExecutor | None = None,
+        capture: bool = False,
+    ) -> Iterator[tuple[int, BatchResult, dict[str, str] | None]]:
+        """Compute ``table``'s rows in the chunks of ``plan`` (``(start, length)`` pairs) on the
+        executor — concurrently on a process pool or a Ray cluster — and yield, **as each chunk
+        completes**, ``(start, its BatchResult with rows counted from start, where it ran)``.
+        With ``fail_fast`` nothing new starts after a failure; closing the iterator cancels what
+        has not started.
+
+        >>> plan = plan_chunks(table.num_rows, 2)                                  # doctest: +SKIP
+        >>> for start, result, where in pf.call_chunks(table, plan, executor=LocalProcessExecutor(2)):  # doctest: +SKIP
+        ...     store(start, result)
+        """
+        executor = self._checked_executor(executor)
+        chunks = (self._kwargs_list(table.slice(start, size)) for start, size in plan)
+        for done in executor.map_chunks(self._function, chunks, fail_fast=fail_fast, capture=capture):
+            yield plan[done.index][0], self._batch_result(done.results, capture, fail_fast), done.info
+
+    def _checked_executor(self, executor: PythonFunctionExecutor | None) -> PythonFunctionExecutor:
+        """``executor`` (a per-call override, checked like an assignment), or the function's own."""
+        if executor is None:
+            return self._executor
+        check_executor(type(self), self.function_type, executor, self._function)
+        return executor
+
+    def _kwargs_list(self, table: pa.Table) -> list[dict[str, Any]]:
+        """One ``{parameter: value}`` per row; each input column is converted to Python once."""
         names = [p for p in self._input_schema if p in table.column_names]
         missing = [p for p in self._input_schema if p not in names and p not in self._input_schema.optional_fields]
         if missing:
             raise SchemaMismatchError(f"function {self._function_name!r}: input has no column for parameter(s) {missing}")
-        n = table.num_rows
         columns = []
         for p in names:
             col = table.column(p)
@@ -425,18 +462,14 @@ class PythonPacketFunction(PacketFunctionDescription):
             columns.append(col.to_pylist(maps_as_pydicts="strict"))
         if len(names) == 1:
             (only,) = names
-            kwargs_list: list[dict[str, Any]] = [{only: v} for v in columns[0]]
-        elif names:
-            kwargs_list = [dict(zip(names, row)) for row in zip(*columns)]
-        else:
-            kwargs_list = [{} for _ in range(n)]
+            return [{only: v} for v in columns[0]]
+        if names:
+            return [dict(zip(names, row)) for row in zip(*columns)]
+        return [{} for _ in range(table.num_rows)]
 
-        if executor is None:
-            executor = self._executor
-        else:
-            check_executor(type(self), self.function_type, executor)
-        function = _capturing(self._function, self._is_async) if capture else self._function
-        raw = executor.execute_batch(function, kwargs_list, fail_fast=fail_fast)
+    def _batch_result(self, raw: list[Any], capture: bool, fail_fast: bool) -> BatchResult:
+        """Calls' results (or exceptions; with ``capture``, ``(value, captured output)``) as one
+        :class:`BatchResult`: outputs that fit their types as Arrow columns, the rest as errors."""
         captured: dict[int, dict[str, str]] = {}
         if capture:
             for i, r in enumerate(raw):
@@ -499,21 +532,6 @@ class PythonPacketFunction(PacketFunctionDescription):
                 continue
             arrays.append(arr)
         return arrays, bad
-
-
-def _capturing(function: Callable[..., Any], is_async: bool) -> Callable[..., Any]:
-    """Wrap ``function`` so each call returns ``(result, captured output)``."""
-    if is_async:
-
-        async def run_async(**kwargs: Any) -> Any:
-            return await run_captured_async(function, kwargs)
-
-        return run_async
-
-    def run(**kwargs: Any) -> Any:
-        return run_captured(function, kwargs)
-
-    return run
 
 
 def _short(value: Any) -> str:

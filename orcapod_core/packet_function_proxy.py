@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -239,6 +239,22 @@ class PacketFunctionProxy(PacketFunctionDescription):
             )
         rows = range(min(table.num_rows, 1) if fail_fast else table.num_rows)
         return BatchResult(self._output_arrow_schema.empty_table(), [], {i: self.unavailable_error() for i in rows})
+
+    def call_chunks(
+        self,
+        table: pa.Table,
+        plan: Sequence[tuple[int, int]],
+        *,
+        fail_fast: bool = False,
+        executor: PythonFunctionExecutor | None = None,
+        capture: bool = False,
+    ) -> Iterator[tuple[int, BatchResult, dict[str, str] | None]]:
+        """Delegates to the bound function; unbound, every row fails as in :meth:`call_batch`."""
+        if self._bound is not None:
+            yield from self._bound.call_chunks(table, plan, fail_fast=fail_fast, executor=executor or self._executor, capture=capture)
+            return
+        for start, size in plan[:1] if fail_fast else plan:
+            yield start, self.call_batch(table.slice(start, size), fail_fast=fail_fast), None
 
     # -- execution context (only ever recorded for results the bound function computed) ---
     def get_function_variation_data(self) -> dict[str, str]:

@@ -221,11 +221,18 @@ class CachedPacketFunction:
     def __repr__(self) -> str:
         return f"CachedPacketFunction({self._pf!r}, {self.result_cache!r})"
 
-    def _store(self, hashes: pa.Array, outputs: pa.Table, executor: Any = None) -> None:
+    def _store(self, hashes: pa.Array, outputs: pa.Table, executor: Any = None, where: dict[str, str] | None = None) -> None:
+        """Store computed outputs with their execution context: the executor that computed them
+        (``executor``, a per-run override, else the function's) and ``where`` it ran (a worker
+        process, a Ray node: its host name replaces this machine's)."""
         execution = self._pf.get_execution_data()
         if executor is not None:  # a per-run override computed these: record it, not the default
             execution["executor_type"] = executor.executor_type
             execution["executor_info"] = executor.get_executor_data()
+        if where:
+            execution["executor_info"] = {**execution["executor_info"], **{k: v for k, v in where.items() if k != "hostname"}}
+            if "hostname" in where:
+                execution["extra_info"] = {**execution["extra_info"], "hostname": where["hostname"]}
         self.result_cache.store(
             hashes,
             outputs,

@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -31,6 +31,7 @@ from orcapod_core.columns import source_column
 from orcapod_core.databases import ArrowDatabase
 from orcapod_core.datagrams import Packet, Tag
 from orcapod_core.errors import SchemaMismatchError
+from orcapod_core.executors import plan_chunks
 from orcapod_core.function_pods import FunctionPod, FunctionPodStream
 from orcapod_core.hashing import ContentHash, digests_to_hex, hash_rows
 from orcapod_core.keysets import distinct, index_in, is_in
@@ -344,63 +345,94 @@ class FunctionNode(Node):
         ).sort("pos")
         wants_events = getattr(observer, "wants_packet_events", True)
         capture = getattr(observer, "wants_captured_output", False)
-        done = 0
+        fail_fast = error_policy == "fail_fast"
         total = len(missing)
         state.progress_total += total
-        size = self.min_chunk
-        while done < total:
-            started = time.perf_counter()
-            chunk = packets.slice(done, size)
-            chunk_hashes = missing.slice(done, size)
-            chunk_rows = first_rows.slice(done, size)
-            tags = packets_objs = None
+        objects: dict[int, tuple[list[Tag], list[Packet]]] = {}  # per chunk start, for observer events
+
+        def started(start: int, size: int) -> None:
             if wants_events:
-                tags, packets_objs = self._objects(table, layout, chunk_rows)
-                for t, p in zip(tags, packets_objs):
+                objects[start] = self._objects(table, layout, first_rows.slice(start, size))
+                for t, p in zip(*objects[start]):
                     observer.on_packet_start(self, t, p)
-            result = cached_fn._pf.call_batch(
-                chunk, fail_fast=error_policy == "fail_fast", executor=executor, capture=capture
-            )
-            if result.table.num_rows:
-                ok = pa.array(list(result.rows), pa.int64())
-                ok_hashes = chunk_hashes.take(ok)
-                cached_fn._store(ok_hashes, result.table, executor)
-                computed_tables.append(result.table)
-                computed_hashes.append(ok_hashes)
-                state.note_computed(ok_hashes, result.table)
-                lo = to_record["pos"].search_sorted(done, side="left")
-                hi = to_record["pos"].search_sorted(done + len(chunk), side="left")
-                chunk_records = to_record.slice(lo, hi - lo)
-                if len(result.rows) < len(chunk):  # failed packets get no record
-                    chunk_records = chunk_records.filter(pl.col("pos").is_in([done + i for i in result.rows]))
-                rows = chunk_records["row"].to_arrow()
-                state.stage(entry_records(table, layout, entry_ids, hexes, rows, True, state.run_id))
-            state.release()  # commits the staged records if the results they link to are committed
-            if wants_events:
-                outputs = result.table.to_pylist(maps_as_pydicts="strict")
-                for j, i in enumerate(result.rows):
-                    observer.on_packet_end(self, tags[i], packets_objs[i], outputs[j], False, result.captured.get(i))
-            for i, exc in result.errors.items():
-                failed_hashes.add(chunk_hashes[i].as_py())
-                message = f"{type(exc).__name__}: {exc}"
-                stats.errors.append(message)
+
+        running = executor if executor is not None else pf.executor
+        if running.concurrency() > 1:  # a process pool, a cluster: every packet at once, streamed back
+            plan = plan_chunks(total, running.concurrency(), getattr(running, "chunk_size", None))
+            for start, size in plan:
+                started(start, size)
+            sizes = dict(plan)
+            streamed = pf.call_chunks(packets, plan, fail_fast=fail_fast, executor=executor, capture=capture)
+            chunks = ((start, sizes[start], result, info) for start, result, info in streamed)
+        else:
+            streamed = None
+            chunks = self._adaptive_chunks(pf, packets, started, fail_fast, executor, capture)
+        try:
+            for start, size, result, info in chunks:
+                # Store what this chunk computed; its rows' records wait for those results' commit.
+                if result.table.num_rows:
+                    ok = pa.array([start + i for i in result.rows], pa.int64())
+                    ok_hashes = missing.take(ok)
+                    cached_fn._store(ok_hashes, result.table, executor, info)
+                    computed_tables.append(result.table)
+                    computed_hashes.append(ok_hashes)
+                    state.note_computed(ok_hashes, result.table)
+                    lo = to_record["pos"].search_sorted(start, side="left")
+                    hi = to_record["pos"].search_sorted(start + size, side="left")
+                    chunk_records = to_record.slice(lo, hi - lo)
+                    if len(result.rows) < size:  # failed packets get no record
+                        chunk_records = chunk_records.filter(pl.col("pos").is_in(ok.to_pylist()))
+                    state.stage(entry_records(table, layout, entry_ids, hexes, chunk_records["row"].to_arrow(), True, state.run_id))
+                state.release()  # commits the staged records if the results they link to are committed
+                tags, packets_objs = objects.pop(start, (None, None))
                 if wants_events:
-                    observer.on_packet_crash(self, tags[i], packets_objs[i], exc, result.captured.get(i))
-                if error_policy == "fail_fast":
-                    tag = table.slice(chunk_rows[i].as_py(), 1).select(list(layout.tag_columns)).to_pylist()[0]
-                    exc.add_note(f"orcapod: node {self.label!r} ({pf.uri}) failed on the packet with tag {tag}")
-                    return exc
-            done += len(chunk)
-            state.progress_done += len(chunk)
-            progress = getattr(observer, "on_node_progress", None)
-            if progress is not None:  # cumulative over the run's batches
-                progress(self, state.progress_done, state.progress_total)
-            elapsed = time.perf_counter() - started
+                    outputs = result.table.to_pylist(maps_as_pydicts="strict")
+                    for j, i in enumerate(result.rows):
+                        observer.on_packet_end(self, tags[i], packets_objs[i], outputs[j], False, result.captured.get(i))
+                for i, exc in result.errors.items():
+                    failed_hashes.add(missing[start + i].as_py())
+                    stats.errors.append(f"{type(exc).__name__}: {exc}")
+                    if wants_events:
+                        observer.on_packet_crash(self, tags[i], packets_objs[i], exc, result.captured.get(i))
+                    if fail_fast:
+                        tag = table.slice(first_rows[start + i].as_py(), 1).select(list(layout.tag_columns)).to_pylist()[0]
+                        exc.add_note(f"orcapod: node {self.label!r} ({pf.uri}) failed on the packet with tag {tag}")
+                        return exc
+                state.progress_done += size
+                progress = getattr(observer, "on_node_progress", None)
+                if progress is not None:  # cumulative over the run's batches
+                    progress(self, state.progress_done, state.progress_total)
+        finally:  # a failure or an interrupt: what has not started is cancelled
+            chunks.close()
+            if streamed is not None:
+                streamed.close()
+        return None
+
+    def _adaptive_chunks(
+        self,
+        pf: Any,
+        packets: pa.Table,
+        started: Any,
+        fail_fast: bool,
+        executor: PythonFunctionExecutor | None,
+        capture: bool,
+    ) -> Iterator[tuple[int, int, Any, None]]:
+        """Chunks computed here, one after the other: they start small and grow while they
+        finish fast (cheap functions pay little per-chunk overhead), and shrink when slow (slow
+        functions still report often)."""
+        done, size, total = 0, self.min_chunk, packets.num_rows
+        while done < total:
+            size = min(size, total - done)
+            started(done, size)
+            begun = time.perf_counter()
+            result = pf.call_batch(packets.slice(done, size), fail_fast=fail_fast, executor=executor, capture=capture)
+            elapsed = time.perf_counter() - begun
+            yield done, size, result, None
+            done += size
             if elapsed < self.target_chunk_s / 2:
                 size = min(size * 2, self.max_chunk)
             elif elapsed > self.target_chunk_s * 2:
                 size = max(size // 2, self.min_chunk)
-        return None
 
     def _objects(self, table: pa.Table, layout: StreamLayout, rows: pa.Array) -> tuple[list[Tag], list[Packet]]:
         sub = table.take(rows)

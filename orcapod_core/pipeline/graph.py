@@ -22,7 +22,6 @@ import re
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,9 @@ from orcapod_core.function_pods import FunctionPod
 from orcapod_core.operators import Operator
 from orcapod_core.pipeline.function_node import FunctionNode
 from orcapod_core.pipeline.nodes import CacheMode, Node, OperatorNode, SourceNode
-from orcapod_core.pipeline.observers import ExecutionObserver, NodeStats
+from orcapod_core.pipeline.observers import ExecutionObserver, RunResult
+from orcapod_core.pipeline.orchestrators import SyncPipelineOrchestrator
+from orcapod_core.pipeline.serialization import load_pipeline, save_pipeline
 from orcapod_core.result_cache import ResultCache, result_record_path
 from orcapod_core.streams import Stream
 from orcapod_core.tracking import Invocation, tracking
@@ -44,33 +45,6 @@ DEFAULT_STORE = ".orcapod"
 
 _LABEL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _RESERVED = {"name", "nodes", "run", "compile", "save", "load", "flush", "record", "pipeline_database", "result_database"}
-
-
-@dataclass
-class RunResult:
-    """What ``pipeline.run()`` did: per-node stats and totals."""
-
-    run_id: str
-    stats: dict[str, NodeStats]
-    duration_s: float = 0.0
-    error: BaseException | None = field(default=None, repr=False)
-
-    @property
-    def failed(self) -> int:
-        return sum(s.failed for s in self.stats.values())
-
-    @property
-    def computed(self) -> int:
-        return sum(s.computed for s in self.stats.values())
-
-    @property
-    def cached(self) -> int:
-        return sum(s.cached for s in self.stats.values())
-
-    def summary(self) -> str:
-        from orcapod_core.pipeline.observers import format_summary
-
-        return format_summary(self.stats.values())
 
 
 def _snake(name: str) -> str:
@@ -272,8 +246,6 @@ class Pipeline:
         they serve their current rows (e.g. rows pinned with
         :func:`~orcapod_core.pipeline.snapshots.pinned_outputs`).
         """
-        from orcapod_core.pipeline.orchestrators import SyncPipelineOrchestrator
-
         if error_policy not in ("continue", "fail_fast"):
             raise ValueError(f"error_policy must be 'continue' or 'fail_fast', got {error_policy!r}")
         if self._tracking is not None:
@@ -317,8 +289,6 @@ class Pipeline:
 
         >>> pipeline.save("pipeline.json")                         # doctest: +SKIP
         """
-        from orcapod_core.pipeline.serialization import save_pipeline
-
         return save_pipeline(self, path)
 
     @classmethod
@@ -348,10 +318,13 @@ class Pipeline:
         >>> {n.label: n.load_status.value for n in p}              # doctest: +SKIP
         >>> Pipeline.load("pipeline.json", allowed_modules=["my_lab"])   # doctest: +SKIP
         """
-        from orcapod_core.pipeline.serialization import load_pipeline
-
         return load_pipeline(
-            path, pipeline_database, result_database, storage_options=storage_options, allowed_modules=allowed_modules
+            path,
+            pipeline_database,
+            result_database,
+            storage_options=storage_options,
+            allowed_modules=allowed_modules,
+            pipeline_class=cls,
         )
 
     def flush(self) -> None:

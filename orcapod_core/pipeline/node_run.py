@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import TYPE_CHECKING
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,16 +23,13 @@ from orcapod_core.pipeline.nodes import COMPUTED_COLUMN, ENTRY_ID_COLUMN, INPUT_
 from orcapod_core.result_cache import PACKET_HASH_COLUMN
 from orcapod_core.streams import StreamLayout
 
-if TYPE_CHECKING:
-    from orcapod_core.pipeline.function_node import FunctionNode
-
 __all__ = ["NodeRun", "entry_records"]
 
 _INPUT_SOURCE_TYPE = pa.map_(pa.field("key", pa.large_string(), False), pa.field("value", pa.large_string(), True))
 
 
 class NodeRun:
-    """One run of a :class:`FunctionNode`: a single ``_assemble`` call (sync orchestrator,
+    """One run of a :class:`~orcapod_core.pipeline.function_node.FunctionNode`: a single ``_assemble`` call (sync orchestrator,
     ``execute``) or many (``spans_calls``: the async orchestrator assembles a node batch by
     batch as its input arrives).
 
@@ -49,7 +46,7 @@ class NodeRun:
       batch of both and never leaves a pipeline record whose result is missing.
     """
 
-    def __init__(self, node: FunctionNode, run_id: str | None, spans_calls: bool = False):
+    def __init__(self, node: Any, run_id: str | None, spans_calls: bool = False):  # node: its FunctionNode
         self.node = node
         self.run_id = run_id or uuid.uuid4().hex
         self.spans_calls = spans_calls

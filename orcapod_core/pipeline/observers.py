@@ -35,6 +35,7 @@ from typing import Any, Protocol, TextIO, runtime_checkable
 
 __all__ = [
     "NodeStats",
+    "RunResult",
     "ExecutionObserver",
     "NoOpObserver",
     "CompositeObserver",
@@ -67,6 +68,32 @@ class NodeStats:
             "failed": self.failed,
             "duration_s": round(self.duration_s, 6),
         }
+
+
+@dataclass
+class RunResult:
+    """What ``pipeline.run()`` did: per-node stats and totals."""
+
+    run_id: str
+    stats: dict[str, NodeStats]
+    duration_s: float = 0.0
+    error: BaseException | None = field(default=None, repr=False)
+
+    @property
+    def failed(self) -> int:
+        return sum(s.failed for s in self.stats.values())
+
+    @property
+    def computed(self) -> int:
+        return sum(s.computed for s in self.stats.values())
+
+    @property
+    def cached(self) -> int:
+        return sum(s.cached for s in self.stats.values())
+
+    def summary(self) -> str:
+        """The per-node summary table as text."""
+        return format_summary(self.stats.values())
 
 
 @runtime_checkable

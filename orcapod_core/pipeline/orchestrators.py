@@ -26,7 +26,7 @@ import pyarrow as pa
 from orcapod_core.executors import run_coroutine_sync
 from orcapod_core.pipeline.function_node import FunctionNode
 from orcapod_core.pipeline.nodes import Node, is_function_node, is_operator_node, is_source_node
-from orcapod_core.pipeline.observers import ExecutionObserver, NodeStats, NoOpObserver
+from orcapod_core.pipeline.observers import ExecutionObserver, NodeStats, NoOpObserver, RunResult
 from orcapod_core.streams import Stream, TableStream
 
 __all__ = ["SyncPipelineOrchestrator", "AsyncPipelineOrchestrator"]
@@ -50,8 +50,6 @@ class _Run:
         self.start = time.perf_counter()
 
     def finish(self, error: BaseException | None) -> Any:
-        from orcapod_core.pipeline.graph import RunResult
-
         try:
             self.pipeline.flush()
         finally:

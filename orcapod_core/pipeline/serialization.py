@@ -43,7 +43,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 
@@ -61,8 +61,9 @@ from orcapod_core.sources import CSVSource, DeltaTableSource, Source, file_sourc
 from orcapod_core.streams import Stream, StreamLayout, conform
 from orcapod_core.types import arrow_schema_from_json, arrow_schema_to_json
 
-if TYPE_CHECKING:
-    from orcapod_core.pipeline.graph import Pipeline
+# The Pipeline class is passed in (``pipeline_class``), so this module never imports the
+# graph that uses it: ``Pipeline.save`` / ``Pipeline.load`` call into here.
+Pipeline = Any
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "StoredSource", "describe_pipeline", "save_pipeline", "load_pipeline"]
 
@@ -317,6 +318,7 @@ class _LoadOptions:
     base_dir: Path  # the JSON file's folder: relative paths are relative to it
     storage_options: dict[str, str] | None
     allowed_modules: tuple[str, ...] | None  # None: any module, but functions must be pods
+    pipeline_class: type  # the Pipeline class (passed in: this module does not import the graph)
 
 
 def _local_path(path: str, relative_to_file: bool, options: _LoadOptions, reader: _Reader, what: str) -> str:
@@ -391,16 +393,17 @@ def load_pipeline(
     *,
     storage_options: dict[str, str] | None = None,
     allowed_modules: Sequence[str] | None = None,
+    pipeline_class: type,
 ) -> Pipeline:
-    """Rebuild a pipeline from :func:`save_pipeline` output (see :meth:`Pipeline.load`, which
-    documents ``allowed_modules``).
+    """Rebuild a pipeline (an instance of ``pipeline_class``, the ``Pipeline`` class) from
+    :func:`save_pipeline` output (see :meth:`Pipeline.load`, which documents ``allowed_modules``).
 
     Nothing is written to any database while loading.
 
-    >>> p = load_pipeline("pipeline.json", allowed_modules=["my_lab"])   # doctest: +SKIP
+    >>> p = load_pipeline("pipeline.json", allowed_modules=["my_lab"], pipeline_class=Pipeline)   # doctest: +SKIP
     """
     file = Path(path)
-    options = _LoadOptions(file.parent.resolve(), storage_options, allowed_module_prefixes(allowed_modules))
+    options = _LoadOptions(file.parent.resolve(), storage_options, allowed_module_prefixes(allowed_modules), pipeline_class)
     description = _read_description(file)
     reader = _Reader(str(file))
     _check_paths(description, options, reader)  # before any module is imported
@@ -435,8 +438,6 @@ def _build(
     pipeline_database: ArrowDatabase | None,
     result_database: ArrowDatabase | None,
 ) -> Pipeline:
-    from orcapod_core.pipeline.graph import Pipeline
-
     name = reader.get(description, "name", list, "the pipeline")
     if pipeline_database is None:
         pipeline_database = _open_database(description.get("pipeline_database"), options, "pipeline_database", reader)
@@ -446,7 +447,7 @@ def _build(
         cache_mode = CacheMode(description.get("operator_cache_mode", "off"))
     except ValueError:
         raise reader.error(f"field 'operator_cache_mode' is {description.get('operator_cache_mode')!r}") from None
-    pipeline = Pipeline(name, pipeline_database, result_database, operator_cache_mode=cache_mode)
+    pipeline = options.pipeline_class(name, pipeline_database, result_database, operator_cache_mode=cache_mode)
     nodes: dict[str, Node] = {}
     for i, entry in enumerate(reader.get(description, "nodes", list, "the pipeline")):
         label = reader.get(entry, "label", str, f"node #{i}")

@@ -153,7 +153,7 @@ def test_executor_check_is_cached_per_class_pair():
     pf.executor = Watched(max_workers=2)
     PythonPacketFunction(double, output_keys="y").executor = Watched()
     assert calls == ["python"]
-    assert executors._SUPPORT_CACHE[(PythonPacketFunction, Watched)] is True
+    assert executors.base._SUPPORT_CACHE[(PythonPacketFunction, Watched)] is True
 
 
 def test_executor_is_used_and_not_part_of_identity():

@@ -1,15 +1,25 @@
-"""Executors: where and how a packet function's Python callable actually runs.
+"""The executor protocol: where and how a packet function's Python callable actually runs.
 
 An executor is an immutable value (a frozen dataclass): ``with_options(**opts)`` returns a
 new one. It receives a plain callable and its keyword arguments — never packets, tags or
-Arrow internals — so the same function can run in-process, on a thread pool or (later) on
-a cluster without changing what it computes. Executors are not part of a function's
-identity: the same packet gives the same result wherever it ran.
+Arrow internals — so the same function runs in-process, on a thread pool, on a local process
+pool or on a Ray cluster without changing what it computes. Executors are not part of a
+function's identity: the same packet gives the same result wherever it ran.
+
+Two ways to run many calls:
+
+* :meth:`PythonFunctionExecutor.execute_batch` — one batch, results in input order;
+* :meth:`PythonFunctionExecutor.map_chunks` — many chunks of calls, each chunk's results
+  yielded **as the chunk completes**, so a node stores what is done while the rest still runs.
+  Executors that run calls elsewhere (``concurrency() > 1``) get all of a node's packets at once,
+  split into chunks by :func:`plan_chunks`.
 
 A packet function checks an executor when it is assigned (``pf.executor = ex``), not when it
 is called: the executor class must list the function's ``function_type`` in its
-``supported_function_types``. The check runs once per (function class, executor class) pair.
+``supported_function_types`` (once per class pair), and the function must be able to reach the
+executor's workers (:meth:`PythonFunctionExecutor.check_function`).
 
+>>> from orcapod_core.executors import LocalPythonFunctionExecutor
 >>> ex = LocalPythonFunctionExecutor()
 >>> ex.execute_callable(lambda x: x + 1, {"x": 1})
 2
@@ -21,20 +31,23 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import inspect
 import json
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
+from orcapod_core.capture import capturing
 from orcapod_core.errors import ExecutorTypeError, InputValidationError
 from orcapod_core.types import Schema
 
 __all__ = [
     "PythonFunctionExecutor",
-    "LocalPythonFunctionExecutor",
+    "ChunkDone",
     "check_executor",
+    "plan_chunks",
     "run_coroutine_sync",
 ]
 
@@ -58,6 +71,29 @@ def run_coroutine_sync(coro: Coroutine[Any, Any, _T]) -> _T:
 
 
 @dataclass(frozen=True)
+class ChunkDone:
+    """One completed chunk of calls: its position among the chunks, one result (or raised
+    exception) per call in the chunk's order, and where it ran (``info``: e.g. the Ray node or
+    the worker process; ``None`` in-process)."""
+
+    index: int
+    results: list[Any]
+    info: dict[str, str] | None = None
+
+
+def plan_chunks(n: int, concurrency: int, chunk_size: int | None = None) -> list[tuple[int, int]]:
+    """``(start, length)`` chunks covering ``n`` calls for an executor running ``concurrency``
+    at once: about four chunks per worker (so uneven calls balance out), at most 1,024 calls per
+    chunk (so results stream back), ``chunk_size`` when given.
+
+    >>> plan_chunks(10, 2)
+    [(0, 2), (2, 2), (4, 2), (6, 2), (8, 2)]
+    """
+    size = chunk_size or max(1, min(-(-n // (4 * max(concurrency, 1))), 1024))
+    return [(start, min(size, n - start)) for start in range(0, n, size)]
+
+
+@dataclass(frozen=True)
 class PythonFunctionExecutor:
     """Base of every executor of Python callables (the executor protocol, with defaults).
 
@@ -68,6 +104,10 @@ class PythonFunctionExecutor:
 
     executor_type: ClassVar[str] = "abstract"
     supported_function_types: ClassVar[frozenset[str]] = frozenset({"python"})
+    #: True when calls run in other processes or machines: the function and its arguments
+    #: travel (by pickle — transport, never storage) and exceptions come back with their
+    #: traceback text.
+    remote: ClassVar[bool] = False
 
     # -- capability -----------------------------------------------------------------
     @classmethod
@@ -130,6 +170,39 @@ class PythonFunctionExecutor:
                     return list(results[: i + 1])
         return list(results)
 
+    def concurrency(self) -> int:
+        """How many calls this executor runs at once (1: one after the other, here)."""
+        return 1
+
+    def check_function(self, function: Callable[..., Any]) -> None:
+        """Raise :class:`~orcapod_core.errors.ExecutorTypeError` when ``function`` cannot run on
+        this executor's workers (e.g. it cannot travel to another process)."""
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Keep this executor's workers (a process pool, a cluster connection) alive for the
+        block: calls inside reuse them. A pipeline run holds one session per executor it uses."""
+        yield
+
+    def map_chunks(
+        self,
+        fn: Callable[..., Any],
+        chunks: Iterable[list[dict[str, Any]]],
+        *,
+        fail_fast: bool = False,
+        capture: bool = False,
+    ) -> Iterator[ChunkDone]:
+        """Run every chunk of calls; yield each chunk's results (:class:`ChunkDone`, results in
+        the chunk's order) as the chunk completes — here, one chunk after the other. With
+        ``capture`` each result is ``(value, captured output)``. With ``fail_fast`` no chunk is
+        started after a failure. Closing the iterator cancels what has not started."""
+        function = capturing(fn) if capture else fn
+        for i, chunk in enumerate(chunks):
+            results = self.execute_batch(function, chunk, fail_fast=fail_fast)
+            yield ChunkDone(i, results)
+            if fail_fast and any(isinstance(r, BaseException) for r in results):
+                return
+
     # -- description ------------------------------------------------------------------
     def get_executor_data(self) -> dict[str, str]:
         """The executor's type and options as strings (stored with each result)."""
@@ -149,76 +222,14 @@ class PythonFunctionExecutor:
         return Schema({"executor_type": str, **{f.name: str for f in dataclasses.fields(self)}})
 
 
-@dataclass(frozen=True)
-class LocalPythonFunctionExecutor(PythonFunctionExecutor):
-    """Runs functions in this process — the default executor.
-
-    ``max_workers > 1`` runs a batch of packets on a thread pool of that size (useful for
-    I/O-bound or GIL-releasing functions); results keep input order.
-
-    >>> LocalPythonFunctionExecutor(max_workers=4).get_executor_data()
-    {'executor_type': 'local', 'max_workers': '4'}
-    """
-
-    executor_type: ClassVar[str] = "local"
-
-    max_workers: int = 1
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.max_workers, int) or isinstance(self.max_workers, bool) or self.max_workers < 1:
-            raise InputValidationError(f"LocalPythonFunctionExecutor: max_workers must be an int >= 1, got {self.max_workers!r}")
-
-    def execute_callable(self, fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> Any:
-        if inspect.iscoroutinefunction(fn):
-            return run_coroutine_sync(fn(**kwargs))
-        return fn(**kwargs)
-
-    async def async_execute_callable(self, fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> Any:
-        if inspect.iscoroutinefunction(fn):
-            return await fn(**kwargs)
-        if self.max_workers > 1:  # keep the event loop free while a sync function runs
-            return await asyncio.to_thread(fn, **kwargs)
-        return fn(**kwargs)
-
-    def execute_batch(
-        self, fn: Callable[..., Any], kwargs_list: Sequence[Mapping[str, Any]], *, fail_fast: bool = False
-    ) -> list[Any]:
-        if inspect.iscoroutinefunction(fn):
-            return super().execute_batch(fn, kwargs_list, fail_fast=fail_fast)
-        out: list[Any] = []
-        if self.max_workers == 1 or len(kwargs_list) < 2:
-            # The hot path: a plain loop, no per-call dispatch.
-            append = out.append
-            for kwargs in kwargs_list:
-                try:
-                    append(fn(**kwargs))
-                except Exception as exc:
-                    append(exc)
-                    if fail_fast:
-                        break
-            return out
-        with concurrent.futures.ThreadPoolExecutor(self.max_workers, thread_name_prefix="orcapod-exec") as pool:
-            futures = [pool.submit(fn, **kwargs) for kwargs in kwargs_list]
-            for i, future in enumerate(futures):
-                try:
-                    out.append(future.result())
-                except Exception as exc:
-                    out.append(exc)
-                    if fail_fast:
-                        for pending in futures[i + 1 :]:
-                            pending.cancel()
-                        break
-        return out
-
-
 # Executor capability checks are per class pair, so they are cached once computed.
 _SUPPORT_CACHE: dict[tuple[type, type], bool] = {}
 
 
-def check_executor(function_class: type, function_type: str, executor: Any) -> None:
-    """Raise :class:`ExecutorTypeError` unless ``executor`` can run ``function_type`` functions.
-
-    Checked once per (function class, executor class) and cached.
+def check_executor(function_class: type, function_type: str, executor: Any, function: Callable[..., Any] | None = None) -> None:
+    """Raise :class:`ExecutorTypeError` unless ``executor`` can run ``function_type`` functions
+    (checked once per (function class, executor class) and cached) and, given ``function``, that
+    very function (:meth:`PythonFunctionExecutor.check_function`).
     """
     key = (function_class, type(executor))
     ok = _SUPPORT_CACHE.get(key)
@@ -233,3 +244,7 @@ def check_executor(function_class: type, function_type: str, executor: Any) -> N
             f"executor {type(executor).__name__} cannot run {function_type!r} functions "
             f"({function_class.__name__}); it supports {kinds or 'no function types'}"
         )
+    if function is not None:
+        check = getattr(executor, "check_function", None)
+        if check is not None:
+            check(function)

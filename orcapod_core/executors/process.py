@@ -1,0 +1,218 @@
+"""LocalProcessExecutor: a node's packets on a pool of local worker processes (every core).
+
+Workers are started with ``spawn`` (never ``fork``: the parent runs threads — Arrow, Polars,
+Dagster — and a forked copy of a lock held by another thread deadlocks). A function travels to
+them **by reference** — module and qualified name, as ``pickle`` does — so it must be defined at
+the top level of an importable module: functions defined inside other functions, in
+``python -c``, ``exec`` or a REPL are refused when the executor is assigned, with the reason.
+Arguments and results travel by pickle too (transport, not storage). A script that uses a
+process pool keeps its top-level work under ``if __name__ == "__main__":`` (``spawn`` imports the
+main module in every worker).
+
+Within a pipeline run one pool serves every node (:meth:`LocalProcessExecutor.session`) and is
+shut down when the run ends; outside a run each batch starts its own.
+
+>>> ex = LocalProcessExecutor(max_workers=4)
+>>> ex.concurrency(), ex.get_executor_data()
+(4, {'executor_type': 'process', 'max_workers': '4', 'chunk_size': ''})
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import multiprocessing
+import os
+import pickle
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from orcapod_core.capture import call_many
+from orcapod_core.errors import ExecutorTypeError, InputValidationError, PacketComputationError
+from orcapod_core.executors.base import ChunkDone, PythonFunctionExecutor, plan_chunks
+
+__all__ = ["LocalProcessExecutor", "check_travels"]
+
+_pools: dict[LocalProcessExecutor, tuple[concurrent.futures.ProcessPoolExecutor, int]] = {}
+_pools_lock = threading.Lock()
+
+
+def check_travels(function: Callable[..., Any], executor: str) -> None:
+    """Raise :class:`ExecutorTypeError` unless ``function`` can be sent to another process by
+    reference (defined at the top level of an importable module)."""
+    name = getattr(function, "__qualname__", repr(function))
+    module = getattr(function, "__module__", None)
+    where = None
+    if "<locals>" in name:
+        where = "it is defined inside another function"
+    elif module == "__main__" and not hasattr(sys.modules.get("__main__"), "__file__"):
+        where = "it is defined in `python -c`, `exec` or an interactive session, which worker processes cannot import"
+    else:
+        try:
+            pickle.dumps(function)
+        except Exception as exc:  # PicklingError, AttributeError, TypeError...
+            where = f"it cannot be pickled by reference ({exc})"
+    if where is not None:
+        raise ExecutorTypeError(
+            f"{executor} cannot run function {name!r} (module {module!r}): {where}. Functions travel to worker "
+            f"processes by module and name: define it at the top level of a module file"
+        )
+
+
+def _worker_info() -> dict[str, str]:
+    return {"pid": str(os.getpid())}
+
+
+def _run_chunk(fn: Callable[..., Any], kwargs_list: list[dict[str, Any]], capture: bool, fail_fast: bool) -> tuple[list[Any], dict[str, str]]:
+    return call_many(fn, kwargs_list, capture=capture, fail_fast=fail_fast, portable=True), _worker_info()
+
+
+@dataclass(frozen=True)
+class LocalProcessExecutor(PythonFunctionExecutor):
+    """Runs a node's uncached packets on a pool of ``max_workers`` local processes (default: one
+    per core), in chunks, results streamed back as chunks complete.
+
+    ``chunk_size``: packets per submitted chunk (default: about four chunks per worker, at most
+    1,024 packets each — see :func:`~orcapod_core.executors.base.plan_chunks`).
+
+    >>> @function_pod(output_keys="y", executor=LocalProcessExecutor())    # doctest: +SKIP
+    ... def segment(path: str) -> int: ...
+    >>> pipeline.run(executor=LocalProcessExecutor(max_workers=8))          # doctest: +SKIP
+    """
+
+    executor_type: ClassVar[str] = "process"
+    remote: ClassVar[bool] = True
+
+    max_workers: int | None = None
+    chunk_size: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_workers", "chunk_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise InputValidationError(f"LocalProcessExecutor: {name} must be an int >= 1 or None, got {value!r}")
+
+    def concurrency(self) -> int:
+        return self.max_workers or os.cpu_count() or 1
+
+    def check_function(self, function: Callable[..., Any]) -> None:
+        check_travels(function, "LocalProcessExecutor")
+
+    # -- the pool -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """One pool for every batch inside the block (nested sessions share it); shut down at
+        the end of the outermost one."""
+        with _pools_lock:
+            pool, depth = _pools.get(self, (None, 0))
+            if pool is None:
+                pool = self._new_pool()
+            _pools[self] = (pool, depth + 1)
+        try:
+            yield
+        finally:
+            with _pools_lock:
+                pool, depth = _pools[self]
+                if depth > 1:
+                    _pools[self] = (pool, depth - 1)
+                else:
+                    del _pools[self]
+            if depth <= 1:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        return concurrent.futures.ProcessPoolExecutor(self.concurrency(), mp_context=multiprocessing.get_context("spawn"))
+
+    @contextlib.contextmanager
+    def _pool(self) -> Iterator[concurrent.futures.ProcessPoolExecutor]:
+        with _pools_lock:
+            entry = _pools.get(self)
+            if entry is not None and getattr(entry[0], "_broken", False):  # a worker died: a fresh pool
+                entry = (self._new_pool(), entry[1])
+                _pools[self] = entry
+        if entry is not None:
+            yield entry[0]
+            return
+        with self.session():
+            yield _pools[self][0]
+
+    # -- running --------------------------------------------------------------------------
+    def execute_callable(self, fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> Any:
+        (result,) = self.execute_batch(fn, [kwargs])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def execute_batch(self, fn: Callable[..., Any], kwargs_list: Sequence[Mapping[str, Any]], *, fail_fast: bool = False) -> list[Any]:
+        plan = plan_chunks(len(kwargs_list), self.concurrency(), self.chunk_size)
+        chunks = [[dict(k) for k in kwargs_list[start : start + size]] for start, size in plan]
+        done: dict[int, list[Any]] = {}
+        for chunk in self.map_chunks(fn, chunks, fail_fast=fail_fast):
+            done[chunk.index] = chunk.results
+        out: list[Any] = []
+        for i in range(len(chunks)):
+            if i not in done:
+                break
+            out.extend(done[i])
+            if fail_fast and any(isinstance(r, BaseException) for r in done[i]):
+                out = out[: next(j for j, r in enumerate(out) if isinstance(r, BaseException)) + 1]
+                break
+        return out
+
+    def map_chunks(
+        self,
+        fn: Callable[..., Any],
+        chunks: Iterable[list[dict[str, Any]]],
+        *,
+        fail_fast: bool = False,
+        capture: bool = False,
+    ) -> Iterator[ChunkDone]:
+        """Submit the chunks to the pool (at most two per worker waiting at a time) and yield
+        each as it completes. A worker that dies fails the packets of its chunk with
+        :class:`~orcapod_core.errors.PacketComputationError`."""
+        self.check_function(fn)
+        with self._pool() as pool:
+            yield from _stream(pool, fn, iter(enumerate(chunks)), 2 * self.concurrency(), capture, fail_fast)
+
+
+def _stream(
+    pool: concurrent.futures.ProcessPoolExecutor,
+    fn: Callable[..., Any],
+    chunks: Iterator[tuple[int, list[dict[str, Any]]]],
+    in_flight: int,
+    capture: bool,
+    fail_fast: bool,
+) -> Iterator[ChunkDone]:
+    pending: dict[concurrent.futures.Future, tuple[int, int]] = {}
+    stop = False
+
+    def submit() -> None:
+        while not stop and len(pending) < in_flight:
+            item = next(chunks, None)
+            if item is None:
+                return
+            index, chunk = item
+            pending[pool.submit(_run_chunk, fn, chunk, capture, fail_fast)] = (index, len(chunk))
+
+    try:
+        submit()
+        while pending:
+            finished, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                index, size = pending.pop(future)
+                try:
+                    results, info = future.result()
+                except BrokenProcessPool as exc:
+                    error = PacketComputationError(f"the worker process running this packet died ({exc})")
+                    results, info = [error] * size, None
+                failed = any(isinstance(r, BaseException) for r in results)
+                stop = stop or (fail_fast and failed)
+                yield ChunkDone(index, results, info)
+            submit()
+    finally:
+        for future in pending:
+            future.cancel()
