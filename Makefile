@@ -19,7 +19,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml $(PACKAGES:%=%/__init__.py) | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
 	$(BIN)/python -I -c "import importlib; bad = [p for p in '$(PACKAGES)'.split() if not (importlib.import_module(p).__file__ or '').startswith('$(CURDIR)/')]; assert not bad, f'not installed as regular packages from $(CURDIR): {bad}'"
 	touch $(STAMP)
 
@@ -48,6 +48,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/bench_dagster.py
 	$(BIN)/python benchmarks/bench_sources.py
+	$(BIN)/python benchmarks/bench_scale.py
 
 clean:
 	rm -rf $(VENV) .orcapod .dagster

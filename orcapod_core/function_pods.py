@@ -29,7 +29,6 @@ from orcapod_core.columns import source_column
 from orcapod_core.errors import InputValidationError, SchemaMismatchError
 from orcapod_core.executors import PythonFunctionExecutor
 from orcapod_core.hashing import ContentHash, digests_to_hex, hash_object
-from orcapod_core.operators import Join
 from orcapod_core.packet_function import PythonPacketFunction
 from orcapod_core.packet_function_proxy import PacketFunctionProxy, resolve_packet_function_from_config
 from orcapod_core.streams import Stream, StreamLayout
@@ -117,6 +116,10 @@ class FunctionPod:
         if len(streams) == 1:
             stream = streams[0]
         else:
+            # Imported here, not at the top: a worker process that unpickles a pod function
+            # imports this module, and needs neither the operators nor polars.
+            from orcapod_core.operators import Join
+
             with untracked():  # this pod's own invocation records the inputs
                 stream = Join()(*streams)
         out = FunctionPodStream(self, stream, inputs=streams, label=label)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -208,6 +207,8 @@ class Stream:
 
     def as_polars(self, columns: Any = None, all_info: bool = False) -> polars.DataFrame:
         """Rows as a polars DataFrame."""
+        import polars as pl  # imported when used: a worker process unpickling a function needs no polars
+
         return pl.from_arrow(self.as_table(columns, all_info))  # type: ignore[return-value]
 
     def __len__(self) -> int:

@@ -51,7 +51,9 @@ def orcapod_assets(
     ``on_packet_error``: ``"raise"`` fails the step when a packet fails (after storing every
     other result); ``"warn"`` materializes anyway and reports the failures (``orcapod/failed``,
     the ``no_failed_packets`` check). ``orchestrator`` and ``function_executor`` are passed to
-    ``pipeline.run`` (e.g. ``AsyncPipelineOrchestrator()``, ``RayExecutor()``).
+    ``pipeline.run`` (e.g. ``AsyncPipelineOrchestrator()``, ``LocalProcessExecutor()``); the
+    translator's ``get_executor(node)`` overrides ``function_executor`` per node, and with
+    ``granularity="node"`` its ``get_op_tags(node)`` adds per-step op tags.
 
     ``partition_by``: a source tag column; every asset is then partitioned by its values
     (dynamic partitions, see :mod:`orcapod_dagster.partitions`) with a single-run backfill policy
@@ -99,12 +101,13 @@ def orcapod_assets(
             [inspect.Parameter("context", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
             + [inspect.Parameter(arg, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Stream) for arg in inputs]
         )
+        own = {**step, "op_tags": {**(op_tags or {}), **translator.get_op_tags(nodes[label])} or None}
         return dg.multi_asset(
             name=f"{name}__{sanitize_name(label)}" if name else "__".join(plan.keys[label].path),
             specs=[specs[label]],
             check_specs=checks[label],
             ins={arg: dg.AssetIn(key=plan.keys[up.label]) for arg, up in inputs.items()},
-            **step,
+            **own,
         )(_node_step)
 
     return [node_asset(label) for label in nodes]

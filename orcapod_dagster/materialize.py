@@ -150,7 +150,7 @@ class PipelineAssets:
         with pinned_outputs({**pins, **self.partition_pins(context, labels)}):
             result = self.pipeline.run(
                 orchestrator=self.orchestrator,
-                executor=self.function_executor,
+                executor=self.executors(labels),
                 observer=DagsterLogObserver(context.log),
                 error_policy="continue",
                 nodes=list(labels),
@@ -184,6 +184,19 @@ class PipelineAssets:
                 "missing ones):\n" + "\n".join(lines),
                 metadata={"orcapod/failed_assets": [self.keys[label].to_user_string() for label in failed]},
             )
+
+    def executors(self, labels: Sequence[str]) -> dict[str, Any]:
+        """Per selected function node, the executor its packets run on: the translator's choice
+        (:meth:`~orcapod_dagster.OrcapodTranslator.get_executor`), else ``function_executor``;
+        nodes without either keep their function's own executor."""
+        chosen = {}
+        for label in labels:
+            node = self.pipeline.nodes[label]
+            if node.kind == "function":
+                executor = self.translator.get_executor(node) or self.function_executor
+                if executor is not None:
+                    chosen[label] = executor
+        return chosen
 
     def stored_checks(self, context: dg.AssetExecutionContext, skip: Sequence[str] = ()) -> Iterator[dg.AssetCheckResult]:
         """The selected checks of assets not in ``skip``, evaluated on each asset's latest materialization."""

@@ -2,7 +2,7 @@
 
 Like dagster-dbt's ``DagsterDbtTranslator``, one class owns the mapping — key, group,
 description, metadata, tags, owners, kinds, code version, automation condition, partitions,
-checks — and :meth:`OrcapodTranslator.get_asset_spec` assembles an ``AssetSpec`` from those
+checks, and where a node's packets run (executor, op tags) — and :meth:`OrcapodTranslator.get_asset_spec` assembles an ``AssetSpec`` from those
 methods. Deps, column lineage and checks all ask :meth:`~OrcapodTranslator.get_asset_key`, so
 keys can never disagree. Customise by overriding one method:
 
@@ -24,6 +24,7 @@ from typing import Any
 import dagster as dg
 
 from orcapod_core.databases import DeltaTableDatabase
+from orcapod_core.executors import PythonFunctionExecutor
 from orcapod_core.pipeline import Node
 from orcapod_core.pipeline import snapshot_path
 from orcapod_core.sources import DeltaTableSource
@@ -181,6 +182,9 @@ class OrcapodTranslator:
         if node.kind == "function":
             config = node.packet_function.to_config()  # type: ignore[attr-defined]
             metadata["orcapod/function"] = f"{config['module']}.{config['callable']}"
+            executor = self.get_executor(node)
+            if executor is not None:
+                metadata["orcapod/executor"] = dict(executor.get_executor_data())
         uri = node_table_uri(node)
         if uri is not None:
             metadata["dagster/uri"] = uri
@@ -210,6 +214,26 @@ class OrcapodTranslator:
     def get_tags(self, node: Node) -> Mapping[str, str]:
         """Asset tags (none by default)."""
         return {}
+
+    def get_executor(self, node: Node) -> PythonFunctionExecutor | None:
+        """Where a function node's packets run when its asset materializes. ``None`` (the
+        default) keeps the function's own executor (or the assets' ``function_executor=``).
+        Return an executor to fan one heavy asset out while the rest runs locally; results are
+        shared whichever executor computed them:
+
+        >>> class HeavyOnRay(OrcapodTranslator):
+        ...     def get_executor(self, node):
+        ...         return RayExecutor(num_gpus=1) if node.label == "segmented" else None
+        """
+        return None
+
+    def get_op_tags(self, node: Node) -> Mapping[str, Any]:
+        """Op tags of the node's step with ``granularity="node"`` (merged over the assets'
+        ``op_tags=``): ``orcapod/executor`` names the executor type when :meth:`get_executor`
+        chooses one, so Dagster's tag concurrency limits (or a run launcher) can treat those
+        steps apart, e.g. at most two Ray-backed steps at a time."""
+        executor = self.get_executor(node) if node.kind == "function" else None
+        return {"orcapod/executor": executor.executor_type} if executor is not None else {}
 
     def get_owners(self, node: Node) -> Sequence[str]:
         """Asset owners (none by default)."""

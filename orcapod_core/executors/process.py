@@ -37,7 +37,7 @@ from orcapod_core.executors.base import ChunkDone, PythonFunctionExecutor, plan_
 
 __all__ = ["LocalProcessExecutor", "check_travels"]
 
-_pools: dict[LocalProcessExecutor, tuple[concurrent.futures.ProcessPoolExecutor, int]] = {}
+_pools: dict[LocalProcessExecutor, list] = {}  # executor → [pool or None (not started yet), session depth]
 _pools_lock = threading.Lock()
 
 
@@ -105,23 +105,21 @@ class LocalProcessExecutor(PythonFunctionExecutor):
     # -- the pool -------------------------------------------------------------------------
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
-        """One pool for every batch inside the block (nested sessions share it); shut down at
-        the end of the outermost one."""
+        """One pool for every batch inside the block (nested sessions share it), started when
+        the first packet needs it — a run with nothing to compute starts no process — and shut
+        down at the end of the outermost session."""
         with _pools_lock:
-            pool, depth = _pools.get(self, (None, 0))
-            if pool is None:
-                pool = self._new_pool()
-            _pools[self] = (pool, depth + 1)
+            entry = _pools.setdefault(self, [None, 0])
+            entry[1] += 1
         try:
             yield
         finally:
             with _pools_lock:
-                pool, depth = _pools[self]
-                if depth > 1:
-                    _pools[self] = (pool, depth - 1)
-                else:
+                entry[1] -= 1
+                pool = entry[0] if entry[1] == 0 else None
+                if entry[1] == 0:
                     del _pools[self]
-            if depth <= 1:
+            if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
@@ -129,16 +127,24 @@ class LocalProcessExecutor(PythonFunctionExecutor):
 
     @contextlib.contextmanager
     def _pool(self) -> Iterator[concurrent.futures.ProcessPoolExecutor]:
+        """The session's pool (started now if needed; a fresh one if a worker died), or a pool
+        for this call alone outside a session."""
         with _pools_lock:
             entry = _pools.get(self)
-            if entry is not None and getattr(entry[0], "_broken", False):  # a worker died: a fresh pool
-                entry = (self._new_pool(), entry[1])
-                _pools[self] = entry
+            if entry is not None and (entry[0] is None or getattr(entry[0], "_broken", False)):
+                entry[0] = self._new_pool()
         if entry is not None:
             yield entry[0]
             return
         with self.session():
-            yield _pools[self][0]
+            yield self._pool_now()
+
+    def _pool_now(self) -> concurrent.futures.ProcessPoolExecutor:
+        with _pools_lock:
+            entry = _pools[self]
+            if entry[0] is None:
+                entry[0] = self._new_pool()
+            return entry[0]
 
     # -- running --------------------------------------------------------------------------
     def execute_callable(self, fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> Any:

@@ -245,6 +245,14 @@ class Pipeline:
         only the ``nodes`` themselves run, and the upstream nodes they read are not executed:
         they serve their current rows (e.g. rows pinned with
         :func:`~orcapod_core.pipeline.snapshots.pinned_outputs`).
+
+        ``executor`` runs the function nodes' packets instead of each function's own executor:
+        one executor for all of them, or ``{label: executor}`` for some (the rest keep theirs).
+        Executors are not identity: results are shared whichever computed them. A process pool
+        is started once for the run (when a packet first needs it) and shut down at its end.
+
+        >>> p.run(executor=LocalProcessExecutor())                          # doctest: +SKIP
+        >>> p.run(executor={"segment": RayExecutor(address="auto")})       # doctest: +SKIP
         """
         if error_policy not in ("continue", "fail_fast"):
             raise ValueError(f"error_policy must be 'continue' or 'fail_fast', got {error_policy!r}")

@@ -17,13 +17,15 @@ included:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
 
-from orcapod_core.executors import run_coroutine_sync
+from orcapod_core.errors import InvalidLabelError
+from orcapod_core.executors import check_executor, run_coroutine_sync
 from orcapod_core.pipeline.function_node import FunctionNode
 from orcapod_core.pipeline.nodes import Node, is_function_node, is_operator_node, is_source_node
 from orcapod_core.pipeline.observers import ExecutionObserver, NodeStats, NoOpObserver, RunResult
@@ -32,11 +34,40 @@ from orcapod_core.streams import Stream, TableStream
 __all__ = ["SyncPipelineOrchestrator", "AsyncPipelineOrchestrator"]
 
 
+def _executor_overrides(pipeline: Any, nodes: Sequence[Any], executor: Any) -> dict[str, Any]:
+    """``{function node label: executor}`` from ``run(executor=...)``: one executor for every
+    function node, or a mapping of labels to executors — each checked now, before anything runs,
+    against the function it will run."""
+    functions = {n.label: n for n in nodes if getattr(n, "kind", None) == "function"}
+    if executor is None:
+        return {}
+    if isinstance(executor, Mapping):
+        unknown = [label for label in executor if label not in pipeline.nodes or pipeline.nodes[label].kind != "function"]
+        if unknown:
+            raise InvalidLabelError(
+                f"run(executor={{...}}): {unknown} are not function nodes of pipeline {'/'.join(pipeline.name)!r} "
+                f"(its function nodes: {[n.label for n in pipeline.nodes.values() if n.kind == 'function']})"
+            )
+        chosen = {label: ex for label, ex in executor.items() if label in functions and ex is not None}
+    else:
+        chosen = dict.fromkeys(functions, executor)
+    for label, ex in chosen.items():
+        pf = functions[label].packet_function
+        check_executor(type(pf), pf.function_type, ex, getattr(pf, "function", None))
+    return chosen
+
+
 class _Run:
-    """Bookkeeping shared by both orchestrators: run id, stats, start/end events, flushing."""
+    """Bookkeeping shared by both orchestrators: run id, stats, start/end events, flushing, and
+    the executors of the run's function nodes (overrides checked up front; one session each)."""
 
     def __init__(
-        self, pipeline: Any, observer: ExecutionObserver | None, nodes: Sequence[str] | None, include_upstream: bool = True
+        self,
+        pipeline: Any,
+        observer: ExecutionObserver | None,
+        nodes: Sequence[str] | None,
+        include_upstream: bool = True,
+        executor: Any = None,
     ):
         self.pipeline = pipeline
         self.observer = observer or NoOpObserver()
@@ -48,10 +79,24 @@ class _Run:
         # what a streaming consumer reports as its input total at ``on_node_start``.
         self.row_counts: dict[str, int] = {}
         self.start = time.perf_counter()
+        self._overrides = _executor_overrides(pipeline, self.nodes, executor)
+        self._sessions = contextlib.ExitStack()
+        self._in_session: list[Any] = []
+
+    def executor_for(self, node: Any) -> Any:
+        """The run's executor override for a function node (``None``: the function's own), with
+        the executor that will run it kept alive (its session) until the run ends."""
+        override = self._overrides.get(node.label)
+        running = override if override is not None else getattr(node.packet_function, "executor", None)
+        if running is not None and not any(running is e or running == e for e in self._in_session):
+            self._sessions.enter_context(running.session())
+            self._in_session.append(running)
+        return override
 
     def finish(self, error: BaseException | None) -> Any:
         try:
             self.pipeline.flush()
+            self._sessions.close()  # process pools shut down
         finally:
             ordered = {n.label: self.stats[n.label] for n in self.nodes if n.label in self.stats}
             self.observer.on_run_end(self.pipeline, self.run_id, ordered, error)
@@ -71,7 +116,7 @@ class SyncPipelineOrchestrator:
         nodes: Sequence[str] | None = None,
         include_upstream: bool = True,
     ) -> Any:
-        run = _Run(pipeline, observer, nodes, include_upstream)
+        run = _Run(pipeline, observer, nodes, include_upstream, executor)
         obs = run.observer
         obs.on_run_start(pipeline, run.run_id)
         error: BaseException | None = None
@@ -87,7 +132,7 @@ class SyncPipelineOrchestrator:
                     stream = node.join_inputs(inputs)  # type: ignore[attr-defined]
                     try:
                         outputs[node.label] = node.execute(
-                            stream, obs, error_policy=error_policy, executor=executor, run_id=run.run_id
+                            stream, obs, error_policy=error_policy, executor=run.executor_for(node), run_id=run.run_id
                         )
                     finally:
                         if node.last_stats is not None:  # type: ignore[attr-defined]
@@ -131,11 +176,11 @@ class AsyncPipelineOrchestrator:
         nodes: Sequence[str] | None = None,
         include_upstream: bool = True,
     ) -> Any:
-        run = _Run(pipeline, observer, nodes, include_upstream)
+        run = _Run(pipeline, observer, nodes, include_upstream, executor)
         run.observer.on_run_start(pipeline, run.run_id)
         error: BaseException | None = None
         try:
-            run_coroutine_sync(self._run_all(run, executor, error_policy))
+            run_coroutine_sync(self._run_all(run, error_policy))
         except BaseException as exc:
             error = exc
             raise
@@ -143,7 +188,7 @@ class AsyncPipelineOrchestrator:
             result = run.finish(error)
         return result
 
-    async def _run_all(self, run: _Run, executor: Any, error_policy: str) -> None:
+    async def _run_all(self, run: _Run, error_policy: str) -> None:
         included = {n.label for n in run.nodes}
         consumers: dict[str, list[asyncio.Queue]] = {n.label: [] for n in run.nodes}
         inboxes: dict[str, list[asyncio.Queue]] = {}
@@ -155,7 +200,7 @@ class AsyncPipelineOrchestrator:
                     consumers[up.label].append(q)
                     inboxes[node.label].append(q)
         tasks = [
-            asyncio.create_task(self._run_node(node, run, inboxes[node.label], consumers[node.label], executor, error_policy), name=node.label)
+            asyncio.create_task(self._run_node(node, run, inboxes[node.label], consumers[node.label], error_policy), name=node.label)
             for node in run.nodes
         ]
         try:
@@ -191,7 +236,6 @@ class AsyncPipelineOrchestrator:
         run: _Run,
         inbox_list: list[asyncio.Queue],
         outboxes: list[asyncio.Queue],
-        executor: Any,
         error_policy: str,
     ) -> None:
         obs = run.observer
@@ -202,6 +246,7 @@ class AsyncPipelineOrchestrator:
             run.stats[node.label] = node.last_stats
             await self._emit(out._table(), outboxes, run, node.label)
             return
+        executor = run.executor_for(node) if is_function_node(node) else None
         if is_function_node(node) and len(ups) == 1 and ups[0][1] is not None:
             await self._stream_function(node, run, ups[0][0], ups[0][1], outboxes, executor, error_policy)
             return
