@@ -48,19 +48,22 @@ def ray_cluster(worker_modules: WorkerModules, tmp_path_factory: pytest.TempPath
     """A local Ray with 2 CPUs on loopback for the whole test run (``ray.shutdown()`` stops the
     processes it started). Workers import the worker modules through ``PYTHONPATH``."""
     ray = pytest.importorskip("ray")  # installed by `make test` (the [ray] extra)
-    saved = {k: os.environ.get(k) for k in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE")}
+    saved = {k: os.environ.get(k) for k in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE", "PYTHONPATH")}
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # a single-node Ray bound to 127.0.0.1
     os.environ["RAY_AUTH_MODE"] = "disabled"  # no token written to ~/.ray
+    # Ray's workers inherit the environment Ray starts with: they import the worker modules
+    # (and this checkout) without a runtime_env to set up per worker.
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(worker_modules.folder), *sys.path])
     if ray.is_initialized():
         ray.shutdown()
     temp = tempfile.mkdtemp(prefix="orcapod-ray-")  # short: Ray's socket paths must fit 107 bytes
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        _temp_dir=temp,
-        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(worker_modules.folder), *sys.path])}},
-    )
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
+    finally:
+        if saved["PYTHONPATH"] is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = saved["PYTHONPATH"]
     try:
         yield ray
     finally:

@@ -308,7 +308,7 @@ def test_a_killed_driver_loses_at_most_its_current_batch_and_a_rerun_computes_ex
             if calls.exists() and len(calls.read_text().split()) >= 40:
                 break
             time.sleep(0.05)
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started
+        _kill_session(driver.pid)  # the driver and everything it started (Ray workers have their own groups)
     finally:
         driver.wait(timeout=30)
     db = DeltaTableDatabase(store)
@@ -330,3 +330,28 @@ def _stored_inputs(stored: pa.Table | None) -> set[int]:
     if stored is None:
         return set()
     return {int(v * 2) for v in stored["slept"].to_pylist()}
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of session ``sid`` (the driver was started as a session leader:
+    these are exactly the processes it started), and wait until they are gone."""
+    deadline = time.monotonic() + 30
+    while True:
+        members = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":  # field 6 of stat: the session id
+                members.append(int(entry.name))
+        if not members or time.monotonic() > deadline:
+            return
+        for pid in members:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
