@@ -62,6 +62,12 @@ class CorruptStoreError(OrcapodError):
     """A stored table exists but cannot be read as what it claims to be."""
 
 
+class StoreAccessError(OrcapodError, OSError):
+    """A store cannot be reached or used as configured: a missing bucket, a wrong endpoint,
+    credentials or storage option (e.g. ``AWS_ALLOW_HTTP`` missing for an ``http://``
+    endpoint). The message names the store or table URI and the storage layer's reason."""
+
+
 class PacketFunctionUnavailableError(OrcapodError):
     """A packet function's code could not be loaded, so new packets cannot be computed."""
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import dagster as dg
 
@@ -33,21 +35,44 @@ def _absolute(uri: str) -> str:
     return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
 
 
+def _store_key(uri: str) -> str:
+    """One spelling per store, for comparing two: a local path (plain or ``file://``) absolute
+    and normalized; an object-store URI with its scheme lower-cased and no trailing ``/``."""
+    if "://" not in uri:
+        return os.path.normpath(_absolute(uri))
+    scheme, rest = uri.split("://", 1)
+    if scheme.lower() == "file":
+        return os.path.normpath(url2pathname(urlparse(uri).path))
+    return f"{scheme.lower()}://{rest.rstrip('/')}"
+
+
 def store_io_manager(pipeline: Pipeline, store: str | os.PathLike[str] | OrcapodIOManager | None = None) -> OrcapodIOManager | None:
     """The IO manager on the pipeline's store (``None`` for a pipeline without a Delta store
-    when no ``store`` is given). A ``store`` that is not the pipeline's store is refused: node
-    outputs and the IO manager must share one store."""
+    when no ``store`` is given), with the storage options of the pipeline's database unless an
+    ``OrcapodIOManager`` given as ``store`` has its own. A ``store`` that is not the pipeline's
+    store is refused (``"s3://b/store/"`` and ``"s3://b/store"``, a relative and an absolute
+    path are the same store): node outputs and the IO manager must share one store.
+
+    >>> store_io_manager(pipeline).storage_options == pipeline.pipeline_database.storage_options   # doctest: +SKIP
+    True
+    """
     database = pipeline.pipeline_database
-    own = _absolute(database.base_uri) if isinstance(database, DeltaTableDatabase) else None
+    delta = database if isinstance(database, DeltaTableDatabase) else None
+    options = dict(delta.storage_options or {}) if delta is not None else {}
     if store is None:
-        if own is None:
+        if delta is None:
             return None
-        return OrcapodIOManager(store_uri=own, storage_options=dict(database.storage_options or {}))
-    manager = store if isinstance(store, OrcapodIOManager) else OrcapodIOManager(store_uri=_absolute(os.fspath(store)))
-    if own is not None and _absolute(manager.store_uri) != own:
+        return OrcapodIOManager(store_uri=_absolute(delta.base_uri), storage_options=options)
+    if isinstance(store, OrcapodIOManager):
+        manager = store
+        if options and not manager.storage_options:  # the same store: it opens the same way
+            manager = OrcapodIOManager(store_uri=manager.store_uri, storage_options=options)
+    else:
+        manager = OrcapodIOManager(store_uri=_absolute(os.fspath(store)), storage_options=options)
+    if delta is not None and _store_key(manager.store_uri) != _store_key(delta.base_uri):
         raise InputValidationError(
-            f"store {manager.store_uri!r} is not the store of pipeline {'/'.join(pipeline.name)!r} ({own!r}); "
-            f"build the pipeline on that store, or omit store="
+            f"store {manager.store_uri!r} is not the store of pipeline {'/'.join(pipeline.name)!r} "
+            f"({_absolute(delta.base_uri)!r}); build the pipeline on that store, or omit store="
         )
     return manager
 

@@ -28,7 +28,8 @@ import polars as pl
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
-from orcapod_core.errors import NotMaterializedError, UnsupportedTypeError
+from orcapod_core.errors import NotMaterializedError, StoreAccessError, UnsupportedTypeError
+from orcapod_core.sources.files import read_delta, storage_error_reason
 from orcapod_core.streams import Stream, TableStream
 from orcapod_dagster.store import DELTA_VERSION_KEY, URI_KEY, latest_output, latest_partition_outputs, open_store, read_partitions
 
@@ -53,11 +54,18 @@ class OrcapodIOManager(dg.ConfigurableIOManager):
         as the Delta table of the asset, replacing its previous contents (a new Delta version)."""
         if obj is None:
             return
-        table = _to_arrow(obj, f"asset {context.asset_key.to_user_string()!r}")
+        name = context.asset_key.to_user_string()
+        table = _to_arrow(obj, f"asset {name!r}")
         uri = self.table_uri(context.asset_key)
         options = self.storage_options or None
-        write_deltalake(uri, table, mode="overwrite", schema_mode="overwrite", storage_options=options)
-        version = DeltaTable(uri, storage_options=options).version()
+        try:
+            write_deltalake(uri, table, mode="overwrite", schema_mode="overwrite", storage_options=options)
+            version = DeltaTable(uri, storage_options=options).version()
+        except OSError as exc:  # the store itself: bucket, endpoint, credentials, options
+            raise StoreAccessError(
+                f"asset {name!r}: cannot publish its table at {uri} (storage options given: "
+                f"{sorted(self.storage_options) or 'none'}): {storage_error_reason(exc)}"
+            ) from exc
         context.add_output_metadata(
             {
                 URI_KEY: dg.MetadataValue.text(uri),
@@ -84,7 +92,8 @@ class OrcapodIOManager(dg.ConfigurableIOManager):
         if output.snapshot_path is not None:
             stream: Stream | pa.Table = output.read_snapshot(open_store(self.store_uri, self.storage_options))
         elif output.table_uri is not None and output.delta_version is not None:
-            stream = DeltaTable(output.table_uri, version=output.delta_version, storage_options=self.storage_options or None).to_pyarrow_table()
+            pinned = DeltaTable(output.table_uri, version=output.delta_version, storage_options=self.storage_options or None)
+            stream = read_delta(pinned)
         else:
             raise NotMaterializedError(
                 f"asset {key.to_user_string()!r} has no table in the orcapod store (its materialization recorded "

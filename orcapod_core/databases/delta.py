@@ -16,7 +16,12 @@ Concurrency (no lost and no duplicated records):
 1. Delta's optimistic concurrency already makes blind appends safe: two processes appending at
    once both commit (delta-rs retries an append on a version conflict), so nothing is lost; a
    commit that still fails (e.g. both processes creating the table) is retried here after
-   re-checking the ids.
+   re-checking the ids. This needs a store that refuses to overwrite a commit file: local
+   disks do; on S3 delta-rs writes commits with conditional puts (``If-None-Match``), which
+   the server must honour (AWS S3, MinIO, moto do) — pass ``conditional_put="etag"`` in the
+   storage options (older deltalake releases commit safely on S3 only with it, or with a
+   DynamoDB locking provider). Without that guarantee two writers committing the same version
+   overwrite one another and a commit is silently lost.
 2. Dedup is check-then-append: right before a batch is written, its ids are anti-joined against
    the ids committed by now (an incremental per-handle index of the id column: only files
    added since the last check are read, and only their id column). On a local path this check
@@ -25,6 +30,12 @@ Concurrency (no lost and no duplicated records):
 3. Object stores have no such lock, so two processes may race and both append the same id.
    Reads therefore drop repeated ids (the copy committed first wins; the check costs one
    ``n_unique`` over the id column read anyway), which makes such a racing duplicate invisible.
+
+Object-store reads fetch each data file on the calling thread and scan it from memory
+(:func:`~orcapod_core.sources.files.fetched`); local reads use pyarrow's native filesystem.
+Either way Arrow's threads never hold a Python object, which would abort the process at exit.
+A store that cannot be reached (missing bucket, wrong endpoint or storage option) raises
+:class:`~orcapod_core.errors.StoreAccessError` naming the store, the table and deltalake's reason.
 
 Errors: a path holding something that is not a readable Delta table (garbage in ``_delta_log``,
 a plain directory of files) raises :class:`~orcapod_core.errors.CorruptStoreError` naming it.
@@ -39,7 +50,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -59,8 +70,8 @@ from orcapod_core.databases.protocol import (
     _component_problem,
     validate_record_path,
 )
-from orcapod_core.errors import CorruptStoreError, SchemaMismatchError, UnsupportedTypeError
-from orcapod_core.sources.files import in_commit_order
+from orcapod_core.errors import CorruptStoreError, SchemaMismatchError, StoreAccessError, UnsupportedTypeError
+from orcapod_core.sources.files import fetched, local_table_dir, read_delta, storage_error_reason
 
 try:  # POSIX only; elsewhere the read-time dedup (3.) still hides racing duplicates
     import fcntl
@@ -82,17 +93,6 @@ class _IdIndex:
     version: int = -1
     files: set[str] = field(default_factory=set)
     ids: set[str] = field(default_factory=set)
-
-
-def _local_root(uri: str) -> str | None:
-    """Absolute local path of ``uri``, ``None`` for object-store URIs."""
-    if "://" not in uri:
-        # Always absolute: deltalake would parse a relative "a:b/..." as a URL scheme.
-        return os.path.abspath(os.path.expanduser(uri))
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        return os.path.abspath(unquote(parsed.path))
-    return None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -128,7 +128,8 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         super().__init__(batch_size, max_batch_age_s)
         self.base_uri = os.fspath(base_uri)
         self.storage_options = dict(storage_options) if storage_options else None
-        self._root = _local_root(self.base_uri)
+        # Always absolute: deltalake would parse a relative "a:b/..." as a URL scheme.
+        self._root = local_table_dir(self.base_uri)
         self._tables: dict[RecordPath, DeltaTable] = {}
         self._indexes: dict[RecordPath, _IdIndex] = {}
         self._schemas: dict[RecordPath, tuple[int, pa.Schema]] = {}
@@ -166,15 +167,19 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         dt = self._tables.get(key)
         if dt is not None and not fresh:
             return dt
+        uri = self.table_uri(key)
         if dt is not None:
             try:
                 dt.update_incremental()
                 return dt
             except DeltaError:  # replaced or damaged since: open it from scratch below
                 self._forget(key)
-        uri = self.table_uri(key)
+            except OSError as exc:
+                raise self._access_error(f"table {'/'.join(key)!r} at {uri}", exc) from exc
         try:
             dt = DeltaTable(uri, storage_options=self.storage_options)
+        except OSError as exc:  # the store itself: bucket, endpoint, credentials, options
+            raise self._access_error(f"table {'/'.join(key)!r} at {uri}", exc) from exc
         except TableNotFoundError as exc:
             if self._has_foreign_files(key):
                 raise CorruptStoreError(
@@ -187,6 +192,13 @@ class DeltaTableDatabase(BufferedArrowDatabase):
             ) from exc
         self._tables[key] = dt
         return dt
+
+    def _access_error(self, what: str, exc: BaseException) -> StoreAccessError:
+        options = sorted(self.storage_options or {})  # names only: values may be secrets
+        return StoreAccessError(
+            f"cannot reach {what} in store {self.base_uri!r} (storage options given: {options or 'none'}): "
+            f"{storage_error_reason(exc)}"
+        )
 
     def _forget(self, key: RecordPath) -> None:
         self._tables.pop(key, None)
@@ -268,9 +280,11 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         files = {unquote(p): sizes[p] for p in paths}
         try:
             fs = self._table_filesystem(key)
-            if fs is None:  # object store
+            if fs is None:  # object store: fetch the files on this thread (see sources.files.fetched)
                 fs = pafs.PyFileSystem(DeltaStorageHandler(dt.table_uri, self.storage_options, files))
-            dataset = ds.dataset(list(files), schema=_ID_SCHEMA, format="parquet", filesystem=fs)
+                dataset = fetched(ds.dataset(list(files), schema=_ID_SCHEMA, format="parquet", filesystem=fs))
+            else:
+                dataset = ds.dataset(list(files), schema=_ID_SCHEMA, format="parquet", filesystem=fs)
             return dataset.to_table(columns=[RECORD_ID_COLUMN])[RECORD_ID_COLUMN]
         except (OSError, pa.ArrowInvalid) as exc:
             raise CorruptStoreError(
@@ -279,13 +293,8 @@ class DeltaTableDatabase(BufferedArrowDatabase):
 
     def _table_filesystem(self, key: RecordPath) -> pafs.FileSystem | None:
         """A local table's directory as pyarrow's native local filesystem; ``None`` for object
-        stores (read through deltalake's storage handler with ``storage_options``).
-
-        Reading local files through ``PyFileSystem(DeltaStorageHandler)`` makes Arrow's I/O
-        threads call back into Python; such a call still in flight (or a Python file object
-        released on one of those threads) while the interpreter finalizes kills the process
-        at exit with "terminate called without an active exception". Native reads never
-        touch Python from Arrow's threads."""
+        stores (fetched through deltalake's storage handler with ``storage_options``: see
+        :func:`~orcapod_core.sources.files.fetched`)."""
         if self._root is None:
             return None
         return pafs.SubTreeFileSystem(os.path.join(self._root, *key), pafs.LocalFileSystem())
@@ -297,12 +306,10 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         schema = self._committed_schema(key, fresh=False)  # just brought up to date
         try:
             # The active files of the current snapshot (with their partition values and the
-            # evolved schema), read through the native local filesystem on a local path.
-            dataset = dt.to_pyarrow_dataset(schema=schema, filesystem=self._table_filesystem(key))
-            dataset = in_commit_order(dt, dataset)  # so "first committed copy wins" holds
+            # evolved schema) in commit order, so "first committed copy wins" holds.
             # One chunk per column (a read yields one per row group): the lookups and hash
             # joins that follow would otherwise each copy the columns into one chunk again.
-            return dataset.to_table(columns=columns, filter=expr).combine_chunks()
+            return read_delta(dt, columns, expr, schema=schema).combine_chunks()
         except (OSError, pa.ArrowInvalid) as exc:
             raise CorruptStoreError(
                 f"cannot read table {'/'.join(key)!r} at {self.table_uri(key)}: {_first_line(exc)}"
@@ -322,6 +329,8 @@ class DeltaTableDatabase(BufferedArrowDatabase):
             raise SchemaMismatchError(
                 f"table {'/'.join(key)!r} at {self.table_uri(key)} refused the batch: {_first_line(exc)}"
             ) from exc
+        except OSError as exc:  # nothing was committed: the batch stays pending
+            raise self._access_error(f"table {'/'.join(key)!r} at {self.table_uri(key)} (writing)", exc) from exc
         dt = self._open(key)
         # When our commit is the only new version, its files hold exactly `ids`: record them
         # without reading them back.
@@ -344,7 +353,9 @@ class DeltaTableDatabase(BufferedArrowDatabase):
             rel, key = frontier.pop()
             try:
                 children = fs.get_file_info(pafs.FileSelector(rel, allow_not_found=True))
-            except OSError:
+            except OSError as exc:
+                if not key:  # the store itself cannot be listed (e.g. its bucket does not exist)
+                    raise self._access_error("its tables", exc) from exc
                 continue
             for child in children:
                 if child.type != pafs.FileType.Directory:

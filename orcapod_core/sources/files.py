@@ -27,15 +27,18 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
 
-from orcapod_core.errors import InputValidationError
+from orcapod_core.errors import InputValidationError, StoreAccessError
 from orcapod_core.sources.base import LiveSource, _apply_schema
 from orcapod_core.types import arrow_field, canonical_arrow_type, canonicalize_table, python_to_arrow, type_from_string, type_to_string
 
-__all__ = ["CSVSource", "DeltaTableSource", "file_source_from_config", "in_commit_order"]
+__all__ = ["CSVSource", "DeltaTableSource", "file_source_from_config", "in_commit_order", "fetched", "local_table_dir", "read_delta", "storage_error_reason"]
 
 
 def in_commit_order(dt: Any, dataset: Any) -> Any:
@@ -60,6 +63,68 @@ def in_commit_order(dt: Any, dataset: Any) -> Any:
 
     order = sorted(range(len(fragments)), key=key)
     return ds.FileSystemDataset([fragments[i] for i in order], dataset.schema, dataset.format, dataset.filesystem)
+
+
+def local_table_dir(table_uri: str) -> str | None:
+    """The local directory of a Delta table URI (a plain path or ``file://``), ``None`` for
+    object stores (``s3://``, ``gs://``, ``az://``, ...)."""
+    if "://" not in table_uri:
+        return os.path.abspath(os.path.expanduser(table_uri))
+    parsed = urlparse(table_uri)
+    return url2pathname(parsed.path) if parsed.scheme == "file" else None
+
+
+def read_delta(dt: Any, columns: Sequence[str] | None = None, filter: Any = None, schema: pa.Schema | None = None) -> pa.Table:
+    """The rows of ``dt``'s current snapshot (files in commit order, see :func:`in_commit_order`)
+    as one Arrow table; ``columns``/``filter``/``schema`` as for ``pyarrow.dataset``.
+
+    A local table is read through pyarrow's native local filesystem; an object-store table's
+    files are fetched through deltalake's storage handler (see :func:`fetched`)."""
+    local = local_table_dir(dt.table_uri)
+    if local is not None:
+        dataset = dt.to_pyarrow_dataset(schema=schema, filesystem=pafs.SubTreeFileSystem(local, pafs.LocalFileSystem()))
+        return in_commit_order(dt, dataset).to_table(columns=columns, filter=filter)
+    return fetched(in_commit_order(dt, dt.to_pyarrow_dataset(schema=schema))).to_table(columns=columns, filter=filter)
+
+
+def fetched(dataset: Any) -> Any:
+    """``dataset`` (files on a Python filesystem, such as deltalake's storage handler for object
+    stores) with every file fetched into memory on the calling thread, then scanned natively.
+
+    Scanning a Python filesystem with Arrow lets Arrow's I/O threads hold the last reference to
+    it; released while the interpreter finalizes, that thread waits for the GIL and the process
+    aborts at exit ("terminate called without an active exception": a few percent of the
+    processes that read a table on S3, ``use_threads=False`` included). Fetched here into
+    Arrow-owned memory, no Arrow thread ever holds a Python object."""
+    import pyarrow.dataset as ds
+
+    fs, fmt = dataset.filesystem, dataset.format
+    fragments = []
+    for fragment in dataset.get_fragments():
+        native = pa.BufferOutputStream()  # memory owned by Arrow, not by a Python object
+        with fs.open_input_file(fragment.path) as source:
+            native.write(source.read_buffer())
+        fragments.append(fmt.make_fragment(native.getvalue(), partition_expression=fragment.partition_expression))
+    return ds.FileSystemDataset(fragments, dataset.schema, fmt, None)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_XML_FIELD = re.compile(r"<(Code|Message)>([^<]*)</\1>")
+
+
+def storage_error_reason(exc: BaseException) -> str:
+    """deltalake's multi-line storage error (colour codes, an S3 XML error body) as one line:
+    ``"Generic S3 error; ...; 404 Not Found; NoSuchBucket: The specified bucket does not exist"``."""
+    parts: list[str] = []
+    for line in _ANSI.sub("", str(exc)).splitlines():
+        line = line.strip().lstrip("↳").strip()
+        if line.startswith("<"):  # an S3 error document: keep its code and message
+            fields = dict(_XML_FIELD.findall(line))
+            line = ": ".join(v for v in (fields.get("Code"), fields.get("Message")) if v)
+        if line and line not in parts:
+            parts.append(line)
+    text = "; ".join(parts) or type(exc).__name__
+    return text if len(text) <= 600 else text[:597] + "..."
 
 
 def _schema_config(schema: Mapping[str, Any] | None) -> dict[str, str] | None:
@@ -260,6 +325,12 @@ class DeltaTableSource(LiveSource):
             return DeltaTable(self.path, version=version, storage_options=self.storage_options or None)
         except TableNotFoundError as exc:
             raise InputValidationError(f"DeltaTableSource: no Delta table at {self.path!r}") from exc
+        except OSError as exc:  # the store itself: bucket, endpoint, credentials, options
+            options = sorted(self.storage_options)  # names only: values may be secrets
+            raise StoreAccessError(
+                f"DeltaTableSource: cannot reach the table at {self.path!r} (storage options given: "
+                f"{options or 'none'}): {storage_error_reason(exc)}"
+            ) from exc
 
     def _layout_schema(self, dt: Any, declared: Mapping[str, Any]) -> pa.Schema:
         """Types from the table's schema, nullability from the log's null counts; a column
@@ -283,13 +354,13 @@ class DeltaTableSource(LiveSource):
             nulls = (actions[counts].to_pylist() if actions.num_rows else [])
             fields[f.name] = pa.field(f.name, dtype, nullable=f.nullable and sum(nulls) > 0)
         if to_read:
-            sample = canonicalize_table(dt.to_pyarrow_dataset().to_table(columns=to_read))
+            sample = canonicalize_table(read_delta(dt, columns=to_read))
             fields.update({f.name: f for f in sample.schema})
         return pa.schema([fields[name] for name in stored.names])
 
     def _read(self) -> pa.Table:
         dt = self._open(self.version)
-        return in_commit_order(dt, dt.to_pyarrow_dataset()).to_table(columns=list(self._user_layout.schema.names))
+        return read_delta(dt, columns=list(self._user_layout.schema.names))
 
     def refresh(self) -> None:
         """Forget the rows read so far and move to the table's current version (a source built

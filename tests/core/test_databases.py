@@ -1,4 +1,5 @@
-"""Contract tests of the record databases (in-memory and real Delta tables in temp dirs)."""
+"""Contract tests of the record databases (in-memory, real Delta tables in temp dirs, and Delta
+tables on a local S3-compatible server)."""
 
 from __future__ import annotations
 
@@ -46,18 +47,22 @@ def ids_of(table: pa.Table | None) -> list[str]:
 
 
 @pytest.fixture
-def make_db(tmp_path):
-    """``make_db(kind, **settings)`` → a fresh database of that kind (one Delta store per test)."""
+def make_db(tmp_path, request):
+    """``make_db(kind, **settings)`` → a fresh database of that kind (one Delta store per test;
+    ``"s3"``: in a fresh bucket of the local S3 test server)."""
 
     def make(kind: str, **settings):
         if kind == "memory":
             return InMemoryArrowDatabase(**settings)
+        if kind == "s3":
+            store = request.getfixturevalue("s3_store")
+            return DeltaTableDatabase(store.uri, storage_options=store.storage_options, **settings)
         return DeltaTableDatabase(tmp_path / "store", **settings)
 
     return make
 
 
-@pytest.fixture(params=["memory", "delta"])
+@pytest.fixture(params=["memory", "delta", "s3"])
 def kind(request) -> str:
     return request.param
 

@@ -26,6 +26,7 @@ from orcapod_core.sources import DictSource
 from orcapod_dagster import build_definitions
 
 STORE = {store!r}
+STORAGE_OPTIONS = {storage_options!r}  # an object store's endpoint and keys (a test server's)
 DATA = {data!r}
 FAIL_ON = set()
 
@@ -47,7 +48,7 @@ def build_pipeline() -> Pipeline:
     rows = json.load(open(DATA))
     numbers = DictSource({{"id": rows["id"], "x": rows["x"]}}, tag_columns=["id"], source_id="numbers", label="numbers")
     names = DictSource({{"id": rows["id"], "name": rows["name"]}}, tag_columns=["id"], source_id="names", label="names")
-    with Pipeline("demo", pipeline_database=DeltaTableDatabase(STORE)) as pipeline:
+    with Pipeline("demo", pipeline_database=DeltaTableDatabase(STORE, storage_options=STORAGE_OPTIONS)) as pipeline:
         doubled = double.pod(numbers, label="doubled")
         joined = doubled.join(names, label="joined")
         describe.pod(joined, label="described")
@@ -77,20 +78,37 @@ def load_module(path: Path, name: str) -> ModuleType:
 
 @pytest.fixture
 def make_project(tmp_path: Path):
-    """``make_project(name, double_body=..., defs_kwargs=..., extra=...)`` → the imported module."""
+    """``make_project(name, double_body=..., defs_kwargs=..., extra=..., store=..., storage_options=...)``
+    → the imported module (``store`` default: ``<tmp_path>/store``; a URI with its
+    ``storage_options`` puts it on an object store, written into the module for step processes)."""
     data = write_data(tmp_path / "data.json", [1, 2, 3])
-    store = tmp_path / "store"
+    default_store = tmp_path / "store"
 
-    def make(name: str = "pipe_v1", *, double_body: str = "return 2 * x", defs_kwargs: str = "", extra: str = "") -> ModuleType:
+    def make(
+        name: str = "pipe_v1",
+        *,
+        double_body: str = "return 2 * x",
+        defs_kwargs: str = "",
+        extra: str = "",
+        store: str | Path = default_store,
+        storage_options: dict[str, str] | None = None,
+    ) -> ModuleType:
         path = tmp_path / f"{name}.py"
         path.write_text(
-            MODULE.format(store=str(store), data=str(data), double_body=double_body, defs_kwargs=defs_kwargs, extra=textwrap.dedent(extra))
+            MODULE.format(
+                store=str(store),
+                storage_options=storage_options,
+                data=str(data),
+                double_body=double_body,
+                defs_kwargs=defs_kwargs,
+                extra=textwrap.dedent(extra),
+            )
         )
         return load_module(path, name)
 
     make.tmp_path = tmp_path  # type: ignore[attr-defined]
     make.data = data  # type: ignore[attr-defined]
-    make.store = store  # type: ignore[attr-defined]
+    make.store = default_store  # type: ignore[attr-defined]
     return make
 
 
