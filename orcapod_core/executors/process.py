@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import inspect
 import multiprocessing
 import os
 import pickle
@@ -61,6 +62,68 @@ def check_travels(function: Callable[..., Any], executor: str) -> None:
             f"{executor} cannot run function {name!r} (module {module!r}): {where}. Functions travel to worker "
             f"processes by module and name: define it at the top level of a module file"
         )
+
+
+def _worker_context() -> Any:
+    """``spawn``, but a worker does not run the parent's main module again when no function
+    lives there — a Dagster step's main module is the ``dagster`` command, whose import costs a
+    worker a second or more; a script's main module (its functions) is still run, as ``spawn``
+    does."""
+    main = sys.modules.get("__main__")
+    defines = any(inspect.isfunction(v) and v.__module__ == "__main__" for v in vars(main).values()) if main else False
+    if defines or _popen is None:
+        return multiprocessing.get_context("spawn")
+    return _NoMainContext()
+
+
+try:  # POSIX: the spawn launcher, with the preparation data minus the main module
+    import io
+    from multiprocessing import popen_spawn_posix, reduction, spawn
+    from multiprocessing.context import SpawnContext, SpawnProcess, set_spawning_popen
+
+    class _NoMainPopen(popen_spawn_posix.Popen):
+        def _launch(self, process_obj: Any) -> None:  # popen_spawn_posix.Popen._launch, main module dropped
+            from multiprocessing import resource_tracker, util
+
+            tracker_fd = resource_tracker.getfd()
+            self._fds.append(tracker_fd)
+            prep_data = spawn.get_preparation_data(process_obj._name)
+            prep_data.pop("init_main_from_path", None)
+            prep_data.pop("init_main_from_name", None)
+            fp = io.BytesIO()
+            set_spawning_popen(self)
+            try:
+                reduction.dump(prep_data, fp)
+                reduction.dump(process_obj, fp)
+            finally:
+                set_spawning_popen(None)
+            parent_r = child_w = child_r = parent_w = None
+            try:
+                parent_r, child_w = os.pipe()
+                child_r, parent_w = os.pipe()
+                cmd = spawn.get_command_line(tracker_fd=tracker_fd, pipe_handle=child_r)
+                self._fds.extend([child_r, child_w])
+                self.pid = util.spawnv_passfds(spawn.get_executable(), cmd, self._fds)
+                self.sentinel = parent_r
+                with open(parent_w, "wb", closefd=False) as f:
+                    f.write(fp.getbuffer())
+            finally:
+                self.finalizer = util.Finalize(self, util.close_fds, [fd for fd in (parent_r, parent_w) if fd is not None])
+                for fd in (child_r, child_w):
+                    if fd is not None:
+                        os.close(fd)
+
+    class _NoMainProcess(SpawnProcess):
+        @staticmethod
+        def _Popen(process_obj: Any) -> Any:
+            return _NoMainPopen(process_obj)
+
+    class _NoMainContext(SpawnContext):
+        Process = _NoMainProcess
+
+    _popen: Any = _NoMainPopen
+except (ImportError, AttributeError):  # another platform: plain spawn
+    _popen = None
 
 
 def _worker_info() -> dict[str, str]:
@@ -123,7 +186,7 @@ class LocalProcessExecutor(PythonFunctionExecutor):
                 pool.shutdown(wait=True, cancel_futures=True)
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        return concurrent.futures.ProcessPoolExecutor(self.concurrency(), mp_context=multiprocessing.get_context("spawn"))
+        return concurrent.futures.ProcessPoolExecutor(self.concurrency(), mp_context=_worker_context())
 
     @contextlib.contextmanager
     def _pool(self) -> Iterator[concurrent.futures.ProcessPoolExecutor]:

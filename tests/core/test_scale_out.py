@@ -355,3 +355,33 @@ def _kill_session(sid: int) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(0.1)
+
+
+def test_functions_of_a_script_run_on_the_pool(tmp_path):
+    """A pod defined at the top level of the script that runs the pipeline travels too (the
+    workers import the script, guarded by ``if __name__ == "__main__"``)."""
+    script = tmp_path / "analysis.py"
+    script.write_text(textwrap.dedent(
+        """
+        import os
+        from orcapod_core import DictSource, InMemoryArrowDatabase, LocalProcessExecutor, Pipeline, function_pod
+
+        @function_pod(output_keys="y")
+        def shifted(x: int) -> int:
+            return x + 100 if os.getpid() != PARENT else -1
+
+        PARENT = int(os.environ.get("PARENT_PID", "0"))
+
+        if __name__ == "__main__":
+            os.environ["PARENT_PID"] = str(os.getpid())
+            PARENT = os.getpid()
+            source = DictSource({"id": [1, 2, 3], "x": [1, 2, 3]}, "id", source_id="s")
+            with Pipeline("script", InMemoryArrowDatabase()) as p:
+                shifted.pod(source, label="shifted")
+            result = p.run(executor=LocalProcessExecutor(max_workers=2))
+            print(result.computed, p.shifted.as_table().column("y").to_pylist())
+        """
+    ))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "3 [101, 102, 103]"  # computed in the workers, not the parent
