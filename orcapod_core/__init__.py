@@ -69,6 +69,7 @@ _NAMES: dict[str, str] = {
     "InMemoryArrowDatabase": "databases",
     "ResultCache": "result_cache",
     "LocalPythonFunctionExecutor": "executors",
+    "RunInterrupted": "interrupts",
     "LocalProcessExecutor": "executors",
     "RayExecutor": "executors",
     # data model
@@ -91,6 +92,7 @@ _MODULES = frozenset(
         "function_identity",
         "function_pods",
         "hashing",
+        "interrupts",
         "keysets",
         "operators",
         "packet_function",
@@ -130,6 +132,7 @@ if TYPE_CHECKING:  # what editors and type checkers see
     from orcapod_core.executors import LocalProcessExecutor, LocalPythonFunctionExecutor, RayExecutor  # noqa: F401
     from orcapod_core.function_pods import FunctionPod, FunctionPodStream, function_pod, function_pod_from_config  # noqa: F401
     from orcapod_core.hashing import ContentHash  # noqa: F401
+    from orcapod_core.interrupts import RunInterrupted  # noqa: F401
     from orcapod_core.operators import (  # noqa: F401
         Batch,
         DropPacketColumns,

@@ -265,7 +265,7 @@ class BufferedArrowDatabase:
     _retryable: tuple[type[BaseException], ...] = ()
     _max_commit_attempts = 5
 
-    def __init__(self, batch_size: int = 1000, max_batch_age_s: float | None = 10.0):
+    def __init__(self, batch_size: int = 1000, max_batch_age_s: float | None = 2.0):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputValidationError(f"batch_size must be a positive integer, got {batch_size!r}")
         if max_batch_age_s is not None and max_batch_age_s < 0:

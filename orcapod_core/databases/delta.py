@@ -108,7 +108,7 @@ class DeltaTableDatabase(BufferedArrowDatabase):
     pending or the oldest pending record is ``max_batch_age_s`` old (checked on every add), on
     ``flush()``, and at interpreter exit. A Delta commit costs tens of milliseconds whatever
     its size, so batches are bounded mainly by *time*: a killed process loses at most the
-    last 10 s of work (or 50,000 records, which for functions that fast is well under a
+    last 2 s of work (or 50,000 records, which for functions that fast is well under a
     second of recomputation), and commits never dominate a run of cheap functions.
 
     >>> db = DeltaTableDatabase("/tmp/orcapod-store")  # doctest: +SKIP
@@ -123,7 +123,7 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         base_uri: str | os.PathLike[str],
         storage_options: dict[str, str] | None = None,
         batch_size: int = 50_000,
-        max_batch_age_s: float | None = 10.0,
+        max_batch_age_s: float | None = 2.0,
     ):
         super().__init__(batch_size, max_batch_age_s)
         self.base_uri = os.fspath(base_uri)

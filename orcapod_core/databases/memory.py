@@ -46,7 +46,7 @@ class InMemoryArrowDatabase(BufferedArrowDatabase):
     (0, [('p', 't')])
     """
 
-    def __init__(self, batch_size: int = 1000, max_batch_age_s: float | None = 10.0):
+    def __init__(self, batch_size: int = 1000, max_batch_age_s: float | None = 2.0):
         super().__init__(batch_size, max_batch_age_s)
         self._tables: dict[RecordPath, _Table] = {}
 

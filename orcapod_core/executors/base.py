@@ -41,6 +41,7 @@ from typing import Any, ClassVar, TypeVar
 
 from orcapod_core.capture import capturing
 from orcapod_core.errors import ExecutorTypeError, InputValidationError
+from orcapod_core.interrupts import stop_requested
 from orcapod_core.types import Schema
 
 __all__ = [
@@ -152,6 +153,8 @@ class PythonFunctionExecutor:
         append = out.append
         call = self.execute_callable
         for kwargs in kwargs_list:
+            if stop_requested():  # a stop signal: the calls made so far are returned
+                break
             try:
                 append(call(fn, kwargs))
             except Exception as exc:  # the caller decides: re-raise, or record a failed packet
@@ -198,6 +201,8 @@ class PythonFunctionExecutor:
         started after a failure. Closing the iterator cancels what has not started."""
         function = capturing(fn) if capture else fn
         for i, chunk in enumerate(chunks):
+            if stop_requested():
+                return
             results = self.execute_batch(function, chunk, fail_fast=fail_fast)
             yield ChunkDone(i, results)
             if fail_fast and any(isinstance(r, BaseException) for r in results):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from orcapod_core.errors import InputValidationError
 from orcapod_core.executors.base import PythonFunctionExecutor, run_coroutine_sync
+from orcapod_core.interrupts import RunInterrupted, in_user_code, stop_requested
 
 __all__ = ["LocalPythonFunctionExecutor"]
 
@@ -57,11 +59,22 @@ class LocalPythonFunctionExecutor(PythonFunctionExecutor):
             return super().execute_batch(fn, kwargs_list, fail_fast=fail_fast)
         out: list[Any] = []
         if self.max_workers == 1 or len(kwargs_list) < 2:
-            # The hot path: a plain loop, no per-call dispatch.
+            # The hot path: a plain loop, no per-call dispatch. A stop signal ends it between
+            # calls: the calls made so far are returned.
             append = out.append
+            flag = in_user_code if threading.current_thread() is threading.main_thread() else [False]
             for kwargs in kwargs_list:
+                if stop_requested():
+                    break
                 try:
-                    append(fn(**kwargs))
+                    flag[0] = True  # a stop signal may interrupt this call (see orcapod_core.interrupts)
+                    try:
+                        result = fn(**kwargs)
+                    finally:
+                        flag[0] = False
+                    append(result)
+                except RunInterrupted:
+                    break
                 except Exception as exc:
                     append(exc)
                     if fail_fast:
@@ -78,4 +91,8 @@ class LocalPythonFunctionExecutor(PythonFunctionExecutor):
                         for pending in futures[i + 1 :]:
                             pending.cancel()
                         break
+                if stop_requested():
+                    for pending in futures[i + 1 :]:
+                        pending.cancel()
+                    break
         return out

@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 from orcapod_core.capture import call_many
 from orcapod_core.errors import ExecutorTypeError, InputValidationError, PacketComputationError
 from orcapod_core.executors.base import ChunkDone, PythonFunctionExecutor, plan_chunks
+from orcapod_core.interrupts import stop_requested
 
 __all__ = ["LocalProcessExecutor", "check_travels"]
 
@@ -126,6 +127,14 @@ except (ImportError, AttributeError):  # another platform: plain spawn
     _popen = None
 
 
+def _ignore_interrupts() -> None:
+    """Workers ignore Ctrl-C (a terminal sends it to the whole process group): the parent stops
+    the run cleanly and the pool finishes or cancels their chunks."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _worker_info() -> dict[str, str]:
     return {"pid": str(os.getpid())}
 
@@ -186,7 +195,7 @@ class LocalProcessExecutor(PythonFunctionExecutor):
                 pool.shutdown(wait=True, cancel_futures=True)
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        return concurrent.futures.ProcessPoolExecutor(self.concurrency(), mp_context=_worker_context())
+        return concurrent.futures.ProcessPoolExecutor(self.concurrency(), mp_context=_worker_context(), initializer=_ignore_interrupts)
 
     @contextlib.contextmanager
     def _pool(self) -> Iterator[concurrent.futures.ProcessPoolExecutor]:
@@ -260,7 +269,7 @@ def _stream(
     stop = False
 
     def submit() -> None:
-        while not stop and len(pending) < in_flight:
+        while not stop and not stop_requested() and len(pending) < in_flight:
             item = next(chunks, None)
             if item is None:
                 return
@@ -281,6 +290,9 @@ def _stream(
                 failed = any(isinstance(r, BaseException) for r in results)
                 stop = stop or (fail_fast and failed)
                 yield ChunkDone(index, results, info)
+            if stop_requested():  # a stop signal: what has not started is cancelled, what runs is awaited
+                for future in [f for f in pending if f.cancel()]:
+                    del pending[future]
             submit()
     finally:
         for future in pending:

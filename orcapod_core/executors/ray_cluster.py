@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 from orcapod_core.capture import call_many
 from orcapod_core.errors import ExecutorTypeError, InputValidationError, PacketComputationError
 from orcapod_core.executors.base import ChunkDone, PythonFunctionExecutor, plan_chunks
+from orcapod_core.interrupts import stop_requested
 
 __all__ = ["RayExecutor"]
 
@@ -181,7 +182,7 @@ class RayExecutor(PythonFunctionExecutor):
         stop = False
 
         def submit() -> None:
-            while not stop and len(pending) < in_flight:
+            while not stop and not stop_requested() and len(pending) < in_flight:
                 item = next(source, None)
                 if item is None:
                     return
@@ -203,7 +204,7 @@ class RayExecutor(PythonFunctionExecutor):
                         results, info = [error] * size, {"address": address}
                     stop = stop or (fail_fast and any(isinstance(r, BaseException) for r in results))
                     yield ChunkDone(index, results, info)
-                submit()
+                submit()  # after a stop signal it submits nothing: the tasks already out are awaited
         finally:
             for ref in pending:
                 ray.cancel(ref)

@@ -32,6 +32,7 @@ from orcapod_core.databases import ArrowDatabase
 from orcapod_core.datagrams import Packet, Tag
 from orcapod_core.errors import SchemaMismatchError
 from orcapod_core.executors import plan_chunks
+from orcapod_core.interrupts import check_stop, stop_requested
 from orcapod_core.function_pods import FunctionPod, FunctionPodStream
 from orcapod_core.hashing import ContentHash, digests_to_hex, hash_rows
 from orcapod_core.keysets import distinct, index_in, is_in
@@ -63,7 +64,7 @@ class FunctionNode(Node):
     # Packets go to the executor in chunks — the unit of progress reports, observer events and
     # result writes. Chunks start small and grow while they finish fast (cheap functions pay
     # little per-chunk overhead), and shrink when slow (expensive functions still report often).
-    min_chunk, max_chunk, target_chunk_s = 16, 16_384, 0.5
+    min_chunk, max_chunk, target_chunk_s = 1, 16_384, 0.5
 
     def __init__(
         self,
@@ -402,6 +403,9 @@ class FunctionNode(Node):
                 progress = getattr(observer, "on_node_progress", None)
                 if progress is not None:  # cumulative over the run's batches
                     progress(self, state.progress_done, state.progress_total)
+            # A stop signal ends the chunks early (executors start nothing new and hand back what
+            # was running); what is stored so far gets committed on the way out.
+            check_stop()
         finally:  # a failure or an interrupt: what has not started is cancelled
             chunks.close()
             if streamed is not None:
@@ -421,7 +425,7 @@ class FunctionNode(Node):
         finish fast (cheap functions pay little per-chunk overhead), and shrink when slow (slow
         functions still report often)."""
         done, size, total = 0, self.min_chunk, packets.num_rows
-        while done < total:
+        while done < total and not stop_requested():
             size = min(size, total - done)
             started(done, size)
             begun = time.perf_counter()

@@ -27,6 +27,7 @@ from typing import Any
 
 from orcapod_core.databases import ArrowDatabase, validate_record_path
 from orcapod_core.errors import InvalidLabelError, InvalidPathError
+from orcapod_core.interrupts import graceful_stop
 from orcapod_core.function_pods import FunctionPod
 from orcapod_core.operators import Operator
 from orcapod_core.pipeline.function_node import FunctionNode
@@ -246,6 +247,10 @@ class Pipeline:
         they serve their current rows (e.g. rows pinned with
         :func:`~orcapod_core.pipeline.snapshots.pinned_outputs`).
 
+        A SIGTERM (e.g. Dagster's "terminate run") or SIGINT (Ctrl-C) during the run stops it at
+        the next packet boundary: what was computed is committed, then
+        :class:`~orcapod_core.interrupts.RunInterrupted` is raised; a second signal stops at once.
+
         ``executor`` runs the function nodes' packets instead of each function's own executor:
         one executor for all of them, or ``{label: executor}`` for some (the rest keep theirs).
         Executors are not identity: results are shared whichever computed them. A process pool
@@ -263,9 +268,10 @@ class Pipeline:
         self.refresh(self.run_selection(nodes, include_upstream), sources_only=True)
         # Passed only when set, so orchestrators written before the option keep working.
         extra = {} if include_upstream else {"include_upstream": False}
-        return orchestrator.run(
-            self, observer=observer, executor=executor, error_policy=error_policy, nodes=list(nodes) if nodes else None, **extra
-        )
+        with graceful_stop():  # SIGTERM / SIGINT: stop at the next packet, commit, raise RunInterrupted
+            return orchestrator.run(
+                self, observer=observer, executor=executor, error_policy=error_policy, nodes=list(nodes) if nodes else None, **extra
+            )
 
     def run_selection(self, nodes: Sequence[str] | None = None, include_upstream: bool = True) -> list[str]:
         """The labels a run over ``nodes`` executes, in topological order (see :meth:`run`)."""

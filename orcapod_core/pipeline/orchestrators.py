@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from orcapod_core.errors import InvalidLabelError
 from orcapod_core.executors import check_executor, run_coroutine_sync
+from orcapod_core.interrupts import check_stop
 from orcapod_core.pipeline.function_node import FunctionNode
 from orcapod_core.pipeline.nodes import Node, is_function_node, is_operator_node, is_source_node
 from orcapod_core.pipeline.observers import ExecutionObserver, NodeStats, NoOpObserver, RunResult
@@ -123,6 +124,7 @@ class SyncPipelineOrchestrator:
         try:
             outputs: dict[str, Stream] = {}
             for node in run.nodes:
+                check_stop()  # a stop signal: no new node starts
                 inputs = [outputs.get(u.label, u) for u in node.upstream_nodes]
                 if is_source_node(node):
                     outputs[node.label] = node.execute(obs)
@@ -239,6 +241,7 @@ class AsyncPipelineOrchestrator:
         error_policy: str,
     ) -> None:
         obs = run.observer
+        check_stop()
         inboxes = iter(inbox_list)
         ups = [(up, next(inboxes) if any(up is n for n in run.nodes) else None) for up in node.upstream_nodes]
         if is_source_node(node):
