@@ -1,7 +1,7 @@
 """ResultCache: function outputs stored by input-packet content hash (orcapod PR #84).
 
 One table per function identity (``record_path``). Each record holds the input packet hash
-(its record id), the output columns, the execution context as typed columns
+(its record id, stored once; reads return it as ``__packet_hash`` too), the output columns, the execution context as typed columns
 (``__variation_<k>`` and ``__execution_<k>``; ``dict[str, str]`` values as Arrow maps) and
 ``__stored_at``. When a hash has several records (e.g. racing writers on an object store),
 the most recent wins.
@@ -141,7 +141,8 @@ class ResultCache:
         n = outputs.num_rows
         if len(hexes) != n:
             raise ValueError(f"{len(hexes)} packet hashes for {n} output rows")
-        table = outputs.add_column(0, pa.field(PACKET_HASH_COLUMN, pa.large_string(), False), hexes)
+        # The packet hash is the record id (stored once; reads give it back as PACKET_HASH_COLUMN).
+        table = outputs.add_column(0, pa.field(RECORD_ID_COLUMN, pa.large_string(), False), hexes)
         for prefix, data, schema in (
             (VARIATION_PREFIX, variation_data, variation_schema),
             (EXECUTION_PREFIX, execution_data, execution_schema),
@@ -156,7 +157,7 @@ class ResultCache:
         table = table.append_column(
             pa.field(STORED_AT_COLUMN, pa.timestamp("us"), False), _constant_column(now, pa.field("t", pa.timestamp("us")), n)
         )
-        return self.database.add_records(self.record_path, table, record_id_column=PACKET_HASH_COLUMN, flush=flush)
+        return self.database.add_records(self.record_path, table, flush=flush)
 
     def get_all_records(self, columns: Sequence[str] | None = None) -> pa.Table | None:
         """Every stored result (most recent per hash), or ``None`` if nothing was stored;

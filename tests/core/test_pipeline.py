@@ -1097,7 +1097,7 @@ def test_pipeline_records_are_committed_during_the_run_in_step_with_their_result
     # Committed mid-run, right after their results: one record per committed result, each
     # linking to it (one row per packet here).
     assert records is not None and 32 <= records.num_rows < 150
-    assert sorted(records["__packet_hash"].to_pylist()) == sorted(results["__packet_hash"].to_pylist())
+    assert sorted(records["__packet_hash"].to_pylist()) == sorted(results["__record_id"].to_pylist())  # a result's id is its packet hash
     assert DeltaTableDatabase(store).get_all_records(seen["records"]).num_rows == 200
 
 

@@ -157,7 +157,7 @@ def test_a_killed_run_loses_at_most_its_pending_batch_and_a_rerun_computes_only_
     assert 0 < kept <= first_calls
     # Lost: results still pending in the buffer plus the chunk being computed.
     assert first_calls - kept < BATCH + MAX_CHUNK
-    result_hashes = set(committed["__packet_hash"].to_pylist())
+    result_hashes = set(committed["__record_id"].to_pylist())
     # Pipeline records were committed during the run, in step with the results: each one links
     # to a committed result (never ahead of them), and they trail the results by at most the
     # batch committed last (a kill between the result commit and the record commit).
@@ -181,7 +181,7 @@ def test_a_killed_run_loses_at_most_its_pending_batch_and_a_rerun_computes_only_
     records = _delta(str(store), rerun["paths"]["square_records"])
     _assert_unique(records, n)
     _assert_unique(_delta(str(store), rerun["paths"]["plus_records"]), n)
-    assert set(records["__packet_hash"].to_pylist()) <= set(results["__packet_hash"].to_pylist())
+    assert set(records["__packet_hash"].to_pylist()) <= set(results["__record_id"].to_pylist())
     # The records the killed run committed are kept; the rerun added the others: rows whose
     # result survived the kill as not computed, the rest as computed.
     by_run = {}
