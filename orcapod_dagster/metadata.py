@@ -23,7 +23,7 @@ PREVIEW_ROWS = 5
 
 
 def _node_table_version(node: Node) -> int | None:
-    path = node.record_path if node.kind == "function" else (*snapshot_path(node), "rows")
+    path = node.record_path if node.kind == "function" else (*snapshot_path(node), "versions")
     return node.database.table_version(tuple(path))
 
 

@@ -69,7 +69,7 @@ def node_table_uri(node: Node) -> str | None:
     database = node.database
     if not isinstance(database, DeltaTableDatabase):
         return None
-    path = node.record_path if node.kind == "function" else (*snapshot_path(node), "rows")
+    path = node.record_path if node.kind == "function" else (*snapshot_path(node), "versions")
     return database.table_uri(tuple(path))
 
 

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import binascii
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -30,15 +31,15 @@ import pyarrow.compute as pc
 from orcapod_core.columns import source_column
 from orcapod_core.databases import ArrowDatabase
 from orcapod_core.datagrams import Packet, Tag
-from orcapod_core.errors import SchemaMismatchError
+from orcapod_core.errors import OrcapodError, SchemaMismatchError
 from orcapod_core.executors import plan_chunks
 from orcapod_core.interrupts import check_stop, stop_requested
 from orcapod_core.function_pods import FunctionPod, FunctionPodStream
-from orcapod_core.hashing import ContentHash, digests_to_hex, hash_rows
+from orcapod_core.hashing import ContentHash, digests_to_hex
 from orcapod_core.keysets import distinct, index_in, is_in
 from orcapod_core.operators import Join
-from orcapod_core.pipeline.node_run import NodeRun, entry_records
-from orcapod_core.pipeline.nodes import LoadStatus, Node
+from orcapod_core.pipeline.node_run import INPUT_SOURCE_TYPE, NodeRun, entry_ids_of, entry_records, input_source_info
+from orcapod_core.pipeline.nodes import ENTRY_ID_COLUMN, INPUT_SOURCE_COLUMN, LoadStatus, Node
 from orcapod_core.pipeline.observers import ExecutionObserver, NodeStats, NoOpObserver
 from orcapod_core.result_cache import PACKET_HASH_COLUMN, CachedPacketFunction, ResultCache
 from orcapod_core.streams import Stream, StreamLayout, TableStream, conform
@@ -138,8 +139,32 @@ class FunctionNode(Node):
         table, stats = self._assemble(
             stream, compute=True, observer=observer or NoOpObserver(), error_policy=error_policy, executor=executor, run_id=run_id
         )
-        self._set_output(table)
+        self._set_output(table, self.__dict__.pop("_assembled_entry_ids", None))
         return self
+
+    def _set_output(self, table: pa.Table, entry_ids: pa.Array | None = None) -> None:
+        """Make ``table`` the node's current rows; ``entry_ids``: theirs, when the run computed them."""
+        super()._set_output(table)
+        if entry_ids is not None and len(entry_ids) == table.num_rows:
+            self.__dict__["_output_entry_ids"] = entry_ids
+
+    def output_entry_ids(self) -> pa.Array:
+        """The entry id of every current output row (hex), in row order: kept from the run that
+        produced them, else derived from the rows (their source info holds the packet hash)."""
+        table = self._table()
+        cached = self.__dict__.get("_output_entry_ids")
+        if cached is not None and len(cached) == table.num_rows:
+            return cached
+        if table.num_rows == 0:
+            return pa.array([], pa.large_string())
+        key = self.packet_function.output_keys[0]
+        hexes = pc.list_element(pc.split_pattern(table.column(source_column(key)), "::"), 1)
+        digests = pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(32), table.num_rows, [None, pa.py_buffer(binascii.unhexlify("".join(hexes.to_pylist())))]
+        )
+        ids = self._entry_ids(table, self._stream.input_stream.layout, digests)
+        self.__dict__["_output_entry_ids"] = ids
+        return ids
 
     def execute_packet(self, tag: Tag, packet: Packet, observer: ExecutionObserver | None = None) -> Packet | None:
         """Compute (or fetch) one packet through the cache and record it; ``None`` if it failed."""
@@ -165,12 +190,7 @@ class FunctionNode(Node):
     # -- the engine -------------------------------------------------------------------
     def _entry_ids(self, table: pa.Table, layout: StreamLayout, packet_hashes: pa.Array) -> pa.Array:
         """Entry id per row = hash(tag + system tags + input packet hash + node content hash)."""
-        parts = table.select([*layout.tag_columns, *layout.system_tag_columns])
-        n = table.num_rows
-        parts = parts.append_column("__packet_hash", packet_hashes.cast(pa.large_binary()))
-        node_hash = pa.scalar(self.content_hash().digest, pa.large_binary())
-        parts = parts.append_column("__node_hash", pa.repeat(node_hash, n))
-        return digests_to_hex(hash_rows(parts))
+        return entry_ids_of(table, layout, packet_hashes, self.content_hash().digest)
 
     def _assemble(
         self,
@@ -290,6 +310,9 @@ class FunctionNode(Node):
             )
 
         if compute:
+            # The entry ids of the output rows: a snapshot pins the output by them (see
+            # pipeline.snapshots), so they are kept for it rather than hashed again.
+            self.__dict__["_assembled_entry_ids"] = entry_ids if everything else entry_ids.take(rows)
             # Rows whose packet was computed in this run (by this batch or an earlier one).
             # Counts are calls, not rows: a packet computed now counts once (its other rows, and
             # rows of packets an earlier batch of the run computed, are cached); a packet that
@@ -458,8 +481,22 @@ class FunctionNode(Node):
         return NodeRun(self, run_id, spans_calls=True)
 
     def get_pipeline_records(self) -> pa.Table | None:
-        """Every pipeline record of this node's table."""
-        return self.database.get_all_records(self.record_path)
+        """Every pipeline record of this node's table, with ``__input_source_info`` — the source
+        info of each record's input packet, ``{column: source info}`` — derived for the records of
+        the node's current input (null for records of other inputs; the system tags still say
+        which source rows each one came from)."""
+        records = self.database.get_all_records(self.record_path)
+        if records is None or INPUT_SOURCE_COLUMN in records.column_names:  # (stores written before it was derived)
+            return records
+        stream = self._joined(self.upstream_nodes)
+        try:
+            table, layout = stream._table(), stream.layout
+        except OrcapodError:  # the current input cannot be read (e.g. a source file broke): no derivation
+            return records.append_column(pa.field(INPUT_SOURCE_COLUMN, INPUT_SOURCE_TYPE), pa.nulls(records.num_rows, INPUT_SOURCE_TYPE))
+        entry_ids = self._entry_ids(table, layout, stream.packet_hashes()) if table.num_rows else pa.array([], pa.large_string())
+        position = index_in(records.column(ENTRY_ID_COLUMN), entry_ids)
+        info = input_source_info(table, layout).take(position)
+        return records.append_column(pa.field(INPUT_SOURCE_COLUMN, INPUT_SOURCE_TYPE), info)
 
     def as_source(self) -> Stream:
         from orcapod_core.pipeline.derived import DerivedSource

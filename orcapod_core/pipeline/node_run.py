@@ -17,15 +17,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from orcapod_core.columns import source_column
+from orcapod_core.hashing import digests_to_hex, hash_rows
 from orcapod_core.keysets import is_in
 from orcapod_core.pipeline.key_index import KeyIndex
-from orcapod_core.pipeline.nodes import COMPUTED_COLUMN, ENTRY_ID_COLUMN, INPUT_SOURCE_COLUMN, RUN_ID_COLUMN
+from orcapod_core.pipeline.nodes import COMPUTED_COLUMN, ENTRY_ID_COLUMN, RUN_ID_COLUMN
 from orcapod_core.result_cache import PACKET_HASH_COLUMN
 from orcapod_core.streams import StreamLayout
 
-__all__ = ["NodeRun", "entry_records"]
+__all__ = ["NodeRun", "entry_records", "entry_ids_of", "input_source_info", "INPUT_SOURCE_TYPE"]
 
-_INPUT_SOURCE_TYPE = pa.map_(pa.field("key", pa.large_string(), False), pa.field("value", pa.large_string(), True))
+INPUT_SOURCE_TYPE = pa.map_(pa.field("key", pa.large_string(), False), pa.field("value", pa.large_string(), True))
 
 
 class NodeRun:
@@ -161,13 +162,13 @@ def _project(found: pa.Table | None, schema: pa.Schema) -> pa.Table:
     return found.select(schema.names).cast(schema)
 
 
-def _source_map(table: pa.Table, layout: StreamLayout) -> pa.Array:
+def input_source_info(table: pa.Table, layout: StreamLayout) -> pa.Array:
     """Input source info per row as a map ``{packet column: source info}`` (list-valued source
     info, e.g. after a Batch, is stored as its JSON text)."""
     n = table.num_rows
     cols = [c for c in layout.packet_columns if source_column(c) in table.column_names]
     if not cols or n == 0:
-        return pa.array([[] for _ in range(n)], _INPUT_SOURCE_TYPE)
+        return pa.array([[] for _ in range(n)], INPUT_SOURCE_TYPE)
     k = len(cols)
     texts = []
     for c in cols:
@@ -184,7 +185,7 @@ def _source_map(table: pa.Table, layout: StreamLayout) -> pa.Array:
         order = pc.add(pc.multiply(col_of, pa.scalar(n, pa.int64())), row_of)
         keys, values = keys.take(order), values.take(order)
     offsets = pa.array(range(0, n * k + 1, k), pa.int32())
-    return pa.MapArray.from_arrays(offsets, keys, values, type=_INPUT_SOURCE_TYPE)
+    return pa.MapArray.from_arrays(offsets, keys, values, type=INPUT_SOURCE_TYPE)
 
 
 def entry_records(
@@ -197,13 +198,27 @@ def entry_records(
         run_id: str,
     ) -> pa.Table:
         """Pipeline records for ``rows`` of ``table`` (tags, system tags, entry id, packet hash
-        link, input source info, computed flag: one for all, or one per row of ``rows``)."""
+        link, computed flag: one for all, or one per row of ``rows``). The input packets' source
+        info is not stored: it follows from the system tags and the graph, and
+        :meth:`~orcapod_core.pipeline.function_node.FunctionNode.get_pipeline_records` derives it
+        (:func:`input_source_info`)."""
         records = table.select([*layout.tag_columns, *layout.system_tag_columns]).take(rows)
         records = records.append_column(pa.field(ENTRY_ID_COLUMN, pa.large_string(), False), entry_ids.take(rows))
         records = records.append_column(pa.field(PACKET_HASH_COLUMN, pa.large_string(), False), hexes.take(rows))
-        records = records.append_column(pa.field(INPUT_SOURCE_COLUMN, _INPUT_SOURCE_TYPE), _source_map(table.take(rows), layout))
         if isinstance(computed, bool):
             computed = pa.repeat(pa.scalar(computed, pa.bool_()), len(rows))
         records = records.append_column(pa.field(COMPUTED_COLUMN, pa.bool_(), False), computed)
         run = pa.scalar(run_id, pa.large_string())
         return records.append_column(pa.field(RUN_ID_COLUMN, pa.large_string(), False), pa.repeat(run, len(rows)))
+
+
+def entry_ids_of(table: pa.Table, layout: StreamLayout, packet_digests: pa.Array, node_content: bytes) -> pa.Array:
+    """Entry id per row (hex) = hash(tag + system tags + input packet hash + node content hash).
+
+    >>> entry_ids_of(rows, rows_layout, digests, node.content_hash().digest)     # doctest: +SKIP
+    """
+    parts = table.select([*layout.tag_columns, *layout.system_tag_columns])
+    n = table.num_rows
+    parts = parts.append_column("__packet_hash", packet_digests.cast(pa.large_binary()))
+    parts = parts.append_column("__node_hash", pa.repeat(pa.scalar(node_content, pa.large_binary()), n))
+    return digests_to_hex(hash_rows(parts))

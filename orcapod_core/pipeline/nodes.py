@@ -112,7 +112,8 @@ class Node(Stream):
     def _set_output(self, table: pa.Table) -> None:
         """Make ``table`` (already in this node's layout) the node's current rows."""
         self.__dict__["_cached_table"] = table
-        self.__dict__.pop("_cached_packet_hashes", None)
+        for key in ("_cached_packet_hashes", "_output_entry_ids", "_snapshot"):
+            self.__dict__.pop(key, None)
 
     @property
     def pinned(self) -> bool:
@@ -125,8 +126,8 @@ class Node(Stream):
         data and store (a pinned node keeps its pinned rows)."""
         if self.pinned:
             return
-        self.__dict__.pop("_cached_table", None)
-        self.__dict__.pop("_cached_packet_hashes", None)
+        for key in ("_cached_table", "_cached_packet_hashes", "_output_entry_ids", "_snapshot"):
+            self.__dict__.pop(key, None)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.label!r}>"

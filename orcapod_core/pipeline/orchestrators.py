@@ -299,6 +299,7 @@ class AsyncPipelineOrchestrator:
         obs.on_node_start(node, run.row_counts.get(up.label))
         total = NodeStats(node.label, node.kind)
         outputs: list[pa.Table] = []
+        entry_ids: list[pa.Array | None] = []
         state = node._begin_run(run.run_id)
         finished = False
         try:
@@ -332,6 +333,7 @@ class AsyncPipelineOrchestrator:
                     setattr(total, name, getattr(total, name) + getattr(stats, name))
                 total.errors.extend(stats.errors)
                 outputs.append(table)
+                entry_ids.append(node.__dict__.pop("_assembled_entry_ids", None))
                 for start in range(0, table.num_rows, self.chunk_rows):
                     piece = table.slice(start, self.chunk_rows)
                     for q in outboxes:
@@ -347,7 +349,8 @@ class AsyncPipelineOrchestrator:
             node.last_stats = total
             run.stats[node.label] = total
             out = pa.concat_tables(outputs) if outputs else node.layout.schema.empty_table()
-            node._set_output(out)
+            ids = pa.concat_arrays(entry_ids) if entry_ids and all(e is not None for e in entry_ids) else None
+            node._set_output(out, ids)
             obs.on_node_end(node, total)
         for q in outboxes:
             await q.put(_DONE)
