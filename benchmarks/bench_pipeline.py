@@ -1,22 +1,30 @@
-"""Persisted-pipeline benchmarks (issue #3): cold, warm and incremental runs on Delta Lake.
+"""Persisted-pipeline benchmarks (issues #3 and #10): cold, warm and incremental runs on Delta Lake.
 
 Pipeline: a Delta-table source (tag ``id: int``, packet ``x: int``) → function ``y = x * 2``,
 stored in a Delta store in a temp dir. Every measured run happens in a fresh process; the
-time reported is the run inside that process (imports excluded), next to plain baselines:
+time reported is the user's view inside that process, imports excluded: **build the pipeline
+from the Delta table source and run it** (``DeltaTableSource(...)``, the ``with Pipeline``
+block, ``pipeline.run()``). The baseline is a plain script timed the same way, from the source
+read: read the rows, call the same function in a Python loop, one ``write_deltalake`` of the
+outputs. Targets (issue #10, at 100,000 rows):
 
-* cold  vs a plain script: read the rows, call the function in a loop, one ``write_deltalake``;
-* warm  vs reading the input rows plus the node's stored output with deltalake/polars;
-* incremental (1% new rows) vs warm + 2 x the cold cost of the new rows;
-* peak RSS of a 1,000,000-row warm run.
+* warm run (everything stored)  ≤ 3 × the plain script;
+* cold run (empty store)        ≤ 5 × the plain script;
+* peak RSS of a 1,000,000-row warm run ≤ 1.5 GB;
+* incremental (1% new rows) ≤ warm + 2 × the cold cost of the new rows (issue #3).
+
+Also reported, without a target: warm vs merely reading the input rows plus the node's stored
+output with polars (``plain_read_s``, ``warm_ratio``: what a warm run costs beyond pure I/O).
 
 Run: ``.venv/bin/python benchmarks/bench_pipeline.py [--quick]``; writes
-``benchmarks/results/pipeline.json``.
+``benchmarks/results/pipeline.json`` (not with ``--quick``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -27,6 +35,21 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
+
+#: What each field of ``pipeline.json`` measures (written into the file).
+DEFINITIONS = {
+    "timing": "seconds inside a fresh process, imports excluded, best of `repeats` (incremental: one run)",
+    "cold_s": "build the pipeline from the Delta source + pipeline.run() on an empty store (a new one per repeat)",
+    "warm_s": "the same on the filled store (nothing computed)",
+    "plain_cold_s": "plain script: read the Delta rows, a Python loop calling the function, one write_deltalake",
+    "cold_ratio": "cold_s / plain_cold_s (target <= 5 at 100,000 rows)",
+    "warm_vs_plain_ratio": "warm_s / plain_cold_s (target <= 3 at 100,000 rows)",
+    "plain_read_s": "polars reads of the input table and the node's stored result table",
+    "warm_ratio": "warm_s / plain_read_s (no target: the warm run's cost beyond pure I/O)",
+    "incremental_s": "the run after appending 1% new rows (computes only those)",
+    "incremental_target_s": "warm_s + 2 x cold_s x new rows / rows",
+    "warm_peak_rss_mb": "peak RSS of the warm run's process (rss_1m: target <= 1536 MB at 1,000,000 rows)",
+}
 
 CHILD = textwrap.dedent(
     """
@@ -93,8 +116,13 @@ def write_input(path: Path, start: int, stop: int, mode: str) -> None:
 def bench_size(n: int, scratch: Path, repeats: int) -> dict:
     src, store, out = scratch / f"input_{n}", scratch / f"store_{n}", scratch / f"plain_{n}"
     write_input(src, 0, n, "overwrite")
-    cold = child("orcapod", src, store, out)
-    assert cold["computed"] == n, cold
+    colds = []
+    for i in range(repeats):  # each cold run on its own empty store; the last one is kept for the warm runs
+        if i:
+            shutil.rmtree(store)
+        colds.append(child("orcapod", src, store, out))
+        assert colds[-1]["computed"] == n, colds[-1]
+    cold = min(colds, key=lambda r: r["seconds"])
     plain_cold = min((child("plain_cold", src, store, out) for _ in range(repeats)), key=lambda r: r["seconds"])
     warm = min((child("orcapod", src, store, out) for _ in range(repeats)), key=lambda r: r["seconds"])
     assert warm["computed"] == 0, warm
@@ -111,9 +139,10 @@ def bench_size(n: int, scratch: Path, repeats: int) -> dict:
         "cold_ratio": cold["seconds"] / plain_cold["seconds"],
         "cold_met": cold["seconds"] <= 5 * plain_cold["seconds"],
         "warm_s": warm["seconds"],
+        "warm_vs_plain_ratio": warm["seconds"] / plain_cold["seconds"],
+        "warm_vs_plain_met": warm["seconds"] <= 3 * plain_cold["seconds"],
         "plain_read_s": plain_read["seconds"],
         "warm_ratio": warm["seconds"] / plain_read["seconds"],
-        "warm_met": warm["seconds"] <= 3 * plain_read["seconds"],
         "incremental_s": incr["seconds"],
         "incremental_target_s": incr_target,
         "incremental_met": incr["seconds"] <= incr_target,
@@ -141,19 +170,32 @@ def main() -> None:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    print(f"{'rows':>8} {'cold s':>8} {'plain s':>8} {'x':>6} {'warm s':>8} {'read s':>8} {'x':>6} {'incr s':>8} {'target':>8}  met")
+    print("Seconds to build the pipeline from its Delta source and run it (fresh process, imports excluded), best of runs")
+    print(f"{'rows':>8} {'plain s':>8} {'cold s':>8} {'x':>6} {'warm s':>8} {'x':>6} {'read s':>8} {'x':>6} {'incr s':>8} {'target':>8}")
     for r in rows:
-        met = all((r["cold_met"], r["warm_met"], r["incremental_met"]))
         print(
-            f"{r['rows']:>8,} {r['cold_s']:8.3f} {r['plain_cold_s']:8.3f} {r['cold_ratio']:6.2f} {r['warm_s']:8.3f} "
-            f"{r['plain_read_s']:8.3f} {r['warm_ratio']:6.2f} {r['incremental_s']:8.3f} {r['incremental_target_s']:8.3f}  "
-            f"{'yes' if met else 'NO'} (cold<=5x {r['cold_met']}, warm<=3x {r['warm_met']}, incr {r['incremental_met']})"
+            f"{r['rows']:>8,} {r['plain_cold_s']:8.3f} {r['cold_s']:8.3f} {r['cold_ratio']:6.2f} {r['warm_s']:8.3f} "
+            f"{r['warm_vs_plain_ratio']:6.2f} {r['plain_read_s']:8.3f} {r['warm_ratio']:6.2f} {r['incremental_s']:8.3f} "
+            f"{r['incremental_target_s']:8.3f}"
+        )
+    print(
+        "plain: read the rows + a Python loop calling the function + one write_deltalake.\n"
+        "cold x / warm x: cold / warm run over plain (targets <= 5x / <= 3x at 100,000 rows).\n"
+        "read: polars reads of the input and the node's stored output; x = warm / read (no target).\n"
+        "incr: 1% new rows appended; target = warm + 2 x the cold cost of the new rows."
+    )
+    for r in rows:
+        print(
+            f"{r['rows']:>8,} rows: cold {r['cold_ratio']:.2f}x (<= 5x: {'yes' if r['cold_met'] else 'NO'}), "
+            f"warm {r['warm_vs_plain_ratio']:.2f}x (<= 3x: {'yes' if r['warm_vs_plain_met'] else 'NO'}), "
+            f"incremental {'yes' if r['incremental_met'] else 'NO'}"
         )
     if rss:
         print(f"1,000,000-row warm run: {rss['warm_s']:.2f}s, peak RSS {rss['warm_peak_rss_mb']:.0f} MB (target <= 1536 MB: {'yes' if rss['rss_met'] else 'NO'})")
         RESULTS.mkdir(exist_ok=True)
-        meta = {"python": sys.version.split()[0], "machine": platform.machine()}
-        (RESULTS / "pipeline.json").write_text(json.dumps({"meta": meta, "sizes": rows, "rss_1m": rss}, indent=2) + "\n")
+        meta = {"python": sys.version.split()[0], "machine": platform.machine(), "cpus": os.cpu_count(), "repeats": 3}
+        out = {"meta": meta, "definitions": DEFINITIONS, "sizes": rows, "rss_1m": rss}
+        (RESULTS / "pipeline.json").write_text(json.dumps(out, indent=2) + "\n")
         print(f"\nwrote {RESULTS / 'pipeline.json'}")
 
 

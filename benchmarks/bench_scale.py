@@ -62,7 +62,7 @@ def trivial(x: int) -> int:
 
 # One measurement per process: a fresh interpreter, the executor started as a user would.
 MEASURE = '''
-import json, os, sys, tempfile, time
+import json, os, shutil, sys, tempfile, time
 sys.path.insert(0, {folder!r})
 import bench_scale_funcs as funcs
 from orcapod_core import DeltaTableDatabase, DictSource, LocalProcessExecutor, LocalPythonFunctionExecutor, Pipeline, RayExecutor
@@ -74,7 +74,9 @@ if __name__ == "__main__":
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         import ray
         os.environ["PYTHONPATH"] = {folder!r}  # Ray's workers inherit it (no runtime_env to set up per worker)
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="orcapod-ray-bench-"))
+        # Ray's own temp dir stays short (its socket paths must fit in 107 bytes); removed after shutdown.
+        ray_tmp = tempfile.mkdtemp(prefix="orcapod-ray-bench-")
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, _temp_dir=ray_tmp)
         executor = RayExecutor()
     elif kind == "process":
         executor = LocalProcessExecutor(max_workers=cpus)
@@ -82,12 +84,15 @@ if __name__ == "__main__":
         executor = LocalPythonFunctionExecutor()
     fn = getattr(funcs, fn_name)
     source = DictSource({{"id": list(range(n)), "x": list(range(n))}}, "id", source_id=f"bench-{{n}}")
-    with Pipeline("bench", DeltaTableDatabase(tempfile.mkdtemp(prefix="orcapod-bench-scale-"))) as p:
+    with Pipeline("bench", DeltaTableDatabase(tempfile.mkdtemp(prefix="store-", dir={folder!r}))) as p:
         fn.pod(source, label="out")
     t0 = time.perf_counter()
     result = p.run(executor=executor)
     wall = time.perf_counter() - t0
     assert result.computed == n, result
+    if kind == "ray":
+        ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     print(json.dumps({{"wall_s": wall}}))
 '''
 
