@@ -5,7 +5,9 @@ Same results as Arrow's ``pc.unique`` (without its order) / ``pc.is_in`` / ``pc.
 computed with polars for string, binary and integer keys (the kinds keys are; other types go
 to Arrow): Arrow builds its hash tables on one thread, which on large inputs costs several
 times more (1,000,000 hex keys against 1,000,000 values: ~0.3 s against ~0.07 s on two cores)
-and is most of what a warm pipeline run spends besides hashing.
+and is most of what a warm pipeline run spends besides hashing. Small inputs (at most
+``SMALL`` keys and values together) go to Arrow: there a polars call's fixed cost (~0.1 ms)
+is what dominates, and a run of many 10-row nodes makes thousands of them.
 
 >>> is_in(pa.array(["a", "b", None]), pa.array(["b", "c"])).to_pylist()
 [False, True, False]
@@ -22,6 +24,17 @@ import pyarrow.compute as pc
 __all__ = ["all_distinct", "distinct", "is_in", "index_in"]
 
 Keys = pa.Array | pa.ChunkedArray
+
+#: At most this many keys and values together: Arrow's own kernels (no polars round trip).
+SMALL = 4096
+
+
+def _one(values: Keys) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def _small(keys: Keys, value_set: Keys | None = None) -> bool:
+    return len(keys) + (0 if value_set is None else len(value_set)) <= SMALL
 
 
 def _frame(values: Keys) -> pl.DataFrame:
@@ -47,8 +60,8 @@ def _polars_joins(keys: Keys, value_set: Keys) -> bool:
 def all_distinct(keys: Keys) -> bool:
     """True when no value of ``keys`` repeats (a null counts as a value)."""
     n = len(keys)
-    if _join_kind(keys.type) is None:
-        return n < 2 or len(pc.unique(keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys)) == n
+    if _join_kind(keys.type) is None or _small(keys):
+        return n < 2 or len(pc.unique(_one(keys))) == n
     series = pl.from_arrow(keys).rechunk()
     # Distinct 64-bit hashes prove distinct values, and are counted several times faster;
     # only when two hashes agree (a repeat, or rarely a collision) are the values compared.
@@ -58,9 +71,9 @@ def all_distinct(keys: Keys) -> bool:
 def distinct(keys: Keys) -> pa.Array:
     """The distinct values of ``keys`` in no particular order (``keys`` themselves when none
     repeats, which is checked first: no copy in the usual case of distinct keys)."""
-    array = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
-    if _join_kind(keys.type) is None:
-        return pc.unique(array)
+    array = _one(keys)
+    if _join_kind(keys.type) is None or _small(array):
+        return array if all_distinct(array) else pc.unique(array)
     if all_distinct(array):
         return array
     return _frame(array)["k"].unique().to_arrow().cast(array.type)
@@ -68,10 +81,11 @@ def distinct(keys: Keys) -> pa.Array:
 
 def is_in(keys: Keys, value_set: Keys) -> pa.BooleanArray:
     """Per key: is it one of ``value_set``? (As ``pc.is_in``: a null key is in a set holding a null.)"""
-    if not _polars_joins(keys, value_set):
-        value_set = value_set.combine_chunks() if isinstance(value_set, pa.ChunkedArray) else value_set
-        mask = pc.is_in(keys, value_set=value_set)
-        return mask.combine_chunks() if isinstance(mask, pa.ChunkedArray) else mask
+    if not _polars_joins(keys, value_set) or _small(keys, value_set):
+        values = _one(value_set)
+        if values.type != keys.type and _polars_joins(keys, value_set):  # string vs large_string
+            values = values.cast(keys.type)
+        return _one(pc.is_in(keys, value_set=values))
     n = len(keys)
     mask = pl.repeat(False, n, dtype=pl.Boolean, eager=True)
     if n and len(value_set):
@@ -91,6 +105,9 @@ def index_in(keys: Keys, value_set: Keys) -> pa.Int64Array:
         raise TypeError(f"index_in: keys of type {keys.type} cannot be looked up in values of type {value_set.type}")
     if not n or not len(value_set):
         return pa.nulls(n, pa.int64())
+    if _small(keys, value_set):
+        values = _one(value_set)
+        return _one(pc.index_in(keys, value_set=values if values.type == keys.type else values.cast(keys.type))).cast(pa.int64())
     left, right = _frame(keys), _frame(value_set).with_row_index("j")
     joined = left.join(right, on="k", how="left", maintain_order="left")
     if joined.height != n:  # keys repeated in ``value_set`` matched: keep their first occurrence

@@ -6,7 +6,10 @@ straight to deltalake.
 
 Freshness. Every read and every commit first brings the table handle up to the latest committed
 version (``DeltaTable.update_incremental()``), so one handle sees what another handle or process
-committed a moment ago; there is no snapshot cache that can go stale.
+committed a moment ago. Small tables (at most ``SMALL_TABLE_BYTES`` of data files) are read whole
+once per version and later reads of that version are answered from memory (a run of many nodes
+that share one result table reads it once, not once per node); the cache is keyed by the version
+just brought up to date, so it cannot go stale.
 
 Batching. Each committed batch is ONE ``write_deltalake(mode="append")`` transaction: N records
 added with ``batch_size=B`` cost ``ceil(N / B)`` Delta versions, not N.
@@ -89,6 +92,10 @@ WRITER = WriterProperties(compression="ZSTD", compression_level=3)
 LOCK_FILE = "_orcapod_commit.lock"
 _DELTA_LOG = "_delta_log"
 _ID_SCHEMA = pa.schema([pa.field(RECORD_ID_COLUMN, pa.large_string())])
+#: A table whose data files total at most this many bytes is read whole, once per version.
+SMALL_TABLE_BYTES = 8 << 20
+#: Arrow bytes of small tables kept in memory per database handle (least recently read dropped first).
+READ_CACHE_BYTES = 256 << 20
 
 
 @dataclass
@@ -98,6 +105,12 @@ class _IdIndex:
     version: int = -1
     files: set[str] = field(default_factory=set)
     ids: set[str] = field(default_factory=set)
+
+
+def _commit_file(table_dir: str, version: int) -> str:
+    """Where the commit of ``version`` lives (every Delta commit is ``_delta_log/<version>.json``,
+    20 digits, whatever checkpoints the table also has)."""
+    return os.path.join(table_dir, _DELTA_LOG, f"{version:020d}.json")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -139,6 +152,9 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         self._indexes: dict[RecordPath, _IdIndex] = {}
         self._schemas: dict[RecordPath, tuple[int, pa.Schema]] = {}
         self._storage_schemas: dict[pa.Schema, pa.Schema] = {}
+        # Small tables read whole, by table: (version, rows); insertion order is recency.
+        self._read_cache: dict[RecordPath, tuple[int, pa.Table, int]] = {}  # (version, rows, their bytes)
+        self._read_cache_bytes = 0
         self._flush_at_exit()
 
     def __repr__(self) -> str:
@@ -173,6 +189,8 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         if dt is not None and not fresh:
             return dt
         uri = self.table_uri(key)
+        if dt is not None and self._root is not None and not os.path.exists(_commit_file(uri, dt.version() + 1)):
+            return dt  # no newer commit (a local stat instead of re-reading the log)
         if dt is not None:
             try:
                 dt.update_incremental()
@@ -181,6 +199,11 @@ class DeltaTableDatabase(BufferedArrowDatabase):
                 self._forget(key)
             except OSError as exc:
                 raise self._access_error(f"table {'/'.join(key)!r} at {uri}", exc) from exc
+        if self._root is not None and not os.path.isdir(os.path.join(uri, _DELTA_LOG)):
+            # No log at all (the common case: a table not written yet): no need to ask deltalake.
+            if self._has_foreign_files(key):
+                raise CorruptStoreError(f"table {'/'.join(key)!r} at {uri} exists but is not a Delta table (it has no {_DELTA_LOG})")
+            return None
         try:
             dt = DeltaTable(uri, storage_options=self.storage_options)
         except OSError as exc:  # the store itself: bucket, endpoint, credentials, options
@@ -209,6 +232,7 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         self._tables.pop(key, None)
         self._indexes.pop(key, None)
         self._schemas.pop(key, None)
+        self._read_cache.pop(key, None)
 
     def _filesystem(self) -> pafs.FileSystem | None:
         """The store as a pyarrow filesystem (``None`` while a local base does not exist yet).
@@ -305,10 +329,21 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         return pafs.SubTreeFileSystem(os.path.join(self._root, *key), pafs.LocalFileSystem())
 
     def _scan(self, key: RecordPath, columns: list[str] | None, expr: pc.Expression | None) -> pa.Table | None:
-        dt = self._open(key)
+        # The version the caller's _committed_schema(key) just brought up to date: schema and
+        # rows of one version.
+        dt = self._open(key, fresh=False)
         if dt is None:
             return None
-        schema = self._committed_schema(key, fresh=False)  # just brought up to date
+        schema = self._committed_schema(key, fresh=False)
+        whole = self._small_table(key, dt, schema)
+        if whole is not None:
+            rows = whole if expr is None else whole.filter(expr)
+            return rows if columns is None else rows.select(columns)
+        return self._read(key, dt, schema, columns, expr)
+
+    def _read(
+        self, key: RecordPath, dt: DeltaTable, schema: pa.Schema | None, columns: list[str] | None, expr: pc.Expression | None
+    ) -> pa.Table:
         try:
             # The active files of the current snapshot (with their partition values and the
             # evolved schema) in commit order, so "first committed copy wins" holds.
@@ -319,6 +354,24 @@ class DeltaTableDatabase(BufferedArrowDatabase):
             raise CorruptStoreError(
                 f"cannot read table {'/'.join(key)!r} at {self.table_uri(key)}: {_first_line(exc)}"
             ) from exc
+
+    def _small_table(self, key: RecordPath, dt: DeltaTable, schema: pa.Schema | None) -> pa.Table | None:
+        """Every row of the table at ``dt``'s version if its data files are small (read once per
+        version, then from memory); ``None`` for a larger table (read what is asked, each time)."""
+        version = dt.version()
+        cached = self._read_cache.pop(key, None)
+        if cached is not None and cached[0] == version:
+            self._read_cache[key] = cached  # most recently read last
+            return cached[1]
+        size = pc.sum(pa.table(dt.get_add_actions(flatten=False))["size_bytes"]).as_py() or 0
+        if size > SMALL_TABLE_BYTES:
+            return None
+        table = self._read(key, dt, schema, None, None)
+        self._read_cache[key] = (version, table, table.nbytes)
+        self._read_cache_bytes = sum(entry[2] for entry in self._read_cache.values())
+        while self._read_cache_bytes > READ_CACHE_BYTES and len(self._read_cache) > 1:
+            self._read_cache_bytes -= self._read_cache.pop(next(iter(self._read_cache)))[2]
+        return table
 
     def _write(self, key: RecordPath, table: pa.Table, ids: set[str], evolve: bool) -> None:
         dt = self._tables.get(key)  # brought up to date by _committed_ids under the commit lock

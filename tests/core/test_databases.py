@@ -647,3 +647,33 @@ def test_partitioned_table_written_elsewhere_is_read_at_its_current_version(tmp_
     write_deltalake(uri, table.slice(2), partition_by=["p"], mode="overwrite")
     assert ids_of(db.get_all_records(PATH)) == ["c"]
     assert db.add_records(PATH, pa.table({RECORD_ID_COLUMN: ["a"], "p": ["x"], "v": [9]})) == 1
+
+
+def test_small_tables_are_read_once_per_version(tmp_path, monkeypatch):
+    from orcapod_core.databases import delta
+
+    db = DeltaTableDatabase(tmp_path)
+    db.add_records(PATH, records(["a", "b", "c"], x=[1, 2, 3]), flush=True)
+    reads = []
+    read = DeltaTableDatabase._read
+    monkeypatch.setattr(DeltaTableDatabase, "_read", lambda self, key, *rest: reads.append(key) or read(self, key, *rest))
+    assert ids_of(db.get_records_by_ids(PATH, ["b"])) == ["b"]
+    assert db.get_column(PATH, "x").to_pylist() == [1, 2, 3]
+    assert ids_of(db.get_records_where(PATH, {"x": 3})) == ["c"]
+    assert db.get_records_by_ids(PATH, ["c"], columns=["x"]).column_names == ["x", RECORD_ID_COLUMN]
+    assert reads == [PATH]  # one read of the version, the rest answered from memory
+    DeltaTableDatabase(tmp_path).add_records(PATH, records(["d"], x=[4]), flush=True)  # another handle commits
+    assert db.get_column(PATH, "x").to_pylist() == [1, 2, 3, 4]  # the new version is read, never a stale copy
+    assert reads == [PATH, PATH]
+    # A larger table is read as asked, every time; a full cache drops the least recently read table.
+    monkeypatch.setattr(delta, "SMALL_TABLE_BYTES", 0)
+    assert ids_of(db.get_records_by_ids(PATH, ["a"])) == ["a"]  # (still cached: same version)
+    db.add_records(PATH, records(["e"], x=[5]), flush=True)
+    assert ids_of(db.get_records_by_ids(PATH, ["e"])) == ["e"] and ids_of(db.get_records_by_ids(PATH, ["a"])) == ["a"]
+    assert len(reads) == 4
+    monkeypatch.setattr(delta, "SMALL_TABLE_BYTES", 8 << 20)
+    monkeypatch.setattr(delta, "READ_CACHE_BYTES", 1)
+    other = ("other",)
+    db.add_records(other, records(["z"], x=[0]), flush=True)
+    assert ids_of(db.get_all_records(PATH)) == ["a", "b", "c", "d", "e"] and ids_of(db.get_all_records(other)) == ["z"]
+    assert list(db._read_cache) == [other]

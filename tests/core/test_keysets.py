@@ -5,7 +5,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from orcapod_core import keysets
 from orcapod_core.keysets import all_distinct, distinct, index_in, is_in
+
+
+@pytest.fixture(params=["arrow", "polars"])
+def engine(request, monkeypatch):
+    """Both paths: small inputs go to Arrow's kernels, larger ones to polars (forced here)."""
+    if request.param == "polars":
+        monkeypatch.setattr(keysets, "SMALL", 0)
+    return request.param
 
 
 def _array(values, dtype, chunked):
@@ -14,7 +23,7 @@ def _array(values, dtype, chunked):
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_is_in_and_index_in_agree_with_the_arrow_kernels(seed):
+def test_is_in_and_index_in_agree_with_the_arrow_kernels(seed, engine):
     rng = random.Random(seed)
     pool = ["a", "b", "c", "d", "e", None]
     for _ in range(100):
@@ -31,7 +40,7 @@ def test_is_in_and_index_in_agree_with_the_arrow_kernels(seed):
         assert positions.to_pylist() == pc.index_in(present, value_set=value_set).to_pylist()
 
 
-def test_is_in_of_other_key_types_agrees_with_arrow():
+def test_is_in_of_other_key_types_agrees_with_arrow(engine):
     floats = pa.array([0.0, -0.0, float("nan"), None, 1.5])
     assert is_in(floats, pa.array([-0.0, float("nan"), None])).to_pylist() == pc.is_in(
         floats, value_set=pa.array([-0.0, float("nan"), None])
@@ -47,6 +56,7 @@ def test_is_in_of_other_key_types_agrees_with_arrow():
 
 
 def test_all_distinct_compares_values_when_their_hashes_collide(monkeypatch):
+    monkeypatch.setattr(keysets, "SMALL", 0)  # the polars path
     keys = pa.array(["a", "b", "c"])
     assert all_distinct(keys) and not all_distinct(pa.array(["a", "b", "a"]))
     # Every hash equal (as if they collided): distinct values are still told apart.
