@@ -54,6 +54,9 @@ __all__ = [
     "encode_value",
     "digests_to_hex",
     "sha256_each",
+    "hex_problem",
+    "hex_to_bytes",
+    "bytes_to_hex",
 ]
 
 HASH_METHOD = "orcapod_v1"
@@ -346,3 +349,46 @@ def digests_to_hex(digests: pa.FixedSizeBinaryArray) -> pa.Array:
     step = pa.scalar(2 * width, pa.int64())
     offsets = pc.subtract(pc.cumulative_sum(pa.repeat(step, n + 1)), step)
     return pa.LargeStringArray.from_buffers(n, offsets.buffers()[1], pa.py_buffer(binascii.hexlify(data)))
+
+
+def hex_problem(hexes: pa.Array | pa.ChunkedArray) -> str | None:
+    """Why ``hexes`` is not a column of lowercase hex digests (even length, ``0-9a-f``, no
+    nulls) — the first offending value — or ``None`` when it is."""
+    import polars as pl
+
+    if not (pa.types.is_string(hexes.type) or pa.types.is_large_string(hexes.type)):
+        return f"it has type {hexes.type}, not string"
+    if hexes.null_count:
+        return "it contains nulls"
+    series = pl.from_arrow(hexes)
+    bad = ~series.str.contains(r"^(?:[0-9a-f]{2})*$")
+    if bad.any():
+        return f"{series.filter(bad)[0]!r} is not lowercase hex of even length"
+    return None
+
+
+def hex_to_bytes(hexes: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Lowercase hex strings as their bytes (``large_binary``): half the size. Inverse of
+    :func:`bytes_to_hex`; values must pass :func:`hex_problem`.
+
+    >>> hex_to_bytes(pa.array(["00ff"])).to_pylist()
+    [b'\\x00\\xff']
+    """
+    import polars as pl
+
+    out = pl.from_arrow(hexes).str.decode("hex").to_arrow()
+    out = out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
+    return out.cast(pa.large_binary())
+
+
+def bytes_to_hex(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Bytes as lowercase hex strings (``large_string``), nulls kept.
+
+    >>> bytes_to_hex(pa.array([b"\\x00\\xff"])).to_pylist()
+    ['00ff']
+    """
+    import polars as pl
+
+    out = pl.from_arrow(values).bin.encode("hex").to_arrow()
+    out = out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
+    return out.cast(pa.large_string())

@@ -157,7 +157,7 @@ class ResultCache:
         table = table.append_column(
             pa.field(STORED_AT_COLUMN, pa.timestamp("us"), False), _constant_column(now, pa.field("t", pa.timestamp("us")), n)
         )
-        return self.database.add_records(self.record_path, table, flush=flush)
+        return self.database.add_records(self.record_path, table, flush=flush, digest_columns=(RECORD_ID_COLUMN,))
 
     def get_all_records(self, columns: Sequence[str] | None = None) -> pa.Table | None:
         """Every stored result (most recent per hash), or ``None`` if nothing was stored;

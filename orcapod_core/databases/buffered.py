@@ -22,6 +22,9 @@ Rules implemented here:
   the table, before anything is buffered or written.
 - Reads return committed rows in commit order, then pending rows, after dropping repeated record
   ids (first copy wins) — cheap: only done when the id column has duplicates.
+- ``digest_columns`` names columns of lowercase hex digests (hashes, ids made of hashes):
+  checked when added; a backend may store them as their bytes — half the size — and reads
+  return the same hex strings (Delta does, see :class:`~orcapod_core.databases.DeltaTableDatabase`).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from orcapod_core.errors import (
     SchemaMismatchError,
     UnsupportedTypeError,
 )
+from orcapod_core.hashing import hex_problem
 from orcapod_core.keysets import all_distinct, is_in
 
 __all__ = ["BufferedArrowDatabase", "normalize_type", "normalize_schema", "normalize_table"]
@@ -253,6 +257,17 @@ def _path_name(key: RecordPath) -> str:
     return repr("/".join(key))
 
 
+def _check_digests(where: str, table: pa.Table, digest_columns: Sequence[str]) -> None:
+    if isinstance(digest_columns, str):
+        raise InputValidationError(f"digest_columns must be a sequence of column names, got the string {digest_columns!r}")
+    for name in digest_columns:
+        if name not in table.column_names:
+            raise InputValidationError(f"digest column {name!r} is not a column of the records for table {where}")
+        problem = hex_problem(table[name])
+        if problem is not None:
+            raise InputValidationError(f"digest column {name!r} of the records for table {where}: {problem}")
+
+
 class BufferedArrowDatabase:
     """Base of the two :class:`~orcapod_core.databases.ArrowDatabase` implementations.
 
@@ -274,6 +289,8 @@ class BufferedArrowDatabase:
         self.max_batch_age_s = max_batch_age_s
         self._lock = threading.RLock()
         self._pending: dict[RecordPath, _Pending] = {}
+        # Columns declared as hex digests per table (by this handle's writers; see add_records).
+        self._digests: dict[RecordPath, set[str]] = {}
 
     # ---- primitives a backend provides ----------------------------------------------------
 
@@ -286,8 +303,9 @@ class BufferedArrowDatabase:
         what this handle last saw (used when buffering: the flush re-checks under the lock)."""
         raise NotImplementedError
 
-    def _scan(self, key: RecordPath, columns: list[str] | None, expr: pc.Expression | None) -> pa.Table | None:
-        """Committed rows matching ``expr`` in commit order, normalized; ``None`` without a table."""
+    def _scan(self, key: RecordPath, columns: list[str] | None, conds: Sequence[Condition]) -> pa.Table | None:
+        """Committed rows satisfying every condition (see :func:`_expression`) in commit order,
+        normalized; ``None`` without a table. Called right after ``_committed_schema(key)``."""
         raise NotImplementedError
 
     def _write(self, key: RecordPath, table: pa.Table, ids: set[str], evolve: bool) -> None:
@@ -304,6 +322,11 @@ class BufferedArrowDatabase:
         """``table`` with the exact types the backend will store (default: normalized)."""
         return table
 
+    def _stored_digest_columns(self, key: RecordPath) -> frozenset[str]:
+        """Columns the committed table keeps as digest bytes (they must hold hex digests), as of
+        the last ``_committed_schema(key)``."""
+        return frozenset()
+
     @contextlib.contextmanager
     def _commit_lock(self, key: RecordPath) -> Iterator[None]:
         """Held around "check committed ids, then write" (cross-process where the backend can)."""
@@ -318,6 +341,7 @@ class BufferedArrowDatabase:
         record_id_column: str | None = None,
         skip_duplicates: bool = True,
         flush: bool = False,
+        digest_columns: Sequence[str] = (),
     ) -> int:
         """Add many records in one call; return how many were actually added.
 
@@ -326,6 +350,8 @@ class BufferedArrowDatabase:
         Ids already committed or pending, and repeats within ``table`` (the first copy is
         kept), are skipped — or raise :class:`~orcapod_core.errors.DuplicateTagError` when
         ``skip_duplicates=False`` (then nothing is added). ``flush=True`` commits right away.
+        ``digest_columns``: columns holding lowercase hex digests (checked), which the backend
+        may store as bytes; they read back as the same strings.
 
         >>> from orcapod_core.databases import InMemoryArrowDatabase
         >>> db = InMemoryArrowDatabase()
@@ -340,6 +366,11 @@ class BufferedArrowDatabase:
             # Buffering checks against what this handle last saw; the flush re-checks fresh state
             # under the commit lock, so adds stay cheap (no round trip to the store per call).
             committed_schema = self._committed_schema(key, fresh=False)
+            # Declared here, or stored as digests already (by any writer): checked before buffering.
+            stored = self._stored_digest_columns(key) & set(table.column_names)
+            _check_digests(where, table, [*digest_columns, *(c for c in stored if c not in digest_columns)])
+            if digest_columns:
+                self._digests.setdefault(key, set()).update(digest_columns)
             if committed_schema is not None and RECORD_ID_COLUMN not in committed_schema.names:
                 raise CorruptStoreError(f"table {where} has no {RECORD_ID_COLUMN!r} column: it is not a record table")
             current = _union(committed_schema, pending.schema if pending else None)
@@ -589,7 +620,7 @@ class BufferedArrowDatabase:
             # every row group's statistics, which costs far more than reading the few needed
             # columns whole and filtering them in memory with one hash lookup per row.
             wanted = None if columns is None else list(dict.fromkeys([*columns, *(c for c, _ in kept)]))
-            table = self._scan(key, wanted, None)
+            table = self._scan(key, wanted, [])
             if table is None:
                 return None
             mask = None
@@ -599,7 +630,7 @@ class BufferedArrowDatabase:
             if not pc.all(mask).as_py():  # (a bulk lookup often wants every row: no copy then)
                 table = table.filter(mask)
             return table if columns is None else table.select(columns)
-        return self._scan(key, columns, _expression(kept))
+        return self._scan(key, columns, kept)
 
     def get_records_by_ids(
         self, record_path: Sequence[str], ids: Sequence[str] | pa.Array, columns: Sequence[str] | None = None

@@ -40,6 +40,12 @@ Either way Arrow's threads never hold a Python object, which would abort the pro
 A store that cannot be reached (missing bucket, wrong endpoint or storage option) raises
 :class:`~orcapod_core.errors.StoreAccessError` naming the store, the table and deltalake's reason.
 
+Digests. Columns declared ``digest_columns`` (record ids made of hashes, packet hashes) are
+stored as their bytes — half the size of the hex text, and nothing for zstd to squeeze — and
+marked in the table's Delta schema (field metadata ``orcapod.encoding: hex``), so every reader
+turns them back into the same hex strings; lookups by them compare bytes. A table that already
+holds such a column as text keeps it as text.
+
 Errors: a path holding something that is not a readable Delta table (garbage in ``_delta_log``,
 a plain directory of files) raises :class:`~orcapod_core.errors.CorruptStoreError` naming it.
 Delta Lake cannot store ``time64`` columns; adding one raises
@@ -49,8 +55,9 @@ Delta Lake cannot store ``time64`` columns; adding one raises
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -59,13 +66,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
-from deltalake import DeltaTable, WriterProperties, write_deltalake
+from deltalake import ColumnProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.exceptions import SchemaMismatchError as DeltaSchemaMismatchError
 from deltalake.fs import DeltaStorageHandler
 
-from orcapod_core.databases.buffered import BufferedArrowDatabase, normalize_schema, normalize_type
+from orcapod_core.databases.buffered import BufferedArrowDatabase, Condition, _expression, normalize_schema, normalize_type
 from orcapod_core.databases.protocol import (
     MAX_PATH_DEPTH,
     RECORD_ID_COLUMN,
@@ -74,6 +81,7 @@ from orcapod_core.databases.protocol import (
     validate_record_path,
 )
 from orcapod_core.errors import CorruptStoreError, SchemaMismatchError, StoreAccessError, UnsupportedTypeError
+from orcapod_core.hashing import bytes_to_hex, hex_to_bytes
 from orcapod_core.sources.files import fetched, local_table_dir, read_delta, storage_error_reason
 
 try:  # POSIX only; elsewhere the read-time dedup (3.) still hides racing duplicates
@@ -83,19 +91,53 @@ except ImportError:  # pragma: no cover
 
 __all__ = ["DeltaTableDatabase", "LOCK_FILE"]
 
-#: How data files are written: zstd, not deltalake's default snappy. Most of what the store
-#: holds is hashes as hex text and repeated provenance strings, which zstd's entropy coding
-#: halves (hex back to ~binary size) where snappy barely compresses them; reads cost the same.
-WRITER = WriterProperties(compression="ZSTD", compression_level=3)
+#: How data files are written: zstd, not deltalake's default snappy (text ids and repeated
+#: provenance strings shrink several times more; reads cost the same). Record ids and digests are distinct (or random) values: no dictionary (it never pays off and
+#: costs a pass), and DELTA_LENGTH_BYTE_ARRAY, which stores the values' one length once per page
+#: instead of 4 bytes per value.
+_KEY_COLUMN = ColumnProperties(dictionary_enabled=False, encoding="DELTA_LENGTH_BYTE_ARRAY")
+
+
+@functools.lru_cache(maxsize=64)
+def _writer(key_columns: frozenset[str]) -> WriterProperties:
+    """How a batch is written: zstd, and the key-column properties on the record id and on
+    ``key_columns`` (the table's digest columns)."""
+    columns = {RECORD_ID_COLUMN: _KEY_COLUMN, **{c: _KEY_COLUMN for c in key_columns}}
+    return WriterProperties(compression="ZSTD", compression_level=3, column_properties=columns)
+
 
 #: File inside a local table directory that serialises "check ids, then append" across processes.
 LOCK_FILE = "_orcapod_commit.lock"
 _DELTA_LOG = "_delta_log"
-_ID_SCHEMA = pa.schema([pa.field(RECORD_ID_COLUMN, pa.large_string())])
+#: Field metadata of a digest column stored as bytes (read back as lowercase hex).
+DIGEST_METADATA = {b"orcapod.encoding": b"hex"}
 #: A table whose data files total at most this many bytes is read whole, once per version.
-SMALL_TABLE_BYTES = 8 << 20
+SMALL_TABLE_BYTES = 1 << 20
 #: Arrow bytes of small tables kept in memory per database handle (least recently read dropped first).
 READ_CACHE_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """A committed table's schema at ``version``: as stored (``physical``: digest columns as
+    bytes) and as read (``logical``: every digest column as hex text)."""
+
+    version: int
+    physical: pa.Schema
+    logical: pa.Schema
+    digests: frozenset[str]
+
+
+def _stored_schema(version: int, raw: pa.Schema) -> _Stored:
+    digests = frozenset(f.name for f in raw if _is_digest(f))
+    physical = normalize_schema(raw)
+    logical = pa.schema([f.with_type(pa.large_string()) if f.name in digests else f for f in physical])
+    return _Stored(version, physical, logical, digests)
+
+
+def _is_digest(f: pa.Field) -> bool:
+    binary = pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)
+    return binary and bool(f.metadata) and f.metadata.get(b"orcapod.encoding") == DIGEST_METADATA[b"orcapod.encoding"]
 
 
 @dataclass
@@ -150,7 +192,7 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         self._root = local_table_dir(self.base_uri)
         self._tables: dict[RecordPath, DeltaTable] = {}
         self._indexes: dict[RecordPath, _IdIndex] = {}
-        self._schemas: dict[RecordPath, tuple[int, pa.Schema]] = {}
+        self._schemas: dict[RecordPath, _Stored] = {}
         self._storage_schemas: dict[pa.Schema, pa.Schema] = {}
         # Small tables read whole, by table: (version, rows); insertion order is recency.
         self._read_cache: dict[RecordPath, tuple[int, pa.Table, int]] = {}  # (version, rows, their bytes)
@@ -270,16 +312,19 @@ class DeltaTableDatabase(BufferedArrowDatabase):
     # ---- committed-side primitives -------------------------------------------------------------
 
     def _committed_schema(self, key: RecordPath, fresh: bool = True) -> pa.Schema | None:
+        stored = self._stored(key, fresh)
+        return None if stored is None else stored.logical
+
+    def _stored(self, key: RecordPath, fresh: bool = True) -> _Stored | None:
         dt = self._open(key, fresh)
         if dt is None:
             return None
         version = dt.version()
         cached = self._schemas.get(key)
-        if cached is not None and cached[0] == version:
-            return cached[1]
-        schema = normalize_schema(pa.schema(dt.schema().to_arrow(as_large_types=True)))
-        self._schemas[key] = (version, schema)
-        return schema
+        if cached is not None and cached.version == version:
+            return cached
+        stored = self._schemas[key] = _stored_schema(version, pa.schema(dt.schema().to_arrow(as_large_types=True)))
+        return stored
 
     def _committed_ids(self, key: RecordPath, fresh: bool = True) -> set[str]:
         dt = self._open(key, fresh)
@@ -307,14 +352,18 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         # Add-action paths are URI-encoded (a partition value "a b" is stored as "p=a%2520b");
         # the files are at the decoded relative paths.
         files = {unquote(p): sizes[p] for p in paths}
+        stored = self._stored(key, fresh=False)
+        as_bytes = stored is not None and RECORD_ID_COLUMN in stored.digests
+        id_schema = pa.schema([pa.field(RECORD_ID_COLUMN, pa.large_binary() if as_bytes else pa.large_string())])
         try:
             fs = self._table_filesystem(key)
             if fs is None:  # object store: fetch the files on this thread (see sources.files.fetched)
                 fs = pafs.PyFileSystem(DeltaStorageHandler(dt.table_uri, self.storage_options, files))
-                dataset = fetched(ds.dataset(list(files), schema=_ID_SCHEMA, format="parquet", filesystem=fs))
+                dataset = fetched(ds.dataset(list(files), schema=id_schema, format="parquet", filesystem=fs))
             else:
-                dataset = ds.dataset(list(files), schema=_ID_SCHEMA, format="parquet", filesystem=fs)
-            return dataset.to_table(columns=[RECORD_ID_COLUMN])[RECORD_ID_COLUMN]
+                dataset = ds.dataset(list(files), schema=id_schema, format="parquet", filesystem=fs)
+            ids = dataset.to_table(columns=[RECORD_ID_COLUMN])[RECORD_ID_COLUMN]
+            return bytes_to_hex(ids) if as_bytes else ids
         except (OSError, pa.ArrowInvalid) as exc:
             raise CorruptStoreError(
                 f"cannot read the record ids of table {'/'.join(key)!r} at {self.table_uri(key)}: {_first_line(exc)}"
@@ -328,34 +377,41 @@ class DeltaTableDatabase(BufferedArrowDatabase):
             return None
         return pafs.SubTreeFileSystem(os.path.join(self._root, *key), pafs.LocalFileSystem())
 
-    def _scan(self, key: RecordPath, columns: list[str] | None, expr: pc.Expression | None) -> pa.Table | None:
+    def _scan(self, key: RecordPath, columns: list[str] | None, conds: Sequence[Condition]) -> pa.Table | None:
         # The version the caller's _committed_schema(key) just brought up to date: schema and
         # rows of one version.
         dt = self._open(key, fresh=False)
-        if dt is None:
+        stored = self._stored(key, fresh=False)
+        if dt is None or stored is None:
             return None
-        schema = self._committed_schema(key, fresh=False)
-        whole = self._small_table(key, dt, schema)
+        whole = self._small_table(key, dt, stored)
         if whole is not None:
+            expr = _expression(conds)
             rows = whole if expr is None else whole.filter(expr)
             return rows if columns is None else rows.select(columns)
-        return self._read(key, dt, schema, columns, expr)
+        return self._read(key, dt, stored, columns, conds)
 
     def _read(
-        self, key: RecordPath, dt: DeltaTable, schema: pa.Schema | None, columns: list[str] | None, expr: pc.Expression | None
+        self, key: RecordPath, dt: DeltaTable, stored: _Stored, columns: list[str] | None, conds: Sequence[Condition]
     ) -> pa.Table:
+        # Digest columns are compared as the bytes they are stored as.
+        conds = [(c, hex_to_bytes(v) if c in stored.digests and v is not None else v) for c, v in conds]
         try:
             # The active files of the current snapshot (with their partition values and the
             # evolved schema) in commit order, so "first committed copy wins" holds.
             # One chunk per column (a read yields one per row group): the lookups and hash
             # joins that follow would otherwise each copy the columns into one chunk again.
-            return read_delta(dt, columns, expr, schema=schema).combine_chunks()
+            table = read_delta(dt, columns, _expression(conds), schema=stored.physical).combine_chunks()
         except (OSError, pa.ArrowInvalid) as exc:
             raise CorruptStoreError(
                 f"cannot read table {'/'.join(key)!r} at {self.table_uri(key)}: {_first_line(exc)}"
             ) from exc
+        for name in stored.digests.intersection(table.column_names):
+            i = table.schema.get_field_index(name)
+            table = table.set_column(i, stored.logical.field(name), bytes_to_hex(table.column(i)))
+        return table
 
-    def _small_table(self, key: RecordPath, dt: DeltaTable, schema: pa.Schema | None) -> pa.Table | None:
+    def _small_table(self, key: RecordPath, dt: DeltaTable, stored: _Stored) -> pa.Table | None:
         """Every row of the table at ``dt``'s version if its data files are small (read once per
         version, then from memory); ``None`` for a larger table (read what is asked, each time)."""
         version = dt.version()
@@ -366,7 +422,7 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         size = pc.sum(pa.table(dt.get_add_actions(flatten=False))["size_bytes"]).as_py() or 0
         if size > SMALL_TABLE_BYTES:
             return None
-        table = self._read(key, dt, schema, None, None)
+        table = self._read(key, dt, stored, None, [])
         self._read_cache[key] = (version, table, table.nbytes)
         self._read_cache_bytes = sum(entry[2] for entry in self._read_cache.values())
         while self._read_cache_bytes > READ_CACHE_BYTES and len(self._read_cache) > 1:
@@ -377,14 +433,15 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         dt = self._tables.get(key)  # brought up to date by _committed_ids under the commit lock
         index = self._indexes.get(key)
         before = dt.version() if dt is not None else -1
-        table = table.combine_chunks()  # one Arrow batch -> one data file, rows in order
+        table = self._physical(key, table.combine_chunks())  # one Arrow batch -> one data file, rows in order
+        writer = _writer(frozenset(f.name for f in table.schema if _is_digest(f)))
         try:
             if dt is None:
                 write_deltalake(
-                    self.table_uri(key), table, mode="append", storage_options=self.storage_options, writer_properties=WRITER
+                    self.table_uri(key), table, mode="append", storage_options=self.storage_options, writer_properties=writer
                 )
             else:
-                write_deltalake(dt, table, mode="append", schema_mode="merge" if evolve else None, writer_properties=WRITER)
+                write_deltalake(dt, table, mode="append", schema_mode="merge" if evolve else None, writer_properties=writer)
         except DeltaSchemaMismatchError as exc:
             raise SchemaMismatchError(
                 f"table {'/'.join(key)!r} at {self.table_uri(key)} refused the batch: {_first_line(exc)}"
@@ -398,6 +455,22 @@ class DeltaTableDatabase(BufferedArrowDatabase):
             index.files = set(pa.table(dt.get_add_actions(flatten=False))["path"].to_pylist())
             index.ids.update(ids)
             index.version = dt.version()
+
+    def _physical(self, key: RecordPath, table: pa.Table) -> pa.Table:
+        """The batch as stored: digest columns as their bytes — those the table stores as bytes
+        already, and declared ones it does not hold yet (a column it holds as text stays text)."""
+        stored = self._stored(key, fresh=False)
+        declared = self._digests.get(key, ())
+        for i, f in enumerate(table.schema):
+            held = stored is not None and f.name in stored.physical.names
+            if (f.name in stored.digests) if held else (f.name in declared):
+                field = pa.field(f.name, pa.large_binary(), f.nullable, metadata=DIGEST_METADATA)
+                table = table.set_column(i, field, hex_to_bytes(table.column(i)))
+        return table
+
+    def _stored_digest_columns(self, key: RecordPath) -> frozenset[str]:
+        stored = self._schemas.get(key)
+        return frozenset() if stored is None else stored.digests
 
     def _committed_version(self, key: RecordPath) -> int | None:
         dt = self._open(key)

@@ -7,13 +7,13 @@ throw-away pipelines use.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from orcapod_core.databases.buffered import BufferedArrowDatabase, _align
+from orcapod_core.databases.buffered import BufferedArrowDatabase, Condition, _align, _expression
 from orcapod_core.databases.protocol import RecordPath
 
 __all__ = ["InMemoryArrowDatabase"]
@@ -67,11 +67,12 @@ class InMemoryArrowDatabase(BufferedArrowDatabase):
         table = self._tables.get(key)
         return _NO_IDS if table is None else table.ids
 
-    def _scan(self, key: RecordPath, columns: list[str] | None, expr: pc.Expression | None) -> pa.Table | None:
+    def _scan(self, key: RecordPath, columns: list[str] | None, conds: Sequence[Condition]) -> pa.Table | None:
         table = self._tables.get(key)
         if table is None:
             return None
         rows = table.rows()
+        expr = _expression(conds)
         if expr is not None:
             rows = rows.filter(expr)
         return rows if columns is None else rows.select(columns)

@@ -130,8 +130,10 @@ class ArrowDatabase(Protocol):
         record_id_column: str | None = None,
         skip_duplicates: bool = True,
         flush: bool = False,
+        digest_columns: Sequence[str] = (),
     ) -> int:
-        """Add many records; return how many were actually added (new ids only)."""
+        """Add many records; return how many were actually added (new ids only).
+        ``digest_columns``: columns of lowercase hex digests the backend may store as bytes."""
         ...
 
     def get_records_by_ids(

@@ -262,7 +262,9 @@ class OperatorNode(Node):
                 logged = table.append_column(pa.field(NODE_CONTENT_COLUMN, pa.large_string(), False), content)
                 ids = digests_to_hex(hash_rows(logged))  # row + input identity: dedup per input
                 self.database.add_records(
-                    self.record_path, logged.append_column(pa.field(RECORD_ID_COLUMN, pa.large_string(), False), ids)
+                    self.record_path,
+                    logged.append_column(pa.field(RECORD_ID_COLUMN, pa.large_string(), False), ids),
+                    digest_columns=(RECORD_ID_COLUMN,),
                 )
                 self.database.flush_path(self.record_path)
         self._set_output(table)

@@ -137,7 +137,9 @@ def _store_source_rows(node: SourceNode) -> int:
         content = pa.repeat(pa.scalar(node.content_hash().to_string(), pa.large_string()), table.num_rows)
         rows = table.append_column(pa.field(NODE_CONTENT_COLUMN, pa.large_string(), False), content)
         ids = digests_to_hex(hash_rows(rows))
-        node.database.add_records(node.record_path, rows.append_column(pa.field(RECORD_ID_COLUMN, pa.large_string(), False), ids))
+        node.database.add_records(
+            node.record_path, rows.append_column(pa.field(RECORD_ID_COLUMN, pa.large_string(), False), ids), digest_columns=(RECORD_ID_COLUMN,)
+        )
         node.database.flush_path(node.record_path)
     return table.num_rows
 

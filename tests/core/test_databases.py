@@ -281,11 +281,12 @@ def test_batches_commit_once_per_batch_size(make_db, kind):
 
 
 def test_old_pending_rows_are_committed_on_add(make_db, kind):
-    db = make_db(kind, batch_size=1000, max_batch_age_s=0.05)
+    # (an age well above an object store's round trips, so the first two adds stay pending)
+    db = make_db(kind, batch_size=1000, max_batch_age_s=0.5)
     db.add_records(PATH, records(["a"], x=[1]))
     db.add_records(("other",), records(["z"], x=[1]))
     assert db.table_version(PATH) is None
-    time.sleep(0.1)
+    time.sleep(0.6)
     db.add_records(("other",), records(["y"], x=[2]))  # any add commits batches that are too old
     assert db.table_version(PATH) == 0
     assert db.table_version(("other",)) == 0
@@ -671,9 +672,73 @@ def test_small_tables_are_read_once_per_version(tmp_path, monkeypatch):
     db.add_records(PATH, records(["e"], x=[5]), flush=True)
     assert ids_of(db.get_records_by_ids(PATH, ["e"])) == ["e"] and ids_of(db.get_records_by_ids(PATH, ["a"])) == ["a"]
     assert len(reads) == 4
-    monkeypatch.setattr(delta, "SMALL_TABLE_BYTES", 8 << 20)
+    monkeypatch.setattr(delta, "SMALL_TABLE_BYTES", 1 << 20)
     monkeypatch.setattr(delta, "READ_CACHE_BYTES", 1)
     other = ("other",)
     db.add_records(other, records(["z"], x=[0]), flush=True)
     assert ids_of(db.get_all_records(PATH)) == ["a", "b", "c", "d", "e"] and ids_of(db.get_all_records(other)) == ["z"]
     assert list(db._read_cache) == [other]
+
+
+def _digest_rows(n: int, start: int = 0) -> pa.Table:
+    import hashlib
+
+    ids = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(start, start + n)]
+    links = [hashlib.sha256(f"p{i % 7}".encode()).hexdigest()[:32] for i in range(start, start + n)]
+    return pa.table({RECORD_ID_COLUMN: ids, "link": links, "x": list(range(start, start + n))})
+
+
+@pytest.mark.parametrize("small", [True, False], ids=["cached", "read"])
+def test_digest_columns_read_back_as_the_same_hex(db, small, monkeypatch):
+    from orcapod_core.databases import delta
+
+    if not small:
+        monkeypatch.setattr(delta, "SMALL_TABLE_BYTES", -1)  # every read goes to the files
+    rows = _digest_rows(1500)
+    assert db.add_records(PATH, rows, digest_columns=[RECORD_ID_COLUMN, "link"], flush=True) == 1500
+    assert db.get_all_records(PATH).select(rows.column_names).to_pylist() == rows.to_pylist()
+    few, many = rows[RECORD_ID_COLUMN].to_pylist()[:3], rows[RECORD_ID_COLUMN].to_pylist()[::-1]
+    assert ids_of(db.get_records_by_ids(PATH, few)) == few  # pushed into the scan
+    assert ids_of(db.get_records_by_ids(PATH, many)) == many[::-1]  # (over 1,000 values: filtered after reading)
+    link = rows["link"][3].as_py()
+    assert db.get_records_by_values(PATH, "link", [link])["x"].to_pylist() == [i for i in range(1500) if i % 7 == 3]
+    assert db.get_column(PATH, "link").to_pylist() == rows["link"].to_pylist()
+    # committed ids are known as hex too: repeats are skipped, new ones added
+    assert db.add_records(PATH, _digest_rows(20, start=1490), digest_columns=[RECORD_ID_COLUMN, "link"], flush=True) == 10
+
+
+@pytest.mark.parametrize("bad", ["ABCD", "abc", "xyz0", None])
+def test_digest_columns_must_hold_lowercase_hex(db, bad):
+    db.add_records(PATH, _digest_rows(2), digest_columns=["link"], flush=True)
+    rows = _digest_rows(2, start=5)
+    rows = rows.set_column(1, "link", pa.array([rows["link"][0].as_py(), bad], pa.large_string()))
+    with pytest.raises(InputValidationError, match="digest column 'link'"):
+        db.add_records(PATH, rows, digest_columns=["link"])
+    with pytest.raises(InputValidationError, match="'nope' is not a column"):
+        db.add_records(PATH, _digest_rows(1, start=9), digest_columns=["nope"])
+    assert db.get_all_records(PATH).num_rows == 2 and db.pending_count(PATH) == 0
+
+
+def test_delta_stores_digests_as_bytes_marked_in_the_schema(tmp_path):
+    db = DeltaTableDatabase(tmp_path)
+    rows = _digest_rows(100)
+    db.add_records(PATH, rows, digest_columns=[RECORD_ID_COLUMN, "link"], flush=True)
+    raw = DeltaTable(db.table_uri(PATH)).to_pyarrow_table()
+    assert raw.schema.field(RECORD_ID_COLUMN).type in (pa.binary(), pa.large_binary())
+    assert raw[RECORD_ID_COLUMN].to_pylist()[0] == bytes.fromhex(rows[RECORD_ID_COLUMN][0].as_py())  # 32 bytes, not 64
+    assert raw.schema.field("link").metadata == {b"orcapod.encoding": b"hex"}
+    # Another handle that does not declare them still writes (and is checked for) digests,
+    # and reads them back as text.
+    other = DeltaTableDatabase(tmp_path)
+    assert ids_of(other.get_all_records(PATH))[:2] == rows[RECORD_ID_COLUMN].to_pylist()[:2]
+    other.add_records(PATH, _digest_rows(5, start=100), flush=True)
+    bad = _digest_rows(1, start=200).set_column(1, "link", pa.array(["not hex"], pa.large_string()))
+    with pytest.raises(InputValidationError, match="digest column 'link'"):
+        other.add_records(PATH, bad)
+    assert db.get_all_records(PATH).num_rows == 105
+    assert DeltaTable(db.table_uri(PATH)).to_pyarrow_table().schema.field("link").type in (pa.binary(), pa.large_binary())
+    # A table that holds such a column as text keeps it as text.
+    db.add_records(("text",), _digest_rows(3), flush=True)
+    db.add_records(("text",), _digest_rows(3, start=3), digest_columns=[RECORD_ID_COLUMN], flush=True)
+    assert DeltaTable(db.table_uri(("text",))).to_pyarrow_table().schema.field(RECORD_ID_COLUMN).type in (pa.string(), pa.large_string())
+    assert ids_of(db.get_all_records(("text",))) == _digest_rows(6)[RECORD_ID_COLUMN].to_pylist()

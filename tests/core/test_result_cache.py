@@ -175,7 +175,7 @@ class AppendOnlyDatabase(InMemoryArrowDatabase):
         super().__init__()
         self.rows: list[pa.Table] = []
 
-    def add_records(self, record_path, table, record_id_column=None, skip_duplicates=True, flush=False):
+    def add_records(self, record_path, table, record_id_column=None, skip_duplicates=True, flush=False, digest_columns=()):
         if record_id_column is not None:
             table = table.add_column(0, RECORD_ID_COLUMN, table[record_id_column])
         self.rows.append(table)
