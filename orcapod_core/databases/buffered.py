@@ -438,16 +438,18 @@ class BufferedArrowDatabase:
         pending = self._pending.get(key)
         pending_ids = pending.ids if pending is not None else set()
         ids = table[RECORD_ID_COLUMN].to_pylist()
-        seen: set[str] = set()
+        seen: set[str] = set(ids)
         keep: list[bool] = []
         repeated: list[str] = []
-        for rid in ids:
-            if rid in seen or rid in pending_ids or rid in committed:
-                keep.append(False)
-                repeated.append(rid)
-            else:
-                seen.add(rid)
-                keep.append(True)
+        if len(seen) < len(ids) or not seen.isdisjoint(pending_ids) or not seen.isdisjoint(committed):
+            seen = set()  # some repeat: find which, keeping the first copy
+            for rid in ids:
+                if rid in seen or rid in pending_ids or rid in committed:
+                    keep.append(False)
+                    repeated.append(rid)
+                else:
+                    seen.add(rid)
+                    keep.append(True)
         if repeated and not skip_duplicates:
             shown = ", ".join(repr(r) for r in repeated[:5]) + (" ..." if len(repeated) > 5 else "")
             raise DuplicateTagError(
