@@ -139,14 +139,34 @@ class FunctionNode(Node):
         table, stats = self._assemble(
             stream, compute=True, observer=observer or NoOpObserver(), error_policy=error_policy, executor=executor, run_id=run_id
         )
-        self._set_output(table, self.__dict__.pop("_assembled_entry_ids", None))
+        self._set_output(table, self.__dict__.pop("_assembled_entry_ids", None), self.__dict__.pop("_assembled_missing_packets", None))
         return self
 
-    def _set_output(self, table: pa.Table, entry_ids: pa.Array | None = None) -> None:
-        """Make ``table`` the node's current rows; ``entry_ids``: theirs, when the run computed them."""
+    def _set_output(self, table: pa.Table, entry_ids: pa.Array | None = None, missing_packets: list[str] | None = None) -> None:
+        """Make ``table`` the node's current rows; ``entry_ids``: theirs, and ``missing_packets``:
+        the input packets (hex) without an output row, when the run computed them."""
         super()._set_output(table)
         if entry_ids is not None and len(entry_ids) == table.num_rows:
             self.__dict__["_output_entry_ids"] = entry_ids
+            if missing_packets is not None:
+                self.__dict__["_missing_packets"] = sorted(set(missing_packets))
+
+    def missing_packets(self) -> list[str]:
+        """The input packets (hex hashes, sorted) that have no row in the current output — no
+        result stored for them (they failed, or the run stopped first): kept from the run, else
+        derived from the input and output rows."""
+        cached = self.__dict__.get("_missing_packets")
+        if cached is not None and "_output_entry_ids" in self.__dict__:
+            return cached
+        stream = self.join_inputs(self.upstream_nodes)
+        if len(self.output_entry_ids()) == stream._table().num_rows:
+            missing: list[str] = []
+        else:
+            key = self.packet_function.output_keys[0]
+            present = pc.list_element(pc.split_pattern(self._table().column(source_column(key)), "::"), 1)
+            missing = sorted(set(digests_to_hex(stream.packet_hashes()).to_pylist()) - set(present.to_pylist()))
+        self.__dict__["_missing_packets"] = missing
+        return missing
 
     def output_entry_ids(self) -> pa.Array:
         """The entry id of every current output row (hex), in row order: kept from the run that
@@ -313,6 +333,9 @@ class FunctionNode(Node):
             # The entry ids of the output rows: a snapshot pins the output by them (see
             # pipeline.snapshots), so they are kept for it rather than hashed again.
             self.__dict__["_assembled_entry_ids"] = entry_ids if everything else entry_ids.take(rows)
+            # ... and the packets whose rows are left out (no result: they failed, or were not reached).
+            absent = [] if everything else pc.unique(hexes.filter(pc.invert(available))).to_pylist()
+            self.__dict__["_assembled_missing_packets"] = absent
             # Rows whose packet was computed in this run (by this batch or an earlier one).
             # Counts are calls, not rows: a packet computed now counts once (its other rows, and
             # rows of packets an earlier batch of the run computed, are cached); a packet that

@@ -112,7 +112,7 @@ class Node(Stream):
     def _set_output(self, table: pa.Table) -> None:
         """Make ``table`` (already in this node's layout) the node's current rows."""
         self.__dict__["_cached_table"] = table
-        for key in ("_cached_packet_hashes", "_output_entry_ids", "_snapshot"):
+        for key in ("_cached_packet_hashes", "_output_entry_ids", "_missing_packets", "_snapshot"):
             self.__dict__.pop(key, None)
 
     @property
@@ -126,7 +126,7 @@ class Node(Stream):
         data and store (a pinned node keeps its pinned rows)."""
         if self.pinned:
             return
-        for key in ("_cached_table", "_cached_packet_hashes", "_output_entry_ids", "_snapshot"):
+        for key in ("_cached_table", "_cached_packet_hashes", "_output_entry_ids", "_missing_packets", "_snapshot"):
             self.__dict__.pop(key, None)
 
     def __repr__(self) -> str:

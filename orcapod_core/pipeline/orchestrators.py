@@ -300,6 +300,7 @@ class AsyncPipelineOrchestrator:
         total = NodeStats(node.label, node.kind)
         outputs: list[pa.Table] = []
         entry_ids: list[pa.Array | None] = []
+        missing_packets: list[str] = []
         state = node._begin_run(run.run_id)
         finished = False
         try:
@@ -334,6 +335,7 @@ class AsyncPipelineOrchestrator:
                 total.errors.extend(stats.errors)
                 outputs.append(table)
                 entry_ids.append(node.__dict__.pop("_assembled_entry_ids", None))
+                missing_packets.extend(node.__dict__.pop("_assembled_missing_packets", None) or ())
                 for start in range(0, table.num_rows, self.chunk_rows):
                     piece = table.slice(start, self.chunk_rows)
                     for q in outboxes:
@@ -350,7 +352,7 @@ class AsyncPipelineOrchestrator:
             run.stats[node.label] = total
             out = pa.concat_tables(outputs) if outputs else node.layout.schema.empty_table()
             ids = pa.concat_arrays(entry_ids) if entry_ids and all(e is not None for e in entry_ids) else None
-            node._set_output(out, ids)
+            node._set_output(out, ids, missing_packets)
             obs.on_node_end(node, total)
         for q in outboxes:
             await q.put(_DONE)

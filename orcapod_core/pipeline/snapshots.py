@@ -54,10 +54,10 @@ from orcapod_core.columns import source_column
 from orcapod_core.databases import RECORD_ID_COLUMN, ArrowDatabase, RecordPath, database_from_config, validate_record_path
 from orcapod_core.errors import CorruptStoreError, NotMaterializedError, SchemaMismatchError
 from orcapod_core.hashing import ContentHash, digests_to_hex, hash_object, hash_rows
+from orcapod_core.keysets import is_in
 from orcapod_core.operators import Join, Operator
-from orcapod_core.pipeline.node_run import entry_ids_of
 from orcapod_core.result_cache import PACKET_HASH_COLUMN, ResultCache
-from orcapod_core.sources import DeltaTableSource, file_source_from_config
+from orcapod_core.sources import DeltaTableSource, LiveSource, file_source_from_config
 from orcapod_core.streams import Stream, StreamLayout, TableStream, conform
 from orcapod_core.tracking import untracked
 
@@ -158,7 +158,7 @@ def save_snapshot(node: Stream, table: pa.Table | None = None) -> Snapshot:
     elif kind == "source" and not node.__dict__.get("_pinned") and _delta_source(node) is not None:
         plan = _delta_plan(node)
     else:
-        plan = _copied(node, node._table())
+        plan = _known_copy(node) or _copied(node, node._table())
     snapshot = _save(node, plan)
     node.__dict__["_snapshot"] = snapshot
     return snapshot
@@ -173,18 +173,13 @@ class _Plan:
     row_count: int
     recipe: dict[str, Any]
     rows: pa.Table | None = None  # copied outputs
+    fingerprint: str | None = None  # of the file the copied rows were read from
 
 
 def _function_plan(node: Any) -> _Plan:
     ids = node.output_entry_ids()
     inputs = [save_snapshot(up) for up in node.upstream_nodes]
     results = node.result_cache
-    missing: list[str] = []
-    stream = node.join_inputs(node.upstream_nodes)
-    if len(ids) < stream._table().num_rows:  # packets without a result (they failed): excluded on read
-        table = stream._table()
-        every = entry_ids_of(table, stream.layout, stream.packet_hashes(), node.content_hash().digest)
-        missing = sorted(set(every.to_pylist()) - set(ids.to_pylist()))
     recipe = {
         "inputs": [_input_ref(up, snap) for up, snap in zip(node.upstream_nodes, inputs)],
         "results": list(results.record_path),
@@ -192,7 +187,8 @@ def _function_plan(node: Any) -> _Plan:
         "uri": node.packet_function.uri,
         "output_keys": list(node.packet_function.output_keys),
         "node_content_hash": node.content_hash().to_string(),
-        "missing": missing,
+        # Packets without a result then (they failed): left out on read even once computed.
+        "missing_packets": node.missing_packets(),
     }
     return _Plan("function", _version_of("function", _sorted_ids(ids)), len(ids), recipe)
 
@@ -237,12 +233,32 @@ def _delta_plan(node: Any) -> _Plan:
     return _Plan("delta", version, table.num_rows, {"source": config})
 
 
-def _copied(node: Any, table: pa.Table) -> _Plan:
+def _copied(node: Any, table: pa.Table, fingerprint: str | None = None) -> _Plan:
     layout = node.layout
     kept = [*layout.tag_columns, *layout.system_tag_columns, *layout.packet_columns, *layout.meta_columns]
     derived = _derivable_source_columns(node, table)
     rows = table.select([c for c in table.column_names if c in kept or (c in layout.source_columns and c not in derived)])
-    return _Plan("rows", data_version(table), table.num_rows, {"derived_source_columns": derived}, rows=rows)
+    return _Plan("rows", data_version(table), table.num_rows, {"derived_source_columns": derived}, rows=rows, fingerprint=fingerprint)
+
+
+def _known_copy(node: Any) -> _Plan | None:
+    """A live source's rows read from a file whose fingerprint a stored copy already has: that
+    copy's version, found without hashing the rows; ``None`` (copy them) otherwise. A copy of
+    rows not found here is stored with the fingerprint, so the next unchanged read finds it."""
+    source = getattr(node, "source", None)
+    fingerprint = source.read_fingerprint() if getattr(node, "kind", None) == "source" and isinstance(source, LiveSource) else None
+    if fingerprint is None:
+        return None
+    table = node._table()
+    found = node.database.get_records_by_ids(_fingerprints_path(snapshot_path(node)), [fingerprint])
+    if found is not None and found.num_rows and found["row_count"][0].as_py() == table.num_rows:
+        return _Plan("rows", found["data_version"][0].as_py(), table.num_rows, {})
+    return _copied(node, table, fingerprint)
+
+
+def _fingerprints_path(base: RecordPath) -> RecordPath:
+    """The table of file fingerprints -> data version of the copy read from that file."""
+    return (*base, "fingerprints")
 
 
 def _derivable_source_columns(node: Any, table: pa.Table) -> dict[str, list[str]]:
@@ -294,6 +310,9 @@ def _save(node: Any, plan: _Plan) -> Snapshot:
             }
         )
         database.add_records(versions_path, record, flush=True)  # last: the snapshot now exists
+    if plan.fingerprint is not None:  # (also for a copy stored before: found by it from now on)
+        known = {RECORD_ID_COLUMN: [plan.fingerprint], "data_version": [plan.version], "row_count": [plan.row_count]}
+        database.add_records(_fingerprints_path(base), pa.table(known), flush=True)
     return Snapshot(
         label=label,
         path=base,
@@ -371,11 +390,8 @@ def _function_rows(database: ArrowDatabase, recipe: Mapping[str, Any], layout: S
     table, in_layout = stream._table(), stream.layout
     digests = stream.packet_hashes()
     hexes = digests_to_hex(digests)
-    keep = None
-    if recipe.get("missing"):
-        node_hash = ContentHash.from_string(recipe["node_content_hash"]).digest
-        ids = entry_ids_of(table, in_layout, digests, node_hash)
-        keep = pc.invert(pc.is_in(ids, value_set=pa.array(recipe["missing"], pa.large_string())))
+    if recipe.get("missing_packets"):
+        keep = pc.invert(is_in(hexes, pa.array(recipe["missing_packets"], pa.large_string())))
         table, hexes = table.filter(keep), hexes.filter(keep)
     result_db = database if recipe.get("result_database") is None else database_from_config(recipe["result_database"])
     keys = list(recipe["output_keys"])

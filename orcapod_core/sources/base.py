@@ -185,12 +185,20 @@ class LiveSource(RootSource):
 
     def refresh(self) -> None:
         """Forget the rows read so far: the next read sees the data's current content."""
-        for key in ("_cached_table", "_cached_packet_hashes"):
+        for key in ("_cached_table", "_cached_packet_hashes", "_read_fingerprint"):
             self.__dict__.pop(key, None)
+
+    def read_fingerprint(self) -> str | None:
+        """The :meth:`fingerprint` of the data the current rows were read from: equal ones mean
+        equal rows (a snapshot of them is found by it, without hashing them again). ``None``
+        before a read, or when the data changed while it was being read."""
+        return self.__dict__.get("_read_fingerprint")
 
     def _user_rows(self) -> tuple[pa.Table, pa.Array]:
         name = f"{type(self).__name__} {getattr(self, 'path', self.source_id)!r}"
+        before = self.fingerprint()
         table = fit_layout(self._read(), self._user_layout.schema, name)
+        self.__dict__["_read_fingerprint"] = before if self.fingerprint() == before else None
         return table, _record_ids(table, self.record_id_column, name)
 
 

@@ -100,3 +100,34 @@ def test_data_versions_follow_the_rows_not_the_run(tmp_path):
     assert save_snapshot(c.tripled).data_version != save_snapshot(a.tripled).data_version
     with pytest.raises(Exception, match="not in the store"):
         load_snapshot(db, save_snapshot(a.tripled).path, "0" * 32)
+
+
+def test_an_unchanged_file_is_pinned_by_its_fingerprint_without_hashing_its_rows(tmp_path, monkeypatch):
+    from orcapod_core.pipeline import snapshots
+
+    csv = tmp_path / "xs.csv"
+    csv.write_text("id,x\n1,1\n2,2\n")
+    db = DeltaTableDatabase(tmp_path / "store")
+
+    def build():
+        with Pipeline("fp", db) as p:
+            triple.pod(CSVSource(csv, tag_columns="id", label="xs"), label="tripled")
+        return p
+
+    first = build()
+    first.run()
+    pin = save_snapshot(first.xs)
+    assert pin.stored
+    hashed = []
+    monkeypatch.setattr(snapshots, "data_version", lambda table: hashed.append(table.num_rows) or "x" * 32)
+    again = build()  # another process, say: nothing cached
+    again.run()
+    same = save_snapshot(again.xs)
+    assert (same.data_version, same.stored, hashed) == (pin.data_version, False, [])
+    csv.write_text("id,x\n1,1\n2,2\n3,3\n")  # the file changes: its rows are hashed and copied
+    monkeypatch.undo()
+    changed = build()
+    changed.run()
+    new = save_snapshot(changed.xs)
+    assert new.stored and new.data_version != pin.data_version and new.row_count == 3
+    assert load_snapshot(db, pin.path, pin.data_version)._table().num_rows == 2
