@@ -1,0 +1,279 @@
+"""Store maintenance: compaction and vacuum of real Delta tables (temp dirs and a local S3
+server), what they keep (every row, pinned outputs, tables that are not ours) and what they
+remove (small files, unreferenced files, time travel of our own tables)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable, write_deltalake
+
+from orcapod_core import DeltaTableDatabase, MaintenanceReport
+from orcapod_core.databases import RECORD_ID_COLUMN, InMemoryArrowDatabase
+from orcapod_core.errors import CorruptStoreError, InputValidationError, InvalidPathError
+
+PATH = ("pipe", "node", "abc123")
+
+
+def batch(ids, **columns) -> pa.Table:
+    return pa.table({RECORD_ID_COLUMN: pa.array([str(i) for i in ids], pa.large_string()), **columns})
+
+
+TAGS = pa.map_(pa.string(), pa.string())
+
+
+def fill(db, path=PATH, batches=5, size=3):
+    """``batches`` commits of ``size`` records each (one file each), with a map column and a
+    column added half-way (schema evolution)."""
+    for b in range(batches):
+        ids = list(range(b * size, (b + 1) * size))
+        columns = {"x": [i * 10 for i in ids], "tags": pa.array([{"k": str(i)} for i in ids], TAGS)}
+        if b >= batches // 2:
+            columns["note"] = [f"n{i}" for i in ids]
+        db.add_records(path, batch(ids, **columns), flush=True)
+
+
+def rows(db, path=PATH) -> pa.Table:
+    """Every committed record, in id order (the order of batches may change, see maintenance)."""
+    return db.get_all_records(path).sort_by(RECORD_ID_COLUMN)
+
+
+def parquet_files(directory: Path) -> set[str]:
+    return {p.name for p in directory.glob("*.parquet")}
+
+
+# -- compaction ----------------------------------------------------------------------------------
+
+
+def test_compaction_merges_small_files_and_keeps_every_row(tmp_path):
+    db = DeltaTableDatabase(tmp_path / "store")
+    fill(db)
+    table_dir = Path(db.table_uri(PATH))
+    before, version = rows(db), db.table_version(PATH)
+    lookup = db.get_records_by_ids(PATH, ["4", "12"]).sort_by(RECORD_ID_COLUMN)
+    assert len(parquet_files(table_dir)) == 5
+
+    report = db.compact()
+    assert isinstance(report, MaintenanceReport) and report.operation == "compact"
+    assert report.tables == (PATH,) and report.scanned == 1
+    assert (report.files_before, report.files_after, report.files_removed) == (5, 1, 5)
+    assert report.bytes_after < report.bytes_before
+    assert repr(report).startswith(f"MaintenanceReport(compact {str(tmp_path / 'store')!r}: 1 of 1 tables compacted, files 5 -> 1")
+    assert rows(db).equals(before)  # same rows, same exact schema (the added column null before it existed)
+    assert db.get_records_by_ids(PATH, ["4", "12"]).sort_by(RECORD_ID_COLUMN).equals(lookup)
+    assert rows(DeltaTableDatabase(tmp_path / "store")).equals(before)  # a fresh handle reads the same
+    assert db.table_version(PATH) == version + 1
+    # The merged-away files stay until a vacuum: the older version is still readable.
+    assert len(parquet_files(table_dir)) == 6
+    assert DeltaTable(str(table_dir), version=version).to_pyarrow_table().num_rows == 15
+    # Nothing left to merge: a second compaction changes nothing.
+    again = db.compact()
+    assert again.tables == () and again.files_before == again.files_after == 1 and db.table_version(PATH) == version + 1
+    # The handle keeps working: dedup against the compacted ids, new batches, reads.
+    assert db.add_records(PATH, batch(["0", "99"], x=[0, 990]), flush=True) == 1
+    assert db.get_records_by_ids(PATH, ["99"])["x"].to_pylist() == [990]
+
+
+def test_pending_records_are_committed_before_maintenance(tmp_path):
+    db = DeltaTableDatabase(tmp_path / "store", max_batch_age_s=None)
+    fill(db, batches=2)
+    db.add_records(PATH, batch(["p1", "p2"], x=[1, 2]))
+    db.add_records(("other", "t"), batch(["o"], x=[1]))
+    assert db.pending_count() == 3
+    report = db.compact(("pipe",))
+    assert db.pending_count(PATH) == 0 and db.pending_count(("other", "t")) == 1  # only under the prefix
+    assert report.files_before == 3 and report.files_after == 1
+    assert DeltaTableDatabase(tmp_path / "store").get_records_by_ids(PATH, ["p1", "p2"])["x"].to_pylist() == [1, 2]
+    db.add_records(PATH, batch(["p3"], x=[3]))
+    db.vacuum(("pipe",), dry_run=True)
+    assert db.pending_count(PATH) == 0
+
+
+def test_prefix_limits_what_is_maintained(tmp_path):
+    db = DeltaTableDatabase(tmp_path / "store")
+    fill(db, ("a", "t1"), batches=3)
+    fill(db, ("a", "sub", "t2"), batches=3)
+    fill(db, ("b", "t3"), batches=3)
+    report = db.compact(("a",))
+    assert report.tables == (("a", "sub", "t2"), ("a", "t1"))
+    assert len(parquet_files(Path(db.table_uri(("b", "t3"))))) == 3
+    assert db.compact(("a", "t1")).scanned == 1  # a table path itself is a prefix
+    assert db.compact(("nothing", "here")) == MaintenanceReport("compact", db.base_uri)
+    with pytest.raises(InvalidPathError, match="'a/t1'"):
+        db.compact("a/t1")
+    with pytest.raises(InvalidPathError, match=r"'\.\.'"):
+        db.vacuum(("a", ".."))
+
+
+def test_racing_duplicates_are_not_compacted_so_the_first_copy_still_wins(tmp_path):
+    db = DeltaTableDatabase(tmp_path / "store")
+    db.add_records(PATH, batch(["a", "b"], x=[1, 2]), flush=True)
+    # What two object-store writers racing past each other's id check leave behind.
+    write_deltalake(db.table_uri(PATH), batch(["b", "c"], x=[20, 3]), mode="append")
+    report = db.compact()
+    assert report.tables == () and [(t, r.split(" (")[0]) for t, r in report.skipped] == [(PATH, "holds 1 repeated record id(s)")]
+    db.vacuum(retention_hours=0)
+    assert db.get_records_by_ids(PATH, ["b"])["x"].to_pylist() == [2]
+
+
+def test_tables_that_are_not_record_tables_are_never_touched(tmp_path):
+    # e.g. a table a plain Dagster asset published through the IO manager, read at a version
+    db = DeltaTableDatabase(tmp_path / "store")
+    fill(db, batches=3)
+    published = tmp_path / "store" / "pipe" / "published"
+    for value in (1, 2, 3):
+        write_deltalake(str(published), pa.table({"v": [value]}), mode="overwrite")
+    files = parquet_files(published)
+    compaction, vacuum = db.compact(), db.vacuum(retention_hours=0)
+    assert (("pipe", "published"), "not an orcapod record table (no __record_id column): left as it is, old versions stay "
+            "readable") in compaction.skipped and vacuum.skipped == compaction.skipped
+    assert compaction.scanned == vacuum.scanned == 1
+    assert parquet_files(published) == files
+    assert DeltaTable(str(published), version=0).to_pyarrow_table()["v"].to_pylist() == [1]
+
+
+# -- vacuum --------------------------------------------------------------------------------------
+
+
+def test_vacuum_keeps_recent_files_unless_told_otherwise(tmp_path):
+    db = DeltaTableDatabase(tmp_path / "store")
+    fill(db)
+    table_dir = Path(db.table_uri(PATH))
+    before, old = rows(db), db.table_version(PATH)
+    db.compact()
+    on_disk = parquet_files(table_dir)
+    assert len(on_disk) == 6
+
+    kept = db.vacuum()  # default: a week's retention; the merged-away files are minutes old
+    assert kept.retention_hours == 168 and kept.files_removed == 0 and kept.tables == () and parquet_files(table_dir) == on_disk
+
+    dry = db.vacuum(retention_hours=0, dry_run=True)
+    assert dry.dry_run and dry.files_removed == 5 and dry.tables == (PATH,) and parquet_files(table_dir) == on_disk
+    assert (dry.files_before, dry.files_after) == (6, 1) and dry.bytes_after < dry.bytes_before
+    assert "would be vacuumed" in repr(dry) and "retention 0 h" in repr(dry)
+
+    done = db.vacuum(retention_hours=0)
+    assert (done.files_removed, done.files_before, done.files_after, done.bytes_after) == (5, 6, 1, dry.bytes_after)
+    assert len(parquet_files(table_dir)) == 1
+    assert rows(db).equals(before) and rows(DeltaTableDatabase(tmp_path / "store")).equals(before)
+    # The trade-off: time travel of our own tables is gone.
+    with pytest.raises(Exception):
+        DeltaTable(str(table_dir), version=old).to_pyarrow_table()
+    assert db.vacuum(retention_hours=0).files_removed == 0
+
+
+def test_vacuum_removes_files_a_killed_writer_left_behind(tmp_path):
+    db = DeltaTableDatabase(tmp_path / "store")
+    fill(db, batches=2)
+    table_dir = Path(db.table_uri(PATH))
+    orphan = table_dir / "part-00000-orphan-c000.zstd.parquet"  # written, never committed
+    orphan.write_bytes(b"PAR1 not committed")
+    assert db.vacuum().files_removed == 0  # too recent for the default retention
+    assert db.vacuum(retention_hours=0).files_removed == 1 and not orphan.exists()
+    assert rows(db).num_rows == 6
+
+
+def test_vacuum_never_reaches_into_a_table_nested_under_another(tmp_path):
+    db = DeltaTableDatabase(tmp_path / "store")
+    outer, inner = ("pipe", "outer"), ("pipe", "outer", "inner")
+    fill(db, outer, batches=3)
+    fill(db, inner, batches=3)
+    db.compact(outer)  # both: the inner table's files are not in the outer table's log either
+    report = db.vacuum(outer, retention_hours=0)
+    assert report.scanned == 2 and report.files_removed == 6
+    assert len(parquet_files(Path(db.table_uri(outer)))) == 1
+    assert rows(db, outer).num_rows == rows(db, inner).num_rows == 9
+    assert len(parquet_files(Path(db.table_uri(inner)))) == 1
+
+
+def test_invalid_maintenance_options_are_refused(tmp_path):
+    db = DeltaTableDatabase(tmp_path / "store")
+    for bad in (-1, 1.5, True, "0"):
+        with pytest.raises(InputValidationError, match="retention_hours"):
+            db.vacuum(retention_hours=bad)
+    for bad in (0, -5, 2.0):
+        with pytest.raises(InputValidationError, match="target_file_size"):
+            db.compact(target_file_size=bad)
+
+
+def test_a_corrupt_table_is_named_and_the_others_are_still_maintained(tmp_path):
+    db = DeltaTableDatabase(tmp_path / "store")
+    fill(db, batches=3)
+    log = tmp_path / "store" / "pipe" / "broken" / "_delta_log"
+    log.mkdir(parents=True)
+    (log / "00000000000000000000.json").write_text("this is not json{")
+    with pytest.raises(CorruptStoreError, match="'pipe/broken'"):
+        db.compact()
+    assert len(parquet_files(Path(db.table_uri(PATH)))) == 4  # the healthy table was compacted (3 merged + 1)
+    assert rows(db).num_rows == 9
+
+
+def test_writers_in_this_process_are_safe_during_maintenance(tmp_path):
+    """Another handle's writer thread commits while compaction and vacuum with no retention
+    run: the commit lock makes them take turns, so no commit loses a file."""
+    store = tmp_path / "store"
+    db, writer_db = DeltaTableDatabase(store), DeltaTableDatabase(store)
+    fill(db, batches=2)
+    stop, failures, written = threading.Event(), [], []
+
+    def write() -> None:
+        i = 0
+        try:
+            while not stop.is_set() or i < 10:
+                writer_db.add_records(PATH, batch([f"w{i}"], x=[i]), flush=True)
+                written.append(f"w{i}")
+                i += 1
+        except Exception as exc:  # pragma: no cover - what the test would report
+            failures.append(exc)
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    try:
+        for _ in range(4):
+            db.compact()
+            db.vacuum(retention_hours=0)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not failures and not thread.is_alive()
+    db.compact()
+    db.vacuum(retention_hours=0)
+    fresh = DeltaTableDatabase(store)
+    ids = set(fresh.get_column(PATH, RECORD_ID_COLUMN).to_pylist())
+    assert ids == {str(i) for i in range(6)} | set(written)
+    assert fresh.get_all_records(PATH).num_rows == len(ids)
+
+
+def test_maintenance_on_object_storage(s3_store):
+    db = DeltaTableDatabase(s3_store.uri, storage_options=s3_store.storage_options)
+    fill(db, batches=4)
+    before = rows(db)
+    compaction = db.compact()
+    assert compaction.tables == (PATH,) and (compaction.files_before, compaction.files_after) == (4, 1)
+    vacuum = db.vacuum(retention_hours=0)
+    assert vacuum.tables == (PATH,) and vacuum.files_removed == 4 and vacuum.files_after == 1
+    fresh = DeltaTableDatabase(s3_store.uri, storage_options=s3_store.storage_options)
+    assert rows(fresh).equals(before)
+    assert len(DeltaTable(db.table_uri(PATH), storage_options=s3_store.storage_options).file_uris()) == 1
+    assert fresh.vacuum(retention_hours=0, dry_run=True).files_removed == 0
+
+
+def test_in_memory_database_has_nothing_to_maintain():
+    db = InMemoryArrowDatabase()
+    db.add_records(PATH, batch(["a"], x=[1]))
+    report = db.compact()
+    assert db.pending_count() == 0 and report.scanned == 1 and report.tables == () and report.files_removed == 0
+    assert db.vacuum(retention_hours=0).files_removed == 0
+    assert db.get_all_records(PATH)["x"].to_pylist() == [1]
+
+
+def test_reports_merge():
+    a = MaintenanceReport("vacuum", "s1", (("t",),), 1, 4, 1, 400, 100, 3, retention_hours=0)
+    b = MaintenanceReport("vacuum", "s2", (("u",),), 2, 2, 2, 50, 50, 0, retention_hours=0)
+    merged = MaintenanceReport.merge([a, b])
+    assert merged == MaintenanceReport("vacuum", "s1 + s2", (("t",), ("u",)), 3, 6, 3, 450, 150, 3, retention_hours=0)
+    with pytest.raises(InputValidationError, match="different operations"):
+        MaintenanceReport.merge([a, MaintenanceReport("compact", "s1")])
