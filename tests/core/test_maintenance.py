@@ -11,9 +11,11 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from orcapod_core import DeltaTableDatabase, MaintenanceReport
+from orcapod_core import CSVSource, DeltaTableDatabase, DeltaTableSource, DictSource, MaintenanceReport, Pipeline, function_pod
 from orcapod_core.databases import RECORD_ID_COLUMN, InMemoryArrowDatabase
 from orcapod_core.errors import CorruptStoreError, InputValidationError, InvalidPathError
+from orcapod_core.pipeline import LoggingObserver
+from orcapod_core.pipeline.snapshots import load_snapshot, pinned_outputs, save_snapshot
 
 PATH = ("pipe", "node", "abc123")
 
@@ -277,3 +279,127 @@ def test_reports_merge():
     assert merged == MaintenanceReport("vacuum", "s1 + s2", (("t",), ("u",)), 3, 6, 3, 450, 150, 3, retention_hours=0)
     with pytest.raises(InputValidationError, match="different operations"):
         MaintenanceReport.merge([a, MaintenanceReport("compact", "s1")])
+
+
+# -- a pipeline's store, and its pinned outputs ----------------------------------------------------
+
+
+@function_pod(output_keys="bmi")
+def bmi(weight: float, height: float) -> float:
+    return round(weight / height**2, 2)
+
+
+@function_pod(output_keys="label")
+def label(bmi: float, group: str) -> str:
+    return f"{group}:{bmi}"
+
+
+@function_pod(output_keys="scaled")
+def scaled(value: float) -> float:
+    return value * 10
+
+
+def build(tmp_path: Path, store: Path) -> Pipeline:
+    """CSV visits ⋈ a user's Delta table of heights → bmi → ⋈ groups (in memory) → label; and a
+    Delta table published *inside* the store (as the IO manager does) → scaled."""
+    visits = CSVSource(tmp_path / "visits.csv", tag_columns="subject", source_id="visits", label="visits")
+    heights = DeltaTableSource(str(tmp_path / "heights"), tag_columns="subject", source_id="heights", label="heights")
+    groups = DictSource({"subject": ["s1", "s2", "s3", "s4"], "group": ["a", "b", "a", "b"]}, tag_columns="subject",
+                        source_id="groups", label="groups")
+    lab = DeltaTableSource(str(store / "lab" / "published"), tag_columns="subject", source_id="lab", label="lab")
+    with Pipeline("clinic", pipeline_database=DeltaTableDatabase(store)) as pipeline:
+        scores = bmi.pod(visits, heights, label="bmi")
+        label.pod(scores.join(groups, label="grouped"), label="labelled")
+        scaled.pod(lab, label="scaled")
+    return pipeline
+
+
+def pin_everything(pipeline: Pipeline, observer=None) -> list[tuple]:
+    """Run, then save every node's output as a snapshot (as a Dagster materialization does)
+    and read it back: ``(database, snapshot, rows)``."""
+    pipeline.run(observer=observer)
+    pins = []
+    for node in pipeline:
+        snap = save_snapshot(node)
+        pins.append((node.database, snap, load_snapshot(node.database, snap.path, snap.data_version)._table()))
+    return pins
+
+
+def test_compaction_and_vacuum_never_break_a_pinned_output(tmp_path):
+    store = tmp_path / "store"
+    (tmp_path / "visits.csv").write_text("subject,weight\ns1,70.0\ns2,82.5\n")
+    write_deltalake(str(tmp_path / "heights"), pa.table({"subject": ["s1", "s2", "s3"], "height": [1.75, 1.8, 1.6]}))
+    write_deltalake(str(store / "lab" / "published"), pa.table({"subject": ["s1"], "value": [1.5]}))
+    logs = LoggingObserver()
+
+    pins = pin_everything(build(tmp_path, store), logs)
+    # New data, new versions: rows appended to the CSV and the user's table, the published table replaced.
+    with open(tmp_path / "visits.csv", "a") as f:
+        f.write("s3,61.0\n")
+    write_deltalake(str(tmp_path / "heights"), pa.table({"subject": ["s4"], "height": [1.9]}), mode="append")
+    write_deltalake(str(store / "lab" / "published"), pa.table({"subject": ["s1", "s2"], "value": [2.5, 3.5]}), mode="overwrite")
+    pins += pin_everything(build(tmp_path, store), logs)
+    with open(tmp_path / "visits.csv", "a") as f:
+        f.write("s4,90.0\n")
+    pipeline = build(tmp_path, store)
+    pins += pin_everything(pipeline, logs)
+    assert {snap.label for _, snap, _ in pins} == {"visits", "heights", "groups", "lab", "bmi", "grouped", "labelled", "scaled"}
+    assert len({snap.data_version for _, snap, _ in pins}) > len(pipeline.nodes)  # several versions of most nodes
+
+    user_files = parquet_files(tmp_path / "heights")
+    compaction, vacuum = pipeline.maintain_store(retention_hours=0)
+    tables = compaction.tables
+    assert pipeline.bmi.record_path in tables and ("clinic", "_logs") in tables  # pipeline records, logs
+    assert any("_snapshots" in t for t in tables) and any(t[0] == "results" for t in tables)  # snapshots, results
+    assert vacuum.files_removed >= compaction.files_removed > 0
+    store_db = DeltaTableDatabase(store)
+    whole = store_db.compact(), store_db.vacuum(retention_hours=0)
+    assert all(report.skipped == ((("lab", "published"), whole[0].skipped[0][1]),) for report in whole)
+
+    for database, snap, before in pins:
+        after = load_snapshot(DeltaTableDatabase(store), snap.path, snap.data_version)._table()
+        assert after.equals(before), snap
+    # The user's table and the published one were never touched: every old version is readable.
+    assert parquet_files(tmp_path / "heights") == user_files
+    assert DeltaTable(str(tmp_path / "heights"), version=0).to_pyarrow_table().num_rows == 3
+    assert DeltaTable(str(store / "lab" / "published"), version=0).to_pyarrow_table()["value"].to_pylist() == [1.5]
+
+    # A pinned upstream output still drives a run downstream of it, as in a Dagster step.
+    first_bmi = next((snap, rows_) for _, snap, rows_ in pins if snap.label == "bmi")
+    first_labelled = next(rows_ for _, snap, rows_ in pins if snap.label == "labelled")
+    fresh = build(tmp_path, store)
+    with pinned_outputs({fresh.bmi: load_snapshot(fresh.bmi.database, first_bmi[0].path, first_bmi[0].data_version)}):
+        result = fresh.run(nodes=["grouped", "labelled"], include_upstream=False)
+        assert result.stats["labelled"].computed == 0
+        assert fresh.labelled._table().equals(first_labelled)
+
+
+def test_maintain_store_covers_this_pipeline_only(tmp_path):
+    store = tmp_path / "store"
+
+    def make(name: str, n: int) -> Pipeline:
+        source = DictSource({"subject": [f"s{i}" for i in range(n)], "weight": [60.0 + i for i in range(n)],
+                             "height": [1.7] * n}, tag_columns="subject", source_id=f"{name}-people")
+        with Pipeline(name, pipeline_database=DeltaTableDatabase(store)) as p:
+            bmi.pod(source, label="bmi")
+        return p
+
+    for n in (2, 3, 4):
+        for name in ("mine", "theirs"):
+            p = make(name, n)
+            p.run()
+            for node in p:
+                save_snapshot(node)
+    theirs = {path: len(parquet_files(Path(DeltaTableDatabase(store).table_uri(path))))
+              for path in DeltaTableDatabase(store).list_tables() if path[0] == "theirs"}
+
+    dry = make("mine", 4).maintain_store(retention_hours=0, dry_run=True)
+    assert len(dry) == 1 and dry[0].operation == "vacuum" and dry[0].files_removed == 0  # changed nothing
+
+    compaction, vacuum = make("mine", 4).maintain_store(retention_hours=0)
+    assert all(t[0] in ("mine", "results") for t in compaction.tables) and ("results", "bmi") in {t[:2] for t in compaction.tables}
+    assert vacuum.tables and vacuum.files_after == compaction.files_after
+    after = {path: len(parquet_files(Path(DeltaTableDatabase(store).table_uri(path)))) for path in theirs}
+    assert after == theirs
+    assert make("mine", 4).run().computed == 0 and make("theirs", 4).run().computed == 0
+    assert Pipeline("memory", pipeline_database=InMemoryArrowDatabase()).maintain_store()[1].files_removed == 0
