@@ -67,6 +67,7 @@ _NAMES: dict[str, str] = {
     # storage and execution
     "DeltaTableDatabase": "databases",
     "InMemoryArrowDatabase": "databases",
+    "MaintenanceReport": "databases",
     "ResultCache": "result_cache",
     "LocalPythonFunctionExecutor": "executors",
     "RunInterrupted": "interrupts",

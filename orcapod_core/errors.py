@@ -68,6 +68,11 @@ class StoreAccessError(OrcapodError, OSError):
     endpoint). The message names the store or table URI and the storage layer's reason."""
 
 
+class StoreMaintenanceError(OrcapodError):
+    """Compacting or vacuuming a store table failed (e.g. a concurrent rewrite of it); the
+    message names the table. Its rows are unchanged: a failed compaction commits nothing."""
+
+
 class PacketFunctionUnavailableError(OrcapodError):
     """A packet function's code could not be loaded, so new packets cannot be computed."""
 

@@ -11,6 +11,7 @@ from orcapod_dagster.assets import orcapod_assets
 from orcapod_dagster.component import OrcapodPipelineComponent
 from orcapod_dagster.definitions import build_definitions
 from orcapod_dagster.io_manager import OrcapodIOManager
+from orcapod_dagster.maintenance import store_maintenance_job
 from orcapod_dagster.observer import DagsterLogObserver
 from orcapod_dagster.partitions import add_partitions, partition_keys
 from orcapod_dagster.sensors import orcapod_source_sensor
@@ -27,4 +28,5 @@ __all__ = [
     "add_partitions",
     "partition_keys",
     "OrcapodPipelineComponent",
+    "store_maintenance_job",
 ]

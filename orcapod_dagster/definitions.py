@@ -1,7 +1,7 @@
 """build_definitions: everything a Dagster code location needs for one orcapod pipeline.
 
 Assets (and their checks), the IO manager on the pipeline's store, a job selecting the
-pipeline's assets, an optional schedule and sensors (e.g. an
+pipeline's assets, the store maintenance job, an optional schedule and sensors (e.g. an
 :func:`~orcapod_dagster.orcapod_source_sensor` watching the sources), optionally partitioned
 by a source tag column.
 
@@ -24,6 +24,7 @@ from orcapod_core.errors import InputValidationError
 from orcapod_core.pipeline import Pipeline
 from orcapod_dagster.assets import orcapod_assets
 from orcapod_dagster.io_manager import OrcapodIOManager
+from orcapod_dagster.maintenance import store_maintenance_job
 from orcapod_dagster.partitions import with_partition_by
 from orcapod_dagster.sensors import RANGE_END_TAG, RANGE_START_TAG, orcapod_source_sensor
 from orcapod_dagster.translator import OrcapodTranslator, sanitize_name
@@ -90,6 +91,7 @@ def build_definitions(
     on_packet_error: str = "raise",
     resources: Mapping[str, Any] | None = None,
     partition_by: str | None = None,
+    store_maintenance: bool = True,
     **asset_options: Any,
 ) -> dg.Definitions:
     """A ``Definitions`` with the pipeline's assets and checks, the ``io_manager`` resource (an
@@ -103,6 +105,10 @@ def build_definitions(
     added as they are (both may be mixed). ``partition_by``: a source tag column partitioning
     every asset by its values (dynamic partitions, single-run backfills; see
     :mod:`orcapod_dagster.partitions`) — the sensor then registers new values as partitions.
+
+    ``store_maintenance`` (a pipeline on a Delta Lake store): add the job
+    ``<group>_store_maintenance``, which compacts, then vacuums, the pipeline's tables (see
+    :mod:`orcapod_dagster.maintenance`).
 
     ``executor`` is the Dagster executor (default: multiprocess); ``extra_assets`` are plain
     Dagster assets living next to the pipeline (they read and publish tables through the IO
@@ -136,13 +142,16 @@ def build_definitions(
     elif schedule is not None:
         schedules.append(schedule)
     all_sensors = _sensors(pipeline, sensors, job, translator)
+    jobs = [job]
+    if store_maintenance and isinstance(pipeline.pipeline_database, DeltaTableDatabase):
+        jobs.append(store_maintenance_job(pipeline))
     all_resources: dict[str, Any] = {}
     if io_manager is not None:
         all_resources["io_manager"] = io_manager
     all_resources.update(resources or {})
     return dg.Definitions(
         assets=[*assets, *extra_assets],
-        jobs=[job],
+        jobs=jobs,
         schedules=schedules,
         sensors=all_sensors,
         resources=all_resources,

@@ -16,6 +16,7 @@ from typing import Any
 
 from orcapod_core.databases.buffered import BufferedArrowDatabase
 from orcapod_core.databases.delta import DeltaTableDatabase
+from orcapod_core.databases.maintenance import DEFAULT_RETENTION_HOURS, MaintenanceReport
 from orcapod_core.databases.memory import InMemoryArrowDatabase
 from orcapod_core.databases.protocol import (
     MAX_PATH_DEPTH,
@@ -31,6 +32,8 @@ __all__ = [
     "BufferedArrowDatabase",
     "InMemoryArrowDatabase",
     "DeltaTableDatabase",
+    "MaintenanceReport",
+    "DEFAULT_RETENTION_HOURS",
     "RECORD_ID_COLUMN",
     "MAX_PATH_DEPTH",
     "RecordPath",

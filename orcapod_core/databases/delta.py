@@ -50,6 +50,10 @@ Errors: a path holding something that is not a readable Delta table (garbage in 
 a plain directory of files) raises :class:`~orcapod_core.errors.CorruptStoreError` naming it.
 Delta Lake cannot store ``time64`` columns; adding one raises
 :class:`~orcapod_core.errors.UnsupportedTypeError` naming the column.
+
+Maintenance: :meth:`DeltaTableDatabase.compact` merges the small files of many batches and
+:meth:`DeltaTableDatabase.vacuum` deletes the files no current version needs (see
+:mod:`orcapod_core.databases.maintenance`).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +78,7 @@ from deltalake.exceptions import SchemaMismatchError as DeltaSchemaMismatchError
 from deltalake.fs import DeltaStorageHandler
 
 from orcapod_core.databases.buffered import BufferedArrowDatabase, Condition, _expression, normalize_schema, normalize_type
+from orcapod_core.databases.maintenance import DEFAULT_RETENTION_HOURS, MaintenanceReport, compact_store, vacuum_store
 from orcapod_core.databases.protocol import (
     MAX_PATH_DEPTH,
     RECORD_ID_COLUMN,
@@ -96,6 +102,11 @@ __all__ = ["DeltaTableDatabase", "LOCK_FILE"]
 #: costs a pass), and DELTA_LENGTH_BYTE_ARRAY, which stores the values' one length once per page
 #: instead of 4 bytes per value.
 _KEY_COLUMN = ColumnProperties(dictionary_enabled=False, encoding="DELTA_LENGTH_BYTE_ARRAY")
+
+
+def _table_writer(dt: DeltaTable) -> WriterProperties:
+    """How the files of an existing table are (re)written: with its digest columns' properties."""
+    return _writer(frozenset(f.name for f in pa.schema(dt.schema().to_arrow()) if _is_digest(f)))
 
 
 @functools.lru_cache(maxsize=64)
@@ -138,6 +149,16 @@ def _stored_schema(version: int, raw: pa.Schema) -> _Stored:
 def _is_digest(f: pa.Field) -> bool:
     binary = pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)
     return binary and bool(f.metadata) and f.metadata.get(b"orcapod.encoding") == DIGEST_METADATA[b"orcapod.encoding"]
+
+#: Per-table commit locks of this process for stores without a file lock (object stores): every
+#: handle's writers and maintenance of one table in one process take turns.
+_PROCESS_LOCKS: dict[str, threading.RLock] = {}
+_PROCESS_LOCKS_GUARD = threading.Lock()
+
+
+def _process_lock(table_uri: str) -> threading.RLock:
+    with _PROCESS_LOCKS_GUARD:
+        return _PROCESS_LOCKS.setdefault(table_uri, threading.RLock())
 
 
 @dataclass
@@ -221,6 +242,39 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         if self._root is not None:
             return os.path.join(self._root, *key)
         return self.base_uri.rstrip("/") + "/" + "/".join(key)
+
+    # ---- maintenance ---------------------------------------------------------------------------
+
+    def compact(
+        self, path_prefix: tuple[str, ...] = (), *, target_file_size: int | None = None, exclude: Sequence[RecordPath] = ()
+    ) -> MaintenanceReport:
+        """Merge the small Parquet files of every record table at or under ``path_prefix``
+        (default: the whole store; not the tables in ``exclude``) with deltalake's compaction,
+        then checkpoint them. Pending records there are committed first; every row stays; older
+        versions stay readable until :meth:`vacuum`. Tables that are not orcapod record tables
+        are left as they are. Lookups are unaffected, but a whole-table read may list a
+        compacted table's batches in another order (deltalake writes them newest first): exclude
+        tables whose readers need commit order (:meth:`~orcapod_core.pipeline.Pipeline.maintain_store`
+        excludes its operators' logs and stored source rows).
+
+        >>> db.compact()                         # doctest: +SKIP
+        MaintenanceReport(compact '.orcapod': 12 of 40 tables compacted, files 950 -> 52 (910 removed), ...)
+        """
+        return compact_store(
+            self, path_prefix, target_file_size=target_file_size, writer_properties=_table_writer, exclude=exclude
+        )
+
+    def vacuum(
+        self, path_prefix: tuple[str, ...] = (), *, retention_hours: int = DEFAULT_RETENTION_HOURS, dry_run: bool = False
+    ) -> MaintenanceReport:
+        """Delete the data files of record tables at or under ``path_prefix`` that no current
+        version references and that were removed more than ``retention_hours`` ago (default a
+        week; ``0``: all of them — the older versions of these tables can no longer be read).
+        ``dry_run=True`` deletes nothing and reports what would go.
+
+        >>> db.compact(); db.vacuum(retention_hours=0)    # doctest: +SKIP
+        """
+        return vacuum_store(self, path_prefix, retention_hours=retention_hours, dry_run=dry_run)
 
     # ---- opening tables ----------------------------------------------------------------------
 
@@ -533,7 +587,8 @@ class DeltaTableDatabase(BufferedArrowDatabase):
     @contextlib.contextmanager
     def _commit_lock(self, key: RecordPath) -> Iterator[None]:
         if self._root is None or fcntl is None:
-            yield  # object store: see the module docstring (3.)
+            with _process_lock(self.table_uri(key)):  # other processes: see the module docstring (3.)
+                yield
             return
         directory = os.path.join(self._root, *key)
         os.makedirs(directory, exist_ok=True)

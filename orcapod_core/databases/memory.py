@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from orcapod_core.databases.buffered import BufferedArrowDatabase, Condition, _align, _expression
+from orcapod_core.databases.maintenance import DEFAULT_RETENTION_HOURS, MaintenanceReport, _prefix, no_maintenance
 from orcapod_core.databases.protocol import RecordPath
 
 __all__ = ["InMemoryArrowDatabase"]
@@ -56,6 +57,27 @@ class InMemoryArrowDatabase(BufferedArrowDatabase):
     def to_config(self) -> dict[str, Any]:
         """Config of an *empty* in-memory database of the same settings (data is not saved)."""
         return {"type": "memory", "batch_size": self.batch_size, "max_batch_age_s": self.max_batch_age_s}
+
+    # ---- maintenance (nothing to do: no files, no old versions) --------------------------------
+
+    def compact(
+        self, path_prefix: tuple[str, ...] = (), *, target_file_size: int | None = None, exclude: Sequence[RecordPath] = ()
+    ) -> MaintenanceReport:
+        """Commit what is pending under ``path_prefix``; there are no files to merge."""
+        return no_maintenance("compact", repr(self), self._maintained(path_prefix))
+
+    def vacuum(
+        self, path_prefix: tuple[str, ...] = (), *, retention_hours: int = DEFAULT_RETENTION_HOURS, dry_run: bool = False
+    ) -> MaintenanceReport:
+        """Nothing to delete: an in-memory table keeps no old versions."""
+        return no_maintenance("vacuum", repr(self), self._maintained(path_prefix), dry_run=dry_run, retention_hours=retention_hours)
+
+    def _maintained(self, path_prefix: tuple[str, ...]) -> list[RecordPath]:
+        prefix = _prefix(path_prefix)
+        with self._lock:
+            for key in [k for k in self._pending if k[: len(prefix)] == prefix]:
+                self._flush_key(key)
+            return [k for k in self._tables if k[: len(prefix)] == prefix]
 
     # ---- committed-side primitives -------------------------------------------------------------
 

@@ -112,7 +112,8 @@ class ArrowDatabase(Protocol):
 
     Lookups return ``None`` when the table does not exist (neither committed nor pending);
     otherwise a table (possibly with zero rows) including the :data:`RECORD_ID_COLUMN` column.
-    Rows come back in commit order, pending rows last.
+    Rows come back in commit order, pending rows last (a compaction keeps each batch's rows in
+    order but may list the batches it merged in another order; lookups are unaffected).
 
     ``columns`` (``get_records_*`` and ``get_all_records``) limits what is read and returned
     to those columns plus :data:`RECORD_ID_COLUMN` (a column the table lacks is an

@@ -13,6 +13,9 @@ Storage layout (record paths in the databases):
   one table (entry ids keep their rows apart) and a changed node never mixes with old rows;
 * function results: ``("results", <function name>, <version>, <identity[:16]>)`` in the result
   database — shared by every pipeline and process that uses the same function.
+
+``pipeline.maintain_store()`` compacts, then vacuums, the tables of one pipeline (see
+:mod:`orcapod_core.databases.maintenance`).
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from orcapod_core.databases import ArrowDatabase, validate_record_path
-from orcapod_core.errors import InvalidLabelError, InvalidPathError
+from orcapod_core.databases import DEFAULT_RETENTION_HOURS, ArrowDatabase, MaintenanceReport, RecordPath, validate_record_path
+from orcapod_core.errors import InputValidationError, InvalidLabelError, InvalidPathError
 from orcapod_core.interrupts import graceful_stop
 from orcapod_core.function_pods import FunctionPod
 from orcapod_core.operators import Operator
@@ -346,6 +349,59 @@ class Pipeline:
         self.pipeline_database.flush()
         if self.result_database is not self.pipeline_database:
             self.result_database.flush()
+
+    def maintain_store(
+        self, *, retention_hours: int = DEFAULT_RETENTION_HOURS, dry_run: bool = False, target_file_size: int | None = None
+    ) -> tuple[MaintenanceReport, ...]:
+        """Compact, then vacuum, this pipeline's tables: everything under its name in the
+        pipeline database (pipeline records, snapshots, logs, stored source rows) and its
+        function nodes' result tables. Returns the compaction and the vacuum report; with
+        ``dry_run=True`` nothing changes and only the vacuum report (what it would delete) is
+        returned.
+
+        Pinned materializations stay readable: snapshots reference rows of these tables at
+        their latest version. ``retention_hours`` (default: a week) keeps the files removed more
+        recently, for anyone still reading an older version; ``0`` deletes every file no current
+        version needs (older versions of these tables can no longer be read). Tables that are
+        not orcapod record tables (e.g. published by a Dagster asset) are never touched.
+
+        >>> pipeline.maintain_store(retention_hours=0)       # doctest: +SKIP
+        (MaintenanceReport(compact ...), MaintenanceReport(vacuum ...))
+        """
+        scopes = self._store_scopes()
+        # Operators' logs and stored source rows are replayed in commit order, which
+        # compaction does not keep: they are left as they are (they grow by one batch per run).
+        ordered = [tuple(n.record_path) for n in self._nodes.values() if getattr(n, "kind", None) in ("operator", "source")]
+        reports = []
+        if not dry_run:
+            reports.append(
+                MaintenanceReport.merge(
+                    db.compact(prefix, target_file_size=target_file_size, exclude=ordered) for db, prefix in scopes
+                )
+            )
+        reports.append(
+            MaintenanceReport.merge(db.vacuum(prefix, retention_hours=retention_hours, dry_run=dry_run) for db, prefix in scopes)
+        )
+        return tuple(reports)
+
+    def _store_scopes(self) -> list[tuple[Any, RecordPath]]:
+        """``(database, path prefix)`` pairs covering this pipeline's tables, none inside another."""
+        wanted: list[tuple[Any, RecordPath]] = [(self.pipeline_database, self.name)]
+        for node in self._nodes.values():
+            cache = getattr(node, "result_cache", None)
+            if cache is not None:
+                wanted.append((cache.database, tuple(cache.record_path)))
+        for database, _ in wanted:
+            if not (hasattr(database, "compact") and hasattr(database, "vacuum")):
+                raise InputValidationError(
+                    f"pipeline {'/'.join(self.name)!r}: its database {database!r} has no compact()/vacuum() to maintain it with"
+                )
+        scopes: list[tuple[Any, RecordPath]] = []
+        for database, prefix in wanted:
+            covered = any(db is database and prefix[: len(p)] == p for db, p in wanted if (db, p) != (database, prefix))
+            if not covered and not any(db is database and p == prefix for db, p in scopes):
+                scopes.append((database, prefix))
+        return scopes
 
     @staticmethod
     def new_run_id() -> str:
