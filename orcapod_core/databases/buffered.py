@@ -16,7 +16,7 @@ Rules implemented here:
   :class:`~orcapod_core.errors.DuplicateTagError`. At commit time the batch is anti-joined once
   more against the committed ids, under the backend's commit lock, so records that another
   process committed in the meantime are not written twice.
-- Columns are stored with large Arrow types (``large_string``, ``large_binary``,
+- Columns are stored with large Arrow types (:mod:`~orcapod_core.databases.tables`: ``large_string``, ``large_binary``,
   ``large_list``); a later batch may add columns (nullable for older rows); a column whose type
   changes is refused with :class:`~orcapod_core.errors.SchemaMismatchError` naming the column and
   the table, before anything is buffered or written.
@@ -39,198 +39,31 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from orcapod_core.databases.protocol import RECORD_ID_COLUMN, RecordPath, validate_record_path
-from orcapod_core.errors import (
-    CorruptStoreError,
-    DuplicateTagError,
-    InputValidationError,
-    SchemaMismatchError,
-    UnsupportedTypeError,
+from orcapod_core.errors import CorruptStoreError, DuplicateTagError, InputValidationError
+from orcapod_core.databases.tables import (
+    _PUSHDOWN_MAX_VALUES,
+    Condition,
+    _align,
+    _as_array,
+    _expression,
+    _union,
+    conform,
+    drop_repeated_ids,
+    normalize_schema,
+    normalize_table,
+    normalize_type,
 )
 from orcapod_core.hashing import hex_problem
-from orcapod_core.keysets import all_distinct, is_in
+from orcapod_core.keysets import is_in
 
+# (the storage types are defined in databases.tables; still importable from here)
 __all__ = ["BufferedArrowDatabase", "normalize_type", "normalize_schema", "normalize_table"]
 
 _log = logging.getLogger(__name__)
-
-# A lookup condition on one column: values it must be one of, or ``None`` for "is null".
-Condition = tuple[str, pa.Array | None]
-
-
-# --------------------------------------------------------------------------------------------
-# Canonical (large) Arrow types
-# --------------------------------------------------------------------------------------------
-
-
-def normalize_type(dtype: pa.DataType) -> pa.DataType:
-    """The storage form of an Arrow type: large string/binary/list variants, dictionaries
-    decoded, list items named ``item`` and map entries ``key``/``value`` (as in
-    :mod:`orcapod_core.types`), recursively. Other types are returned unchanged."""
-    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype):
-        return pa.large_string()
-    if pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype) or pa.types.is_binary_view(dtype):
-        return pa.large_binary()
-    if pa.types.is_dictionary(dtype):
-        return normalize_type(dtype.value_type)
-    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_list_view(dtype) or pa.types.is_large_list_view(dtype):
-        item = dtype.value_field
-        return pa.large_list(pa.field("item", normalize_type(item.type), nullable=item.nullable))
-    if pa.types.is_map(dtype):
-        item = dtype.item_field
-        return pa.map_(
-            pa.field("key", normalize_type(dtype.key_type), nullable=False),
-            pa.field("value", normalize_type(item.type), nullable=item.nullable),
-            keys_sorted=dtype.keys_sorted,
-        )
-    if pa.types.is_struct(dtype):
-        return pa.struct([f.with_type(normalize_type(f.type)) for f in dtype])
-    return dtype
-
-
-def normalize_schema(schema: pa.Schema) -> pa.Schema:
-    """:func:`normalize_type` applied to every field; names and nullability kept, Arrow metadata
-    dropped (Delta Lake does not keep it, so no backend does)."""
-    return pa.schema([pa.field(f.name, normalize_type(f.type), nullable=f.nullable) for f in schema])
-
-
-def normalize_table(table: pa.Table) -> pa.Table:
-    """``table`` cast to :func:`normalize_schema` (a no-op when it already is)."""
-    target = normalize_schema(table.schema)
-    if target.equals(table.schema, check_metadata=True) and _same_nested_names(target, table.schema):
-        return table
-    return table.cast(target).replace_schema_metadata(None)
-
-
-def _same_nested_names(a: pa.Schema, b: pa.Schema) -> bool:
-    # Arrow type equality ignores list item names ("item" vs Delta's "element"); we want one
-    # spelling everywhere so concatenation and Schema round trips never disagree.
-    return all(str(x.type) == str(y.type) for x, y in zip(a, b))
-
-
-def _align(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``table`` with exactly ``schema``'s columns: missing ones as nulls (types already agree)."""
-    if table.schema.equals(schema, check_metadata=False) and _same_nested_names(table.schema, schema):
-        return table
-    names = set(table.column_names)
-    arrays = [table[f.name] if f.name in names else pa.nulls(table.num_rows, f.type) for f in schema]
-    return pa.Table.from_arrays(arrays, schema=schema)
-
-
-def conform(where: str, existing: pa.Schema | None, table: pa.Table) -> tuple[pa.Schema, pa.Table]:
-    """Check new records against a table's schema; return the evolved schema and the records cast to it.
-
-    Shared columns must keep their type (an all-null column adopts it) and may not bring nulls into
-    a non-nullable column; columns the records lack are filled with nulls (if nullable); new
-    columns are appended as nullable. Raises before anything is stored.
-    """
-    if existing is None:
-        for f in table.schema:
-            if pa.types.is_null(f.type):
-                raise UnsupportedTypeError(
-                    f"column {f.name!r} of table {where} holds only nulls, so its type is unknown; "
-                    "give it a typed Arrow column"
-                )
-        return table.schema, table
-    n = table.num_rows
-    incoming = table.schema
-    fields: list[pa.Field] = []
-    arrays: list[pa.ChunkedArray | pa.Array] = []
-    for stored in existing:
-        idx = incoming.get_field_index(stored.name)
-        if idx < 0:
-            if not stored.nullable:
-                raise SchemaMismatchError(
-                    f"table {where} requires non-nullable column {stored.name!r}; the new records lack it"
-                )
-            arrays.append(pa.nulls(n, stored.type))
-        else:
-            new = incoming.field(idx)
-            column = table.column(idx)
-            if pa.types.is_null(new.type):
-                column = pa.nulls(n, stored.type)
-            elif not (new.type.equals(stored.type) and str(new.type) == str(stored.type)):
-                raise SchemaMismatchError(
-                    f"column {stored.name!r} of table {where} is stored as {stored.type}; "
-                    f"the new records have type {new.type} (nothing was stored)"
-                )
-            if not stored.nullable and column.null_count:
-                raise SchemaMismatchError(
-                    f"column {stored.name!r} of table {where} is non-nullable; the new records contain nulls"
-                )
-            arrays.append(column)
-        fields.append(stored)
-    for new in incoming:
-        if existing.get_field_index(new.name) >= 0:
-            continue
-        if pa.types.is_null(new.type):
-            raise UnsupportedTypeError(
-                f"new column {new.name!r} of table {where} holds only nulls, so its type is unknown"
-            )
-        fields.append(new.with_nullable(True))  # older records have no value for it
-        arrays.append(table[new.name])
-    schema = pa.schema(fields, metadata=existing.metadata)
-    return schema, pa.Table.from_arrays(arrays, schema=schema)
-
-
-def _union(a: pa.Schema | None, b: pa.Schema | None) -> pa.Schema | None:
-    """Schema of committed + pending rows (they agree on shared columns by construction)."""
-    if a is None or b is None:
-        return a if b is None else b
-    names = set(a.names)
-    return pa.schema(list(a) + [f for f in b if f.name not in names])
-
-
-def _as_array(where: str, column: str, values: Any, dtype: pa.DataType) -> pa.Array:
-    """Lookup values as one Arrow array of the column's type."""
-    try:
-        if isinstance(values, pa.ChunkedArray):
-            values = values.combine_chunks()
-        elif isinstance(values, pl.Series):
-            values = values.to_arrow()
-        if isinstance(values, pa.Array):
-            return values if values.type.equals(dtype) else values.cast(dtype)
-        if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, set, frozenset)):
-            raise InputValidationError(
-                f"lookup values for column {column!r} of table {where} must be a sequence or an Arrow array, "
-                f"got {type(values).__name__}"
-            )
-        return pa.array(list(values), type=dtype)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, OverflowError) as exc:
-        raise InputValidationError(
-            f"cannot look up column {column!r} of table {where} (type {dtype}) by these values: {exc}"
-        ) from exc
-
-
-#: Above this many values, an "is one of" condition is applied after reading (see _scan_committed).
-_PUSHDOWN_MAX_VALUES = 1000
-
-
-def _expression(conditions: Sequence[Condition]) -> pc.Expression | None:
-    expr = None
-    for column, values in conditions:
-        if values is None:
-            term = pc.field(column).is_null()
-        elif len(values) == 1 and values.null_count == 0:
-            term = pc.field(column) == values[0]  # equality prunes row groups/files by statistics
-        else:
-            term = pc.field(column).isin(values)
-        expr = term if expr is None else expr & term
-    return expr
-
-
-def drop_repeated_ids(table: pa.Table) -> pa.Table:
-    """``table`` without repeated record ids, the first copy kept (a no-op without repeats)."""
-    if RECORD_ID_COLUMN not in table.column_names or table.num_rows < 2:
-        return table
-    if all_distinct(table[RECORD_ID_COLUMN]):
-        return table
-    return table.filter(pl.from_arrow(table[RECORD_ID_COLUMN]).is_first_distinct().to_arrow())
-
 
 # --------------------------------------------------------------------------------------------
 # The buffered database

@@ -59,7 +59,6 @@ Maintenance: :meth:`DeltaTableDatabase.compact` merges the small files of many b
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -71,13 +70,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
-from deltalake import ColumnProperties, DeltaTable, WriterProperties, write_deltalake
+from deltalake import DeltaTable, write_deltalake
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.exceptions import SchemaMismatchError as DeltaSchemaMismatchError
 from deltalake.fs import DeltaStorageHandler
 
-from orcapod_core.databases.buffered import BufferedArrowDatabase, Condition, _expression, normalize_schema, normalize_type
+from orcapod_core.databases.buffered import BufferedArrowDatabase
+from orcapod_core.databases.delta_format import DIGEST_METADATA, is_digest, StoredSchema, stored_schema, table_writer, writer_for
+from orcapod_core.databases.tables import Condition, _expression, normalize_type
 from orcapod_core.databases.maintenance import DEFAULT_RETENTION_HOURS, MaintenanceReport, compact_store, vacuum_store
 from orcapod_core.databases.protocol import (
     MAX_PATH_DEPTH,
@@ -97,58 +98,14 @@ except ImportError:  # pragma: no cover
 
 __all__ = ["DeltaTableDatabase", "LOCK_FILE"]
 
-#: How data files are written: zstd, not deltalake's default snappy (text ids and repeated
-#: provenance strings shrink several times more; reads cost the same). Record ids and digests are distinct (or random) values: no dictionary (it never pays off and
-#: costs a pass), and DELTA_LENGTH_BYTE_ARRAY, which stores the values' one length once per page
-#: instead of 4 bytes per value.
-_KEY_COLUMN = ColumnProperties(dictionary_enabled=False, encoding="DELTA_LENGTH_BYTE_ARRAY")
-
-
-def _table_writer(dt: DeltaTable) -> WriterProperties:
-    """How the files of an existing table are (re)written: with its digest columns' properties."""
-    return _writer(frozenset(f.name for f in pa.schema(dt.schema().to_arrow()) if _is_digest(f)))
-
-
-@functools.lru_cache(maxsize=64)
-def _writer(key_columns: frozenset[str]) -> WriterProperties:
-    """How a batch is written: zstd, and the key-column properties on the record id and on
-    ``key_columns`` (the table's digest columns)."""
-    columns = {RECORD_ID_COLUMN: _KEY_COLUMN, **{c: _KEY_COLUMN for c in key_columns}}
-    return WriterProperties(compression="ZSTD", compression_level=3, column_properties=columns)
-
-
 #: File inside a local table directory that serialises "check ids, then append" across processes.
 LOCK_FILE = "_orcapod_commit.lock"
 _DELTA_LOG = "_delta_log"
-#: Field metadata of a digest column stored as bytes (read back as lowercase hex).
-DIGEST_METADATA = {b"orcapod.encoding": b"hex"}
 #: A table whose data files total at most this many bytes is read whole, once per version.
 SMALL_TABLE_BYTES = 1 << 20
 #: Arrow bytes of small tables kept in memory per database handle (least recently read dropped first).
 READ_CACHE_BYTES = 256 << 20
 
-
-@dataclass(frozen=True)
-class _Stored:
-    """A committed table's schema at ``version``: as stored (``physical``: digest columns as
-    bytes) and as read (``logical``: every digest column as hex text)."""
-
-    version: int
-    physical: pa.Schema
-    logical: pa.Schema
-    digests: frozenset[str]
-
-
-def _stored_schema(version: int, raw: pa.Schema) -> _Stored:
-    digests = frozenset(f.name for f in raw if _is_digest(f))
-    physical = normalize_schema(raw)
-    logical = pa.schema([f.with_type(pa.large_string()) if f.name in digests else f for f in physical])
-    return _Stored(version, physical, logical, digests)
-
-
-def _is_digest(f: pa.Field) -> bool:
-    binary = pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)
-    return binary and bool(f.metadata) and f.metadata.get(b"orcapod.encoding") == DIGEST_METADATA[b"orcapod.encoding"]
 
 #: Per-table commit locks of this process for stores without a file lock (object stores): every
 #: handle's writers and maintenance of one table in one process take turns.
@@ -213,7 +170,7 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         self._root = local_table_dir(self.base_uri)
         self._tables: dict[RecordPath, DeltaTable] = {}
         self._indexes: dict[RecordPath, _IdIndex] = {}
-        self._schemas: dict[RecordPath, _Stored] = {}
+        self._schemas: dict[RecordPath, StoredSchema] = {}
         self._storage_schemas: dict[pa.Schema, pa.Schema] = {}
         # Small tables read whole, by table: (version, rows); insertion order is recency.
         self._read_cache: dict[RecordPath, tuple[int, pa.Table, int]] = {}  # (version, rows, their bytes)
@@ -261,7 +218,7 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         MaintenanceReport(compact '.orcapod': 12 of 40 tables compacted, files 950 -> 52 (910 removed), ...)
         """
         return compact_store(
-            self, path_prefix, target_file_size=target_file_size, writer_properties=_table_writer, exclude=exclude
+            self, path_prefix, target_file_size=target_file_size, writer_properties=table_writer, exclude=exclude
         )
 
     def vacuum(
@@ -369,7 +326,7 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         stored = self._stored(key, fresh)
         return None if stored is None else stored.logical
 
-    def _stored(self, key: RecordPath, fresh: bool = True) -> _Stored | None:
+    def _stored(self, key: RecordPath, fresh: bool = True) -> StoredSchema | None:
         dt = self._open(key, fresh)
         if dt is None:
             return None
@@ -377,7 +334,7 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         cached = self._schemas.get(key)
         if cached is not None and cached.version == version:
             return cached
-        stored = self._schemas[key] = _stored_schema(version, pa.schema(dt.schema().to_arrow(as_large_types=True)))
+        stored = self._schemas[key] = stored_schema(version, pa.schema(dt.schema().to_arrow(as_large_types=True)))
         return stored
 
     def _committed_ids(self, key: RecordPath, fresh: bool = True) -> set[str]:
@@ -446,7 +403,7 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         return self._read(key, dt, stored, columns, conds)
 
     def _read(
-        self, key: RecordPath, dt: DeltaTable, stored: _Stored, columns: list[str] | None, conds: Sequence[Condition]
+        self, key: RecordPath, dt: DeltaTable, stored: StoredSchema, columns: list[str] | None, conds: Sequence[Condition]
     ) -> pa.Table:
         # Digest columns are compared as the bytes they are stored as.
         conds = [(c, hex_to_bytes(v) if c in stored.digests and v is not None else v) for c, v in conds]
@@ -465,7 +422,7 @@ class DeltaTableDatabase(BufferedArrowDatabase):
             table = table.set_column(i, stored.logical.field(name), bytes_to_hex(table.column(i)))
         return table
 
-    def _small_table(self, key: RecordPath, dt: DeltaTable, stored: _Stored) -> pa.Table | None:
+    def _small_table(self, key: RecordPath, dt: DeltaTable, stored: StoredSchema) -> pa.Table | None:
         """Every row of the table at ``dt``'s version if its data files are small (read once per
         version, then from memory); ``None`` for a larger table (read what is asked, each time)."""
         version = dt.version()
@@ -488,7 +445,7 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         index = self._indexes.get(key)
         before = dt.version() if dt is not None else -1
         table = self._physical(key, table.combine_chunks())  # one Arrow batch -> one data file, rows in order
-        writer = _writer(frozenset(f.name for f in table.schema if _is_digest(f)))
+        writer = writer_for(frozenset(f.name for f in table.schema if is_digest(f)))
         try:
             if dt is None:
                 write_deltalake(

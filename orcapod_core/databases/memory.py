@@ -13,7 +13,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from orcapod_core.databases.buffered import BufferedArrowDatabase, Condition, _align, _expression
+from orcapod_core.databases.buffered import BufferedArrowDatabase
+from orcapod_core.databases.tables import Condition, _align, _expression
 from orcapod_core.databases.maintenance import DEFAULT_RETENTION_HOURS, MaintenanceReport, _prefix, no_maintenance
 from orcapod_core.databases.protocol import RecordPath
 
