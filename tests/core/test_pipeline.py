@@ -886,6 +886,31 @@ def test_status_progress_and_logging_observers():
     assert status.state == "failed" and "failed: ValueError: x=2 is not allowed" in out.getvalue()
 
 
+@pytest.mark.parametrize("orchestrator", ORCHESTRATORS, ids=ORCH_IDS)
+def test_a_node_holds_its_rows_when_its_end_event_fires(orchestrator):
+    """An observer may read a node's output at its end event (a Dagster step snapshots it then)."""
+
+    @function_pod(output_keys="z")
+    def add(x: int, w: int) -> int:
+        return x + w
+
+    double = doubler([])
+    with Pipeline("ends", pipeline_database=InMemoryArrowDatabase()) as p:
+        doubled = double.pod(source([1, 2, 3]), label="doubled")  # streamed by the async orchestrator
+        add.pod(source([1, 2, 3]), source([10, 20, 30], source_id="w").map_packets({"x": "w"}), label="added")  # joined first
+    for label in ("doubled", "added"):  # reading them must not compute them again from the store
+        p.nodes[label]._compute_table = lambda label=label: pytest.fail(f"{label}'s rows were not set at its end event")
+    seen: dict[str, list] = {}
+
+    class Reader(NoOpObserver):
+        def on_node_end(self, node, stats):
+            if node.kind == "function":
+                seen[node.label] = sorted(node.as_table().column(-1).to_pylist())
+
+    p.run(orchestrator=orchestrator, observer=Reader())
+    assert seen == {"doubled": [2, 4, 6], "added": [11, 22, 33]}
+
+
 def test_captured_output_stays_with_its_packet_on_a_thread_pool():
     @function_pod(output_keys="y")
     def chatty(x: int) -> int:
