@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dagster as dg
+import polars as pl
 import pytest
 
 from orcapod_core.databases import InMemoryArrowDatabase
@@ -176,3 +177,59 @@ def test_building_definitions_over_file_sources_reads_no_rows(tmp_path, instance
     result = dg.materialize(list(defs.assets), resources=dict(defs.resources), instance=instance)
     (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(["lazy", "scaled"])]
     assert event.materialization.metadata["orcapod/computed"].value == 2
+
+
+@function_pod(output_keys="score")
+def score_of(x: int) -> float:
+    return x / 2
+
+
+def test_descriptions_are_readable_and_show_no_machine_paths(tmp_path):
+    import inspect
+    import os
+
+    from orcapod_core.databases import DeltaTableDatabase
+    from orcapod_core.sources import CSVSource
+
+    (tmp_path / "visits.csv").write_text("id,x\n1,3\n2,4\n")
+    csv = CSVSource(tmp_path / "visits.csv", tag_columns="id", label="visits")  # default source_id: the path
+    other = DictSource({"id": [1, 2], "site": ["a", "b"]}, tag_columns="id", source_id="sites", label="sites")
+    with Pipeline("words", pipeline_database=DeltaTableDatabase(tmp_path / "store")) as p:
+        joined = csv.join(other, label="joined")
+        joined.batch(batch_size=3, label="threes")
+        joined.batch(label="everything")
+        joined.select_packet_columns(["x"], label="only_x")
+        joined.map_tags({"id": "visit"}, label="renamed")
+        joined.polars_filter(pl.col("x") > 3, site="a", label="filtered")
+        joined.semi_join(other, label="matched")
+        score_of.pod(csv, label="scored")
+    specs = spec_by_key(orcapod_assets(p))
+    described = {key.split("/")[1]: spec.description for key, spec in specs.items()}
+    assert described["joined"] == "Join of `visits`, `sites` on tag columns [`id`]."
+    assert described["threes"] == "Batches of 3 rows of `joined` (every column becomes a list)."
+    assert described["everything"] == "Batch of all rows of `joined` in one row (every column becomes a list)."
+    assert described["only_x"] == "`joined` with only the packet columns [`x`]."
+    assert described["renamed"] == "`joined` with tag columns renamed: `id` → `visit`."
+    assert described["filtered"].startswith("Rows of `joined` where `site == 'a'` and `") and "col(\"x\")" in described["filtered"]
+    assert described["matched"] == "Rows of `joined` whose [`id`, `site`] occur in `sites`."
+    assert not any("object at 0x" in d or "<orcapod_core" in d for d in described.values())
+    # A file source: the file by name (it is outside the working directory), never the machine path.
+    assert described["visits"] == "CSVSource `visits.csv` reading `visits.csv`."
+    assert str(tmp_path) not in "".join(described.values())
+    assert specs["words/visits"].metadata["orcapod/source_path"] == str(tmp_path / "visits.csv")  # the full path is metadata
+    # Code references: the function's file and line, for the asset page's link.
+    [reference] = specs["words/scored"].metadata["dagster/code_references"].code_references
+    assert (reference.file_path, reference.line_number) == (os.path.abspath(__file__), inspect.getsourcelines(score_of)[1])
+    assert not any("dagster/code_references" in specs[f"words/{label}"].metadata for label in ("visits", "joined"))
+
+
+def test_a_file_under_the_working_directory_is_shown_relative_to_it(tmp_path, monkeypatch):
+    from orcapod_core.databases import DeltaTableDatabase
+    from orcapod_core.sources import CSVSource
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "visits.csv").write_text("id,x\n1,3\n")
+    monkeypatch.chdir(tmp_path)
+    with Pipeline("rel", pipeline_database=DeltaTableDatabase(tmp_path / "store")) as p:
+        score_of.pod(CSVSource(tmp_path / "data" / "visits.csv", tag_columns="id", source_id="visits", label="visits"), label="scored")
+    assert OrcapodTranslator().get_asset_spec(p.visits).description == "CSVSource `visits` reading `data/visits.csv`."
