@@ -14,6 +14,7 @@ from orcapod_dagster.io_manager import OrcapodIOManager
 from orcapod_dagster.observer import DagsterLogObserver
 from orcapod_dagster.partitions import add_partitions, partition_keys
 from orcapod_dagster.sensors import orcapod_source_sensor
+from orcapod_dagster.step_executor import forkserver_executor
 from orcapod_dagster.translator import OrcapodTranslator, OrcapodTranslatorSettings
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "add_partitions",
     "partition_keys",
     "OrcapodPipelineComponent",
+    "forkserver_executor",
 ]

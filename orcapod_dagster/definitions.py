@@ -26,6 +26,7 @@ from orcapod_dagster.assets import DEFAULT_IO_MANAGER_KEY, orcapod_assets
 from orcapod_dagster.io_manager import OrcapodIOManager
 from orcapod_dagster.partitions import with_partition_by
 from orcapod_dagster.sensors import RANGE_END_TAG, RANGE_START_TAG, orcapod_source_sensor
+from orcapod_dagster.step_executor import forkserver_executor
 from orcapod_dagster.translator import OrcapodTranslator, sanitize_name
 
 __all__ = ["build_definitions", "store_io_manager"]
@@ -120,7 +121,9 @@ def build_definitions(
     every asset by its values (dynamic partitions, single-run backfills; see
     :mod:`orcapod_dagster.partitions`) — the sensor then registers new values as partitions.
 
-    ``executor`` is the Dagster executor (default: multiprocess); ``extra_assets`` are plain Dagster
+    ``executor`` is the Dagster executor: by default Dagster's multiprocess executor, and with
+    ``granularity="node"`` :func:`~orcapod_dagster.forkserver_executor` (steps forked from a
+    server that imported the code location's modules once). ``extra_assets`` are plain Dagster
     assets living next to the pipeline (they read and publish tables through the IO manager);
     the job — and so the schedule and sensors — materializes them with the pipeline
     (``job_includes_extra_assets=False``: the pipeline's assets only; assets that cannot be
@@ -170,6 +173,8 @@ def build_definitions(
     if io_manager is not None:
         all_resources[io_manager_key] = io_manager
     all_resources.update(resources or {})
+    if executor is None and granularity == "node":
+        executor = forkserver_executor(pipeline)
     return dg.Definitions(
         assets=[*assets, *extra_assets],
         jobs=[job],
