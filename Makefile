@@ -52,6 +52,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_core.py
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/bench_dagster.py
+	$(BIN)/python benchmarks/bench_node_steps.py
 	$(BIN)/python benchmarks/bench_sources.py
 	$(BIN)/python benchmarks/bench_scale.py
 

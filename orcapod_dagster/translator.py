@@ -1,9 +1,9 @@
 """OrcapodTranslator: every decision about how a compiled orcapod node becomes a Dagster asset.
 
 Like dagster-dbt's ``DagsterDbtTranslator``, one class owns the mapping — key, group,
-description, metadata, tags, owners, kinds, code version, automation condition, partitions,
-checks, and where a node's packets run (executor, op tags) — and :meth:`OrcapodTranslator.get_asset_spec` assembles an ``AssetSpec`` from those
-methods. Deps, column lineage and checks all ask :meth:`~OrcapodTranslator.get_asset_key`, so
+description, code references, metadata, tags, owners, kinds, code version, automation
+condition, partitions, checks, and where a node's packets run (executor, op tags) — and
+:meth:`OrcapodTranslator.get_asset_spec` assembles an ``AssetSpec`` from those methods. Deps, column lineage and checks all ask :meth:`~OrcapodTranslator.get_asset_key`, so
 keys can never disagree. Customise by overriding one method:
 
 >>> class MyTranslator(OrcapodTranslator):
