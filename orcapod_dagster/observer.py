@@ -119,15 +119,20 @@ def _shown_path(file: str) -> str:
     return file if relative.startswith("..") else relative
 
 
+def _installed(file: str) -> bool:
+    return f"{os.sep}site-packages{os.sep}" in file or f"{os.sep}dist-packages{os.sep}" in file
+
+
 def user_frames(traceback_text: str, keep: int = 3) -> list[str]:
     """The last ``keep`` frames of a formatted traceback that are in the user's code (not in
-    orcapod, the standard library or Ray), as ``file:line in function: code``; paths under the
-    working directory are shown relative to it.
+    orcapod, the standard library or Ray; frames of installed libraries such as numpy only when
+    no other frame is left), as ``file:line in function: code``; paths under the working
+    directory are shown relative to it.
 
     >>> user_frames('Traceback (most recent call last):\\n  File "/src/fns.py", line 7, in score\\n    return 1 / x\\nZeroDivisionError: division by zero\\n')
     ['/src/fns.py:7 in score: return 1 / x']
     """
-    frames: list[str] = []
+    frames: list[tuple[bool, str]] = []
     lines = traceback_text.splitlines()
     for i, line in enumerate(lines):
         match = _FRAME.match(line)
@@ -139,8 +144,10 @@ def user_frames(traceback_text: str, keep: int = 3) -> list[str]:
         if _MARKERS.match(code):
             code = ""
         where = f"{_shown_path(match['file'])}:{match['line']} in {match['function']}"
-        frames.append(f"{where}: {_cut(code, 160)}" if code else where)
-    return frames[-keep:] if keep else []
+        frames.append((_installed(match["file"]), f"{where}: {_cut(code, 160)}" if code else where))
+    own = [text for installed, text in frames if not installed]
+    chosen = own or [text for _, text in frames]
+    return chosen[-keep:] if keep else []
 
 
 @dataclass(frozen=True)

@@ -220,3 +220,28 @@ def test_closing_a_step_stops_its_run_and_keeps_what_it_computed(tmp_path):
     kept = pipeline.slow.get_pipeline_records().num_rows
     assert 0 < kept < 400  # ... and what it computed is stored
     assert pipeline.run().computed == 400 - kept
+
+
+def test_failure_frames_are_the_users_code():
+    import os
+
+    import orcapod_core
+    from orcapod_core.capture import RemoteError
+    from orcapod_dagster.observer import PacketFailure, user_frames
+
+    core = os.path.dirname(orcapod_core.__file__)
+    text = (
+        "Traceback (most recent call last):\n"
+        f'  File "{core}/capture.py", line 9, in run_captured\n    result = function(**kwargs)\n'
+        '  File "/home/me/project/fns.py", line 7, in score\n    return np.log(x)\n           ^^^^^^^^^\n'
+        '  File "/venv/lib/python3.11/site-packages/numpy/core/umath.py", line 3, in log\n    raise ValueError("bad")\n'
+        "ValueError: bad\n"
+    )
+    # orcapod's frames never; installed libraries only when nothing else is left.
+    assert user_frames(text) == ["/home/me/project/fns.py:7 in score: return np.log(x)"]
+    assert user_frames(text.replace("/home/me/project", "/venv/lib/python3.11/site-packages/project"))[-1].endswith("in log: raise ValueError(\"bad\")")
+    # An exception that came back from a worker as a stand-in keeps its type, message and frames.
+    remote = RemoteError("LinAlgError", "Singular matrix", text)
+    failure = PacketFailure.of({"id": 3, "ids": list(range(1000))}, remote, {"traceback": text})
+    assert (failure.error_type, failure.message, failure.frames) == ("LinAlgError", "Singular matrix", ("/home/me/project/fns.py:7 in score: return np.log(x)",))
+    assert len(failure.tag) < 120 and failure.tag.startswith("{'id': 3, 'ids': [0, 1, 2")
