@@ -12,7 +12,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster
 # Step logs at INFO: orcapod's per-node lines without Dagster's debug events.
 RUN_CONFIG := {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
-.PHONY: run test ui bench install clean
+.PHONY: run test ui bench install instance clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,14 +25,19 @@ $(STAMP): pyproject.toml $(PACKAGES:%=%/__init__.py) | $(BIN)/python
 
 install: $(STAMP)
 
-# Default sqlite storage under DAGSTER_HOME (shared by the CLI and `dagster dev`); no telemetry.
-$(DAGSTER_HOME)/dagster.yaml:
-	mkdir -p $(DAGSTER_HOME)
-	printf 'telemetry:\n  enabled: false\n' > $@
+# The instance under DAGSTER_HOME (default sqlite storage shared by the CLI and `dagster dev`; no
+# telemetry) is created once, under a lock, before any command uses it: two dagster processes
+# creating a fresh instance at the same time can break it for good (two alembic heads).
+INSTANCE := $(DAGSTER_HOME)/.initialized
+
+$(INSTANCE): | $(STAMP)
+	$(BIN)/python -m orcapod_dagster.instance "$(DAGSTER_HOME)"
+
+instance: $(INSTANCE)
 
 # Materialize every asset of the example code location into ./.orcapod/, then summarize the
 # latest materialization of each asset (run it twice: everything is cached the second time).
-run: install $(DAGSTER_HOME)/dagster.yaml
+run: install $(INSTANCE)
 	$(BIN)/dagster asset materialize --select '*' -m example_project.definitions --config-json '$(RUN_CONFIG)'
 	@echo
 	$(BIN)/python -m example_project.summary
@@ -40,7 +45,7 @@ run: install $(DAGSTER_HOME)/dagster.yaml
 test: install
 	$(BIN)/python -m pytest -q
 
-ui: install $(DAGSTER_HOME)/dagster.yaml
+ui: install $(INSTANCE)
 	$(BIN)/dagster dev -w workspace.yaml
 
 bench: install
@@ -48,6 +53,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/bench_dagster.py
 	$(BIN)/python benchmarks/bench_many_nodes.py
+	$(BIN)/python benchmarks/bench_node_steps.py
 	$(BIN)/python benchmarks/bench_sources.py
 	$(BIN)/python benchmarks/bench_scale.py
 

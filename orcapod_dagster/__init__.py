@@ -15,6 +15,7 @@ from orcapod_dagster.maintenance import store_maintenance_job
 from orcapod_dagster.observer import DagsterLogObserver
 from orcapod_dagster.partitions import add_partitions, partition_keys
 from orcapod_dagster.sensors import orcapod_source_sensor
+from orcapod_dagster.step_executor import forkserver_executor
 from orcapod_dagster.translator import OrcapodTranslator, OrcapodTranslatorSettings
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "partition_keys",
     "OrcapodPipelineComponent",
     "store_maintenance_job",
+    "forkserver_executor",
 ]

@@ -26,9 +26,10 @@ from orcapod_dagster.materialize import PipelineAssets
 from orcapod_dagster.partitions import with_partition_by
 from orcapod_dagster.translator import OrcapodTranslator, sanitize_name
 
-__all__ = ["orcapod_assets", "GRANULARITIES"]
+__all__ = ["orcapod_assets", "GRANULARITIES", "DEFAULT_IO_MANAGER_KEY"]
 
 GRANULARITIES = ("pipeline", "node")
+DEFAULT_IO_MANAGER_KEY = "io_manager"
 
 
 def orcapod_assets(
@@ -45,6 +46,7 @@ def orcapod_assets(
     orchestrator: Any = None,
     function_executor: Any = None,
     partition_by: str | None = None,
+    io_manager_key: str = "io_manager",
 ) -> list[dg.AssetsDefinition]:
     """The Dagster assets of a compiled pipeline (keys, specs and checks from ``translator``).
 
@@ -59,6 +61,11 @@ def orcapod_assets(
     (dynamic partitions, see :mod:`orcapod_dagster.partitions`) with a single-run backfill policy
     unless ``backfill_policy`` says otherwise.
 
+    ``io_manager_key``: the resource key of the :class:`~orcapod_dagster.OrcapodIOManager` on the
+    pipeline's store (default ``"io_manager"``); give each pipeline of a code location its own
+    when they live on different stores, so their assets (and the plain assets reading them) load
+    through the right one.
+
     >>> assets = orcapod_assets(pipeline)                     # doctest: +SKIP
     >>> dg.materialize(assets, resources={"io_manager": OrcapodIOManager(store_uri=".orcapod")})  # doctest: +SKIP
     """
@@ -68,6 +75,8 @@ def orcapod_assets(
     plan = PipelineAssets(pipeline, translator, on_packet_error, orchestrator, function_executor)
     nodes = pipeline.nodes
     specs = {label: translator.get_asset_spec(node) for label, node in nodes.items()}
+    if io_manager_key != DEFAULT_IO_MANAGER_KEY:
+        specs = {label: spec.with_io_manager_key(io_manager_key) for label, spec in specs.items()}
     checks = {label: list(translator.get_check_specs(node)) for label, node in nodes.items()}
     if backfill_policy is None and any(spec.partitions_def is not None for spec in specs.values()):
         backfill_policy = dg.BackfillPolicy.single_run()  # a range of partitions = one pipeline run

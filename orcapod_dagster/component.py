@@ -43,7 +43,9 @@ class OrcapodPipelineComponent(dg.Component, dg.Resolvable, dg.Model):
     * ``schedule`` — a cron string for the pipeline's job;
     * ``sensors`` — ``true`` (watch every source) or a list of source labels;
     * ``partition_by`` — a source tag column to partition every asset by;
-    * ``on_packet_error`` — ``raise`` or ``warn``.
+    * ``on_packet_error`` — ``raise`` or ``warn``;
+    * ``io_manager_key`` — the IO manager's resource key (default ``io_manager``; give each
+      component on its own store its own key).
 
     >>> component = OrcapodPipelineComponent(pipeline="example_project.pipeline:build_pipeline")  # doctest: +SKIP
     >>> defs = dg.build_defs_for_component(component)                                           # doctest: +SKIP
@@ -57,6 +59,7 @@ class OrcapodPipelineComponent(dg.Component, dg.Resolvable, dg.Model):
     sensors: bool | list[str] = False
     partition_by: str | None = None
     on_packet_error: Literal["raise", "warn"] = "raise"
+    io_manager_key: str = "io_manager"
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         pipeline = load_pipeline(self.pipeline)
@@ -71,6 +74,7 @@ class OrcapodPipelineComponent(dg.Component, dg.Resolvable, dg.Model):
             sensors=self.sensors,
             partition_by=self.partition_by,
             on_packet_error=self.on_packet_error,
+            io_manager_key=self.io_manager_key,
         )
 
 

@@ -1,7 +1,8 @@
 """build_definitions: everything a Dagster code location needs for one orcapod pipeline.
 
 Assets (and their checks), the IO manager on the pipeline's store, a job selecting the
-pipeline's assets, the store maintenance job, an optional schedule and sensors (e.g. an
+pipeline's assets (and the extra assets living next to it), the store maintenance job, an
+optional schedule and sensors (e.g. an
 :func:`~orcapod_dagster.orcapod_source_sensor` watching the sources), optionally partitioned
 by a source tag column.
 
@@ -22,11 +23,12 @@ import dagster as dg
 from orcapod_core.databases import DeltaTableDatabase
 from orcapod_core.errors import InputValidationError
 from orcapod_core.pipeline import Pipeline
-from orcapod_dagster.assets import orcapod_assets
+from orcapod_dagster.assets import DEFAULT_IO_MANAGER_KEY, orcapod_assets
 from orcapod_dagster.io_manager import OrcapodIOManager
 from orcapod_dagster.maintenance import store_maintenance_job
 from orcapod_dagster.partitions import with_partition_by
 from orcapod_dagster.sensors import RANGE_END_TAG, RANGE_START_TAG, orcapod_source_sensor
+from orcapod_dagster.step_executor import forkserver_executor
 from orcapod_dagster.translator import OrcapodTranslator, sanitize_name
 
 __all__ = ["build_definitions", "store_io_manager"]
@@ -47,12 +49,26 @@ def _store_key(uri: str) -> str:
     return f"{scheme.lower()}://{rest.rstrip('/')}"
 
 
+_managers: dict[tuple[str, tuple[tuple[str, str], ...]], OrcapodIOManager] = {}
+
+
+def _shared(uri: str, options: dict[str, str]) -> OrcapodIOManager:
+    """One IO manager object per store and options: ``Definitions.merge`` accepts two
+    definitions with the same resource key only when it holds the same object."""
+    key = (_store_key(uri), tuple(sorted(options.items())))
+    manager = _managers.get(key)
+    if manager is None:
+        manager = _managers[key] = OrcapodIOManager(store_uri=uri, storage_options=options)
+    return manager
+
+
 def store_io_manager(pipeline: Pipeline, store: str | os.PathLike[str] | OrcapodIOManager | None = None) -> OrcapodIOManager | None:
     """The IO manager on the pipeline's store (``None`` for a pipeline without a Delta store
     when no ``store`` is given), with the storage options of the pipeline's database unless an
     ``OrcapodIOManager`` given as ``store`` has its own. A ``store`` that is not the pipeline's
     store is refused (``"s3://b/store/"`` and ``"s3://b/store"``, a relative and an absolute
-    path are the same store): node outputs and the IO manager must share one store.
+    path are the same store): node outputs and the IO manager must share one store. Pipelines
+    on one store get the same IO manager object (so their definitions merge).
 
     >>> store_io_manager(pipeline).storage_options == pipeline.pipeline_database.storage_options   # doctest: +SKIP
     True
@@ -63,13 +79,13 @@ def store_io_manager(pipeline: Pipeline, store: str | os.PathLike[str] | Orcapod
     if store is None:
         if delta is None:
             return None
-        return OrcapodIOManager(store_uri=_absolute(delta.base_uri), storage_options=options)
+        return _shared(_absolute(delta.base_uri), options)
     if isinstance(store, OrcapodIOManager):
         manager = store
         if options and not manager.storage_options:  # the same store: it opens the same way
-            manager = OrcapodIOManager(store_uri=manager.store_uri, storage_options=options)
+            manager = _shared(manager.store_uri, options)
     else:
-        manager = OrcapodIOManager(store_uri=_absolute(os.fspath(store)), storage_options=options)
+        manager = _shared(_absolute(os.fspath(store)), options)
     if delta is not None and _store_key(manager.store_uri) != _store_key(delta.base_uri):
         raise InputValidationError(
             f"store {manager.store_uri!r} is not the store of pipeline {'/'.join(pipeline.name)!r} "
@@ -92,6 +108,8 @@ def build_definitions(
     resources: Mapping[str, Any] | None = None,
     partition_by: str | None = None,
     store_maintenance: bool = True,
+    io_manager_key: str = DEFAULT_IO_MANAGER_KEY,
+    job_includes_extra_assets: bool = True,
     **asset_options: Any,
 ) -> dg.Definitions:
     """A ``Definitions`` with the pipeline's assets and checks, the ``io_manager`` resource (an
@@ -110,14 +128,23 @@ def build_definitions(
     ``<group>_store_maintenance``, which compacts, then vacuums, the pipeline's tables (see
     :mod:`orcapod_dagster.maintenance`).
 
-    ``executor`` is the Dagster executor (default: multiprocess); ``extra_assets`` are plain
-    Dagster assets living next to the pipeline (they read and publish tables through the IO
-    manager); ``asset_options`` go to :func:`~orcapod_dagster.orcapod_assets` (``name``,
-    ``op_tags``, ``pool``, ``retry_policy``, ``backfill_policy``, ``orchestrator``,
-    ``function_executor``).
+    ``executor`` is the Dagster executor: by default Dagster's multiprocess executor, and with
+    ``granularity="node"`` :func:`~orcapod_dagster.forkserver_executor` (steps forked from a
+    server that imported the code location's modules once). ``extra_assets`` are plain Dagster
+    assets living next to the pipeline (they read and publish tables through the IO manager);
+    the job — and so the schedule and sensors — materializes them with the pipeline
+    (``job_includes_extra_assets=False``: the pipeline's assets only; assets that cannot be
+    materialized, or are partitioned differently, are never in it).
+
+    ``io_manager_key`` is the resource key of the IO manager (default ``"io_manager"``). Several
+    pipelines make one code location with ``dg.Definitions.merge``: on one store they share the
+    IO manager (the default key works); on different stores give each its own key.
+    ``asset_options`` go to :func:`~orcapod_dagster.orcapod_assets` (``name``, ``op_tags``,
+    ``pool``, ``retry_policy``, ``backfill_policy``, ``orchestrator``, ``function_executor``).
 
     >>> defs = build_definitions(pipeline, schedule="0 * * * *")         # doctest: +SKIP
     >>> dg.Definitions.validate_loadable(defs)                           # doctest: +SKIP
+    >>> both = dg.Definitions.merge(build_definitions(a, io_manager_key="a_store"), build_definitions(b))  # doctest: +SKIP
     """
     io_manager = store_io_manager(pipeline, store)
     if io_manager is None and granularity == "node":
@@ -127,15 +154,22 @@ def build_definitions(
         )
     translator = with_partition_by(translator, partition_by)
     assets = orcapod_assets(
-        pipeline, translator=translator, granularity=granularity, on_packet_error=on_packet_error, **asset_options
+        pipeline,
+        translator=translator,
+        granularity=granularity,
+        on_packet_error=on_packet_error,
+        io_manager_key=io_manager_key,
+        **asset_options,
     )
     group = sanitize_name("_".join(pipeline.name))
+    partitions_def = next((spec.partitions_def for a in assets for spec in a.specs if spec.partitions_def), None)
+    with_pipeline = _job_extra_assets(extra_assets, partitions_def) if job_includes_extra_assets else []
     job = dg.define_asset_job(
         f"{group}_job",
-        selection=dg.AssetSelection.assets(*assets),
-        description=f"Materialize the orcapod pipeline {'/'.join(pipeline.name)!r}.",
+        selection=dg.AssetSelection.assets(*assets, *with_pipeline),
+        description=f"Materialize the orcapod pipeline {'/'.join(pipeline.name)!r}"
+        + (f" and {len(with_pipeline)} asset definition(s) living next to it." if with_pipeline else "."),
     )
-    partitions_def = next((spec.partitions_def for a in assets for spec in a.specs if spec.partitions_def), None)
     schedules: list[dg.ScheduleDefinition] = []
     if isinstance(schedule, str):
         schedules.append(_schedule(f"{group}_schedule", job, schedule, partitions_def))
@@ -147,8 +181,10 @@ def build_definitions(
         jobs.append(store_maintenance_job(pipeline))
     all_resources: dict[str, Any] = {}
     if io_manager is not None:
-        all_resources["io_manager"] = io_manager
+        all_resources[io_manager_key] = io_manager
     all_resources.update(resources or {})
+    if executor is None and granularity == "node":
+        executor = forkserver_executor(pipeline)
     return dg.Definitions(
         assets=[*assets, *extra_assets],
         jobs=jobs,
@@ -157,6 +193,19 @@ def build_definitions(
         resources=all_resources,
         executor=executor,
     )
+
+
+def _job_extra_assets(extra: Sequence[dg.AssetsDefinition | dg.AssetSpec], partitions_def: dg.PartitionsDefinition | None) -> list[dg.AssetsDefinition]:
+    """The extra assets the pipeline's job materializes: those that can be materialized and are
+    unpartitioned or partitioned like the pipeline (a job has one partitions definition)."""
+    chosen = []
+    for item in extra:
+        if not isinstance(item, dg.AssetsDefinition) or not item.is_materializable:
+            continue
+        if item.partitions_def is not None and item.partitions_def != partitions_def:
+            continue
+        chosen.append(item)
+    return chosen
 
 
 def _schedule(name: str, job: Any, cron: str, partitions_def: dg.PartitionsDefinition | None) -> dg.ScheduleDefinition:

@@ -1,9 +1,9 @@
 """OrcapodTranslator: every decision about how a compiled orcapod node becomes a Dagster asset.
 
 Like dagster-dbt's ``DagsterDbtTranslator``, one class owns the mapping — key, group,
-description, metadata, tags, owners, kinds, code version, automation condition, partitions,
-checks, and where a node's packets run (executor, op tags) — and :meth:`OrcapodTranslator.get_asset_spec` assembles an ``AssetSpec`` from those
-methods. Deps, column lineage and checks all ask :meth:`~OrcapodTranslator.get_asset_key`, so
+description, code references, metadata, tags, owners, kinds, code version, automation
+condition, partitions, checks, and where a node's packets run (executor, op tags) — and
+:meth:`OrcapodTranslator.get_asset_spec` assembles an ``AssetSpec`` from those methods. Deps, column lineage and checks all ask :meth:`~OrcapodTranslator.get_asset_key`, so
 keys can never disagree. Customise by overriding one method:
 
 >>> class MyTranslator(OrcapodTranslator):
@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -157,22 +158,49 @@ class OrcapodTranslator:
         return sanitize_name("_".join(node.pipeline_name)) if node.pipeline_name else None
 
     def get_description(self, node: Node) -> str | None:
-        """A function node's docstring; an operator's or source's one-line summary."""
-        ups = ", ".join(f"`{up.label}`" for up in node.upstream_nodes)
+        """A function node's docstring; an operator's summary in words (``Join of `a`, `b` on
+        tag columns ['id']``); a source's kind, id and file — never a machine-absolute path: a
+        file under the working directory (the code location's) is shown relative to it, any
+        other by its name (the full path is in the ``orcapod/source_path`` metadata)."""
+        ups = [f"`{up.label}`" for up in node.upstream_nodes]
         if node.kind == "function":
             pf = node.packet_function  # type: ignore[attr-defined]
             doc = inspect.getdoc(pf.function) if pf.function is not None else None  # None: code unavailable
-            return doc or f"`{pf.function_name}` (version {pf.version}) applied to {ups}."
+            return doc or f"`{pf.function_name}` (version {pf.version}) applied to {', '.join(ups)}."
         if node.kind == "operator":
-            return f"{node.operator!r} of {ups}."  # type: ignore[attr-defined]
+            return operator_summary(node)
         source = node.source  # type: ignore[attr-defined]
-        where = getattr(source, "path", None)
-        text = f"{type(source).__name__} `{getattr(source, 'source_id', node.label)}`"
-        return f"{text} reading {where}." if where else f"{text}."
+        where = source_location(node)
+        source_id = str(getattr(source, "source_id", node.label))
+        if where is not None and source_id == str(getattr(source, "path", None)):
+            source_id = display_path(source_id)  # the default id of a file source is its path
+        text = f"{type(source).__name__} `{source_id}`"
+        return f"{text} reading `{display_path(where)}`." if where else f"{text}."
+
+    def get_code_references(self, node: Node) -> dg.CodeReferencesMetadataValue | None:
+        """``dagster/code_references``: a function node's function — its file and first line —
+        so the asset page links to the code. ``None`` for operators, sources and functions whose
+        code is unavailable (a loaded pipeline's proxy, ``python -c``)."""
+        if node.kind != "function":
+            return None
+        function = getattr(node.packet_function, "function", None)  # type: ignore[attr-defined]
+        if function is None:
+            return None
+        try:
+            file = inspect.getsourcefile(function)
+            line = inspect.getsourcelines(function)[1] if file else None
+        except (OSError, TypeError):
+            return None
+        if not file or not os.path.exists(file):
+            return None
+        with warnings.catch_warnings():  # Dagster marks code references beta; they are what its UI links
+            warnings.simplefilter("ignore", dg.BetaWarning)
+            reference = dg.LocalFileCodeReference(file_path=os.path.abspath(file), line_number=line, label=function.__qualname__)
+            return dg.CodeReferencesMetadataValue(code_references=[reference])
 
     def get_metadata(self, node: Node) -> Mapping[str, Any]:
-        """Definition metadata: node type, hashes, identity, function, column schema, table URI
-        and (operators) column lineage."""
+        """Definition metadata: node type, hashes, identity, function and its code references,
+        a file source's full path, column schema, table URI and (operators) column lineage."""
         metadata: dict[str, Any] = {
             "orcapod/node_type": node.kind,
             "orcapod/pipeline_hash": node.pipeline_hash().to_string(),
@@ -185,6 +213,12 @@ class OrcapodTranslator:
             executor = self.get_executor(node)
             if executor is not None:
                 metadata["orcapod/executor"] = dict(executor.get_executor_data())
+        references = self.get_code_references(node)
+        if references is not None:
+            metadata["dagster/code_references"] = references
+        where = source_location(node)
+        if where is not None:
+            metadata["orcapod/source_path"] = where
         uri = node_table_uri(node)
         if uri is not None:
             metadata["dagster/uri"] = uri
@@ -307,3 +341,95 @@ def column_schema(node: Node) -> dg.TableSchema:
                 )
             )
     return dg.TableSchema(columns=columns)
+
+
+def display_path(path: str) -> str:
+    """How a description shows a file: relative to the working directory (where the code
+    location runs) when the file is under it, else its name; URIs (``s3://...``) as they are.
+
+    >>> display_path(os.path.join(os.getcwd(), "data", "samples.csv")) == os.path.join("data", "samples.csv")
+    True
+    >>> display_path("/somewhere/else/samples.csv")
+    'samples.csv'
+    """
+    if "://" in path:
+        return path
+    absolute = os.path.abspath(os.path.expanduser(path))
+    relative = os.path.relpath(absolute, os.getcwd())
+    return os.path.basename(absolute) if relative.startswith("..") or os.path.isabs(relative) else relative
+
+
+def source_location(node: Node) -> str | None:
+    """The file or table a source node reads (absolute, or a URI); ``None`` for in-memory sources."""
+    if node.kind != "source":
+        return None
+    path = getattr(node.source, "path", None)  # type: ignore[attr-defined]
+    if path is None:
+        return None
+    path = os.fspath(path)
+    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
+def _columns(names: Sequence[str]) -> str:
+    return "[" + ", ".join(f"`{n}`" for n in names) + "]"
+
+
+def _shared_tags(node: Node) -> list[str]:
+    ups = node.upstream_nodes
+    if not ups:
+        return []
+    shared = [c for c in ups[0].tag_columns if all(c in up.tag_columns for up in ups[1:])]
+    return shared
+
+
+def operator_summary(node: Node) -> str:
+    """An operator node in words, e.g. ``Join of `a`, `b` on tag columns [`id`].`` or
+    ``Batches of 3 rows of `x`.`` (what the operator does to which upstream nodes)."""
+    operator = node.operator  # type: ignore[attr-defined]
+    name = type(operator).__name__
+    config = dict(operator.config())
+    ups = [f"`{up.label}`" for up in node.upstream_nodes]
+    first = ups[0] if ups else "its input"
+    if name in ("Join", "MergeJoin"):
+        shared = _shared_tags(node)
+        on = f"on tag columns {_columns(shared)}" if shared else "(no shared tag columns: every combination of rows)"
+        text = f"{'Join' if name == 'Join' else 'Merge join'} of {', '.join(ups)} {on}"
+        if name == "MergeJoin" and len(node.upstream_nodes) == 2:
+            left, right = (set(up.packet_columns) for up in node.upstream_nodes)
+            both = [c for c in node.upstream_nodes[0].packet_columns if c in right and c in left]
+            if both:
+                text += f"; packet columns in both become sorted lists: {_columns(both)}"
+        return text + "."
+    if name == "SemiJoin" and len(ups) == 2:
+        left, right = node.upstream_nodes
+        right_visible = {*right.tag_columns, *right.packet_columns}
+        common = [c for c in (*left.tag_columns, *left.packet_columns) if c in right_visible]
+        return f"Rows of {ups[0]} whose {_columns(common)} occur in {ups[1]}."
+    if name == "Batch":
+        size = config.get("batch_size", 0)
+        if not size:
+            return f"Batch of all rows of {first} in one row (every column becomes a list)."
+        partial = ", the last partial batch dropped" if config.get("drop_partial_batch") else ""
+        return f"Batches of {size} rows of {first}{partial} (every column becomes a list)."
+    choices = {
+        "SelectTagColumns": "with only the tag columns",
+        "SelectPacketColumns": "with only the packet columns",
+        "DropTagColumns": "without the tag columns",
+        "DropPacketColumns": "without the packet columns",
+    }
+    if name in choices:
+        return f"{first} {choices[name]} {_columns(config.get('columns', []))}."
+    if name in ("MapTags", "MapPackets"):
+        side = "tag" if name == "MapTags" else "packet"
+        renames = ", ".join(f"`{old}` → `{new}`" for old, new in dict(config.get("name_map") or {}).items())
+        dropped = f"; other {side} columns dropped" if config.get("drop_unmapped") else ""
+        return f"{first} with {side} columns renamed: {renames}{dropped}."
+    if name == "PolarsFilter":
+        conditions = [f"`{column} == {value!r}`" for column, value in dict(config.get("equals") or {}).items()]
+        conditions += [f"`{_short(str(p), 120)}`" for p in getattr(operator, "predicates", ())]
+        return f"Rows of {first} where {' and '.join(conditions) or 'every row is kept'}."
+    return f"{name} of {', '.join(ups) or 'no input'}."
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

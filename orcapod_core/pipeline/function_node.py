@@ -195,7 +195,7 @@ class FunctionNode(Node):
         )
         layout = self._stream.input_stream.layout
         stream = TableStream(row, layout.tag_columns, layout=layout)
-        self._assemble(stream, compute=True, observer=observer or NoOpObserver(), error_policy="continue")
+        self._assemble(stream, compute=True, observer=observer or NoOpObserver(), error_policy="continue", report=False)
         out, _ = self._assemble(stream, compute=False)
         if out.num_rows == 0:
             return None
@@ -349,6 +349,7 @@ class FunctionNode(Node):
             stats.duration_s = time.perf_counter() - start
             if report:
                 self.last_stats = stats
+                self._set_output(conform(out, out_layout))  # the node's rows are set before its end event
                 observer.on_node_end(self, stats)
             if first_error is not None and error_policy == "fail_fast":
                 raise first_error

@@ -42,6 +42,8 @@ __all__ = [
     "StatusObserver",
     "ProgressObserver",
     "LoggingObserver",
+    "format_summary",
+    "count_text",
 ]
 
 
@@ -276,10 +278,7 @@ class ProgressObserver(NoOpObserver):
 
     def on_node_end(self, node: Any, stats: NodeStats) -> None:
         rate = stats.total / stats.duration_s if stats.duration_s > 0 else float("inf")
-        self._print(
-            f"  {stats.label} [{stats.kind}]: {stats.total} rows — {stats.computed} computed, "
-            f"{stats.cached} cached, {stats.failed} failed in {stats.duration_s:.2f}s ({rate:,.0f} rows/s)"
-        )
+        self._print(f"  {stats.label} [{stats.kind}]: {stats.total} rows{count_text(stats)} in {stats.duration_s:.2f}s ({rate:,.0f} rows/s)")
 
     def on_run_end(self, pipeline: Any, run_id: str, stats: dict[str, NodeStats], error: BaseException | None) -> None:
         self._print(format_summary(stats.values()))
@@ -293,35 +292,59 @@ class LoggingObserver(NoOpObserver):
 
     Records go to ``record_path`` (default ``(*pipeline name, "_logs")``) with columns
     ``node``, ``run_id``, ``tag`` (JSON), ``status`` (``ok``/``failed``), ``stdout``,
-    ``stderr``, ``traceback``, ``logged_at``.
+    ``stderr``, ``traceback``, ``logged_at``. A failed packet's traceback is the one raised
+    where the function ran (a worker process's or a Ray task's included).
+
+    ``capture_output=False`` leaves the functions' stdout/stderr where they go anyway (e.g. a
+    Dagster step's compute logs) and records tracebacks only; ``failures_only=True`` records
+    failed packets only (a run without failures writes nothing).
 
     >>> pipeline.run(observer=LoggingObserver())                 # doctest: +SKIP
-    >>> LoggingObserver.read(pipeline)                            # doctest: +SKIP
+    >>> LoggingObserver.read(pipeline, node="scored", status="failed")   # doctest: +SKIP
     """
 
-    wants_captured_output = True
-
-    def __init__(self, database: Any = None, record_path: tuple[str, ...] | None = None, batch_size: int = 1000):
+    def __init__(
+        self,
+        database: Any = None,
+        record_path: tuple[str, ...] | None = None,
+        batch_size: int = 1000,
+        *,
+        capture_output: bool = True,
+        failures_only: bool = False,
+    ):
         self.database = database
         self.record_path = record_path
         self.batch_size = batch_size
+        self.capture_output = capture_output
+        self.failures_only = failures_only
         self._rows: list[dict[str, Any]] = []
         self._run_id = ""
         self._lock = threading.Lock()
+
+    @property
+    def wants_captured_output(self) -> bool:  # type: ignore[override]
+        return self.capture_output
+
+    @staticmethod
+    def default_record_path(pipeline: Any) -> tuple[str, ...]:
+        """Where a pipeline's log records go by default: ``(*pipeline name, "_logs")``."""
+        return (*pipeline.name, "_logs")
 
     def on_run_start(self, pipeline: Any, run_id: str) -> None:
         if self.database is None:
             self.database = pipeline.pipeline_database
         if self.record_path is None:
-            self.record_path = (*pipeline.name, "_logs")
+            self.record_path = self.default_record_path(pipeline)
         self._run_id = run_id
 
     def _add(self, node: Any, tag: Any, status: str, captured: dict[str, str] | None, error: BaseException | None) -> None:
         import datetime
         import json
 
+        from orcapod_core.capture import captured_of
+
         captured = captured or {}
-        tb = captured.get("traceback") or ("".join(traceback.format_exception(error)) if error is not None else "")
+        tb = captured.get("traceback") or (captured_of(error)["traceback"] if error is not None else "")
         row = {
             "node": node.label,
             "run_id": self._run_id,
@@ -339,7 +362,7 @@ class LoggingObserver(NoOpObserver):
             self.flush()
 
     def on_packet_end(self, node: Any, tag: Any, packet: Any, output: Any, cached: bool, captured: dict[str, str] | None = None) -> None:
-        if not cached:
+        if not cached and not self.failures_only:
             self._add(node, tag, "ok", captured, None)
 
     def on_packet_crash(self, node: Any, tag: Any, packet: Any, error: BaseException, captured: dict[str, str] | None = None) -> None:
@@ -367,15 +390,45 @@ class LoggingObserver(NoOpObserver):
         self.database.add_records(self.record_path, table, flush=True)
 
     @staticmethod
-    def read(pipeline: Any, record_path: tuple[str, ...] | None = None) -> Any:
-        """The stored log records of ``pipeline`` (a pyarrow Table, or ``None``)."""
-        return pipeline.pipeline_database.get_all_records(record_path or (*pipeline.name, "_logs"))
+    def read(
+        pipeline: Any,
+        record_path: tuple[str, ...] | None = None,
+        *,
+        node: str | None = None,
+        run_id: str | None = None,
+        status: str | None = None,
+    ) -> Any:
+        """The stored log records of ``pipeline`` (a pyarrow Table, or ``None`` when nothing was
+        logged), optionally only those of one ``node`` label, one ``run_id`` and one ``status``
+        (``"ok"`` / ``"failed"``).
+
+        >>> LoggingObserver.read(pipeline, node="scored", run_id=result.run_id)   # doctest: +SKIP
+        """
+        path = record_path or LoggingObserver.default_record_path(pipeline)
+        equals = {k: v for k, v in (("node", node), ("run_id", run_id), ("status", status)) if v is not None}
+        database = pipeline.pipeline_database
+        return database.get_records_where(path, equals) if equals else database.get_all_records(path)
+
+
+def count_text(stats: NodeStats) -> str:
+    """`` — 2 computed, 1 cached, 0 failed`` for a function node; empty for the others (sources
+    and operators make no calls: counts would be meaningless zeros).
+
+    >>> count_text(NodeStats("scored", "function", total=3, computed=2, cached=1))
+    ' — 2 computed, 1 cached, 0 failed'
+    """
+    if stats.kind != "function":
+        return ""
+    return f" — {stats.computed} computed, {stats.cached} cached, {stats.failed} failed"
 
 
 def format_summary(stats: Iterable[NodeStats]) -> str:
-    """A plain-text per-node summary table."""
+    """A plain-text per-node summary table; computed/cached/failed are shown for function nodes
+    only (``-`` for the others: they make no calls and memoize nothing)."""
     rows = [("node", "kind", "rows", "computed", "cached", "failed", "seconds")]
-    rows += [(s.label, s.kind, str(s.total), str(s.computed), str(s.cached), str(s.failed), f"{s.duration_s:.2f}") for s in stats]
+    for s in stats:
+        counts = [str(s.computed), str(s.cached), str(s.failed)] if s.kind == "function" else ["-", "-", "-"]
+        rows.append((s.label, s.kind, str(s.total), *counts, f"{s.duration_s:.2f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

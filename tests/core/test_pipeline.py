@@ -886,6 +886,61 @@ def test_status_progress_and_logging_observers():
     assert status.state == "failed" and "failed: ValueError: x=2 is not allowed" in out.getvalue()
 
 
+@pytest.mark.parametrize("orchestrator", ORCHESTRATORS, ids=ORCH_IDS)
+def test_a_node_holds_its_rows_when_its_end_event_fires(orchestrator):
+    """An observer may read a node's output at its end event (a Dagster step snapshots it then)."""
+
+    @function_pod(output_keys="z")
+    def add(x: int, w: int) -> int:
+        return x + w
+
+    double = doubler([])
+    with Pipeline("ends", pipeline_database=InMemoryArrowDatabase()) as p:
+        doubled = double.pod(source([1, 2, 3]), label="doubled")  # streamed by the async orchestrator
+        add.pod(source([1, 2, 3]), source([10, 20, 30], source_id="w").map_packets({"x": "w"}), label="added")  # joined first
+    for label in ("doubled", "added"):  # reading them must not compute them again from the store
+        p.nodes[label]._compute_table = lambda label=label: pytest.fail(f"{label}'s rows were not set at its end event")
+    seen: dict[str, list] = {}
+
+    class Reader(NoOpObserver):
+        def on_node_end(self, node, stats):
+            if node.kind == "function":
+                seen[node.label] = sorted(node.as_table().column(-1).to_pylist())
+
+    p.run(orchestrator=orchestrator, observer=Reader())
+    assert seen == {"doubled": [2, 4, 6], "added": [11, 22, 33]}
+
+
+def test_logging_observer_filters_and_failures_only():
+    double = doubler([], fail_on=2)
+    with Pipeline("logs", pipeline_database=InMemoryArrowDatabase()) as p:
+        double.pod(source([1, 2, 3]), label="double")
+    assert LoggingObserver.read(p) is None  # nothing logged yet
+    quiet = LoggingObserver(capture_output=False, failures_only=True)
+    assert not quiet.wants_captured_output and LoggingObserver().wants_captured_output
+    first = p.run(observer=quiet)
+    failed = LoggingObserver.read(p, node="double", run_id=first.run_id, status="failed").to_pylist()
+    assert len(failed) == 1 and json.loads(failed[0]["tag"]) == {"id": 2}
+    assert "ValueError: x=2 is not allowed" in failed[0]["traceback"] and failed[0]["stdout"] == ""  # not captured
+    assert LoggingObserver.read(p, status="ok").num_rows == 0
+    second = p.run(observer=LoggingObserver())  # the failed packet again, captured this time
+    assert LoggingObserver.read(p, run_id=second.run_id).to_pylist()[0]["stdout"] == "about to fail on 2\n"
+    assert LoggingObserver.read(p, node="double").num_rows == 2 and LoggingObserver.read(p, node="other").num_rows == 0
+
+
+def test_summary_and_progress_show_counts_for_function_nodes_only():
+    with Pipeline("kinds", pipeline_database=InMemoryArrowDatabase()) as p:
+        doubler([]).pod(source([1, 2]), label="double").batch(label="batched")
+    out = io.StringIO()
+    result = p.run(observer=ProgressObserver(out, every_s=0))
+    lines = {line.split()[0]: line.split() for line in result.summary().splitlines()[2:]}
+    assert lines["double"][:6] == ["double", "function", "2", "2", "0", "0"]
+    assert lines["batched"][:6] == ["batched", "operator", "1", "-", "-", "-"]
+    assert lines["dict_source"][3:6] == ["-", "-", "-"]
+    text = out.getvalue()
+    assert "batched [operator]: 1 rows in " in text and "double [function]: 2 rows — 2 computed, 0 cached, 0 failed in " in text
+
+
 def test_captured_output_stays_with_its_packet_on_a_thread_pool():
     @function_pod(output_keys="y")
     def chatty(x: int) -> int:

@@ -75,11 +75,12 @@ def test_defs_yaml_builds_the_pipeline_definitions(project, tmp_path, instance):
 
 
 def test_a_pipeline_attribute_and_partitions(project, tmp_path):
-    project('pipeline: "orca_proj.pipelines:pipeline"\npartition_by: site\n')
+    project('pipeline: "orca_proj.pipelines:pipeline"\npartition_by: site\nio_manager_key: sites_store\n')
     defs = dg.ComponentTree.for_project(tmp_path).build_defs()
     [step] = defs.assets
     assert {spec.partitions_def for spec in step.specs} == {dg.DynamicPartitionsDefinition(name="sites__site")}
     assert defs.sensors == [] and defs.schedules == []
+    assert list(defs.resources) == ["sites_store"] and {step.get_io_manager_key_for_asset_key(k) for k in step.keys} == {"sites_store"}
 
 
 def test_bad_references_and_fields_are_named(project, tmp_path):

@@ -23,6 +23,12 @@ def sites(tmp_path):
     return build_sites_pipeline(csv, tmp_path / "store")
 
 
+def per_partition(result, key: dg.AssetKey) -> dict[str, dict]:
+    """``{partition: metadata values}`` of the materializations of ``key`` in a run."""
+    events = [e.materialization for e in result.get_asset_materialization_events() if e.materialization.asset_key == key]
+    return {m.partition: {k: v.value for k, v in m.metadata.items()} for m in events}
+
+
 def run(defs, instance, *, partition_key=None, tags=None, selection=None):
     result = dg.materialize(
         list(defs.assets), instance=instance, resources=dict(defs.resources), partition_key=partition_key, tags=tags, selection=selection
@@ -70,10 +76,15 @@ def test_each_partition_computes_only_its_rows_and_memoizes_across_partitions(si
     # Every partition in one run (single-run backfill): only east is new.
     result, everything = run(defs, instance, tags=dict(zip(RANGE, ["east", "south"])))
     assert len([e for e in result.all_events if e.event_type_value == "STEP_START"]) == 1
-    shifted = everything["sites/shifted"]
-    assert (shifted["dagster/row_count"], shifted["orcapod/computed"], shifted["orcapod/cached"]) == (5, 2, 3)
-    events = [e.materialization for e in result.get_asset_materialization_events() if e.materialization.asset_key == SHIFTED]
-    assert sorted(m.partition for m in events) == ["east", "north", "south"]
+    # Each partition records its own rows, counts and preview; the run's snapshot is shared.
+    shifted = per_partition(result, SHIFTED)
+    counts = {p: (m["dagster/row_count"], m["orcapod/computed"], m["orcapod/cached"], m["orcapod/failed"]) for p, m in shifted.items()}
+    assert counts == {"east": (2, 2, 0, 0), "north": (2, 0, 2, 0), "south": (1, 0, 1, 0)}
+    assert "| 3 | east | 315 |" in shifted["east"]["orcapod/preview"] and "north" not in shifted["east"]["orcapod/preview"]
+    assert len({m["orcapod/data_version"] for m in shifted.values()}) == 1
+    offsets = per_partition(result, dg.AssetKey(["sites", "offsets"]))  # no site column: read whole for each
+    assert {p: m["dagster/row_count"] for p, m in offsets.items()} == {"east": 3, "north": 3, "south": 3}
+    assert everything["sites/shifted"]["orcapod/partition_by"] == "site"
 
     # Per-partition history is Dagster's: north's latest materialization is the range run's.
     latest = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=SHIFTED, asset_partitions=["north"]), limit=1)
@@ -96,9 +107,10 @@ def test_subset_reads_upstream_partitions_as_materialized(sites, instance, tmp_p
     # upstream partitions (east from the range run, north from its own run), not the new rows.
     write_readings(tmp_path / "readings.csv", [*READINGS, ("north", 3, 7)])
     later = build_definitions(build_sites_pipeline(tmp_path / "readings.csv", tmp_path / "store"), partition_by="site")
-    _, subset = run(later, instance, tags=dict(zip(RANGE, ["east", "north"])), selection=[SHIFTED])
+    result, subset = run(later, instance, tags=dict(zip(RANGE, ["east", "north"])), selection=[SHIFTED])
     assert list(subset) == ["sites/shifted"]
-    assert (subset["sites/shifted"]["dagster/row_count"], subset["sites/shifted"]["orcapod/computed"]) == (4, 0)
+    counts = {p: (m["dagster/row_count"], m["orcapod/computed"]) for p, m in per_partition(result, SHIFTED).items()}
+    assert counts == {"east": (2, 0), "north": (2, 0)}
 
 
 def test_node_granularity_partitions_through_the_io_manager(sites, instance):
@@ -129,4 +141,4 @@ def test_schedule_of_a_partitioned_pipeline_runs_every_registered_partition(site
     [request] = evaluate().run_requests
     assert (request.tags[RANGE[0]], request.tags[RANGE[1]]) == ("east", "south")
     result, mats = run(defs, instance, tags={k: request.tags[k] for k in RANGE})
-    assert result.success and mats["sites/shifted"]["dagster/row_count"] == 5
+    assert result.success and sum(m["dagster/row_count"] for m in per_partition(result, SHIFTED).values()) == 5

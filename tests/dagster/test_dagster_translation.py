@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dagster as dg
+import polars as pl
 import pytest
 
 from orcapod_core.databases import InMemoryArrowDatabase
@@ -176,3 +177,115 @@ def test_building_definitions_over_file_sources_reads_no_rows(tmp_path, instance
     result = dg.materialize(list(defs.assets), resources=dict(defs.resources), instance=instance)
     (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(["lazy", "scaled"])]
     assert event.materialization.metadata["orcapod/computed"].value == 2
+
+
+@function_pod(output_keys="score")
+def score_of(x: int) -> float:
+    return x / 2
+
+
+def test_descriptions_are_readable_and_show_no_machine_paths(tmp_path):
+    import inspect
+    import os
+
+    from orcapod_core.databases import DeltaTableDatabase
+    from orcapod_core.sources import CSVSource
+
+    (tmp_path / "visits.csv").write_text("id,x\n1,3\n2,4\n")
+    csv = CSVSource(tmp_path / "visits.csv", tag_columns="id", label="visits")  # default source_id: the path
+    other = DictSource({"id": [1, 2], "site": ["a", "b"]}, tag_columns="id", source_id="sites", label="sites")
+    with Pipeline("words", pipeline_database=DeltaTableDatabase(tmp_path / "store")) as p:
+        joined = csv.join(other, label="joined")
+        joined.batch(batch_size=3, label="threes")
+        joined.batch(label="everything")
+        joined.select_packet_columns(["x"], label="only_x")
+        joined.map_tags({"id": "visit"}, label="renamed")
+        joined.polars_filter(pl.col("x") > 3, site="a", label="filtered")
+        joined.semi_join(other, label="matched")
+        score_of.pod(csv, label="scored")
+    specs = spec_by_key(orcapod_assets(p))
+    described = {key.split("/")[1]: spec.description for key, spec in specs.items()}
+    assert described["joined"] == "Join of `visits`, `sites` on tag columns [`id`]."
+    assert described["threes"] == "Batches of 3 rows of `joined` (every column becomes a list)."
+    assert described["everything"] == "Batch of all rows of `joined` in one row (every column becomes a list)."
+    assert described["only_x"] == "`joined` with only the packet columns [`x`]."
+    assert described["renamed"] == "`joined` with tag columns renamed: `id` → `visit`."
+    assert described["filtered"].startswith("Rows of `joined` where `site == 'a'` and `") and "col(\"x\")" in described["filtered"]
+    assert described["matched"] == "Rows of `joined` whose [`id`, `site`] occur in `sites`."
+    assert not any("object at 0x" in d or "<orcapod_core" in d for d in described.values())
+    # A file source: the file by name (it is outside the working directory), never the machine path.
+    assert described["visits"] == "CSVSource `visits.csv` reading `visits.csv`."
+    assert str(tmp_path) not in "".join(described.values())
+    assert specs["words/visits"].metadata["orcapod/source_path"] == str(tmp_path / "visits.csv")  # the full path is metadata
+    # Code references: the function's file and line, for the asset page's link.
+    [reference] = specs["words/scored"].metadata["dagster/code_references"].code_references
+    assert (reference.file_path, reference.line_number) == (os.path.abspath(__file__), inspect.getsourcelines(score_of)[1])
+    assert not any("dagster/code_references" in specs[f"words/{label}"].metadata for label in ("visits", "joined"))
+
+
+def test_a_file_under_the_working_directory_is_shown_relative_to_it(tmp_path, monkeypatch):
+    from orcapod_core.databases import DeltaTableDatabase
+    from orcapod_core.sources import CSVSource
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "visits.csv").write_text("id,x\n1,3\n")
+    monkeypatch.chdir(tmp_path)
+    with Pipeline("rel", pipeline_database=DeltaTableDatabase(tmp_path / "store")) as p:
+        score_of.pod(CSVSource(tmp_path / "data" / "visits.csv", tag_columns="id", source_id="visits", label="visits"), label="scored")
+    assert OrcapodTranslator().get_asset_spec(p.visits).description == "CSVSource `visits` reading `data/visits.csv`."
+
+
+def test_two_pipelines_merge_into_one_code_location(tmp_path, instance):
+    """On two stores with their own IO manager keys, and on one store with the default key; a
+    plain asset reads each pipeline's output through that pipeline's IO manager."""
+    import polars as pl
+
+    from orcapod_core.databases import DeltaTableDatabase
+
+    def pipeline(name: str, store) -> Pipeline:
+        numbers = DictSource({"id": [1, 2], "x": [3, 4]}, tag_columns="id", source_id=f"{name}_numbers", label="numbers")
+        with Pipeline(name, pipeline_database=DeltaTableDatabase(store)) as p:
+            score_of.pod(numbers, label="scored")
+        return p
+
+    lab, field = pipeline("lab", tmp_path / "lab_store"), pipeline("field", tmp_path / "field_store")
+
+    @dg.asset(ins={"scored": dg.AssetIn(key=["field", "scored"])}, io_manager_key="field_store")
+    def field_total(scored: pl.DataFrame) -> pl.DataFrame:
+        return scored.select(pl.col("score").sum())
+
+    merged = dg.Definitions.merge(
+        build_definitions(lab),  # default key "io_manager"
+        build_definitions(field, io_manager_key="field_store", extra_assets=[field_total]),
+    )
+    dg.Definitions.validate_loadable(merged)
+    assert merged.resources["field_store"].store_uri == str(tmp_path / "field_store")
+    assert merged.resources["io_manager"].store_uri == str(tmp_path / "lab_store")
+    result = dg.materialize(list(merged.assets), instance=instance, resources=dict(merged.resources))
+    uris = {e.materialization.asset_key.to_user_string(): e.materialization.metadata["dagster/uri"].value for e in result.get_asset_materialization_events()}
+    assert uris["lab/scored"].startswith(str(tmp_path / "lab_store")) and uris["field/scored"].startswith(str(tmp_path / "field_store"))
+    assert result.output_for_node("field_total")["score"].to_list() == [3.5]
+    # Node granularity: inputs reach each step through their pipeline's IO manager.
+    per_node = build_definitions(field, io_manager_key="field_store", granularity="node", executor=dg.in_process_executor)
+    assert dg.materialize(list(per_node.assets), instance=instance, resources=dict(per_node.resources)).success
+
+    # Two pipelines on one store share its IO manager: the default key merges.
+    same = pipeline("same", tmp_path / "lab_store")
+    both = dg.Definitions.merge(build_definitions(lab), build_definitions(same))
+    assert both.resources["io_manager"] is build_definitions(lab).resources["io_manager"]
+
+
+def test_the_job_materializes_extra_assets_by_default(make_project):
+    mod = make_project()
+
+    @dg.asset(deps=[dg.AssetKey(["demo", "described"])])
+    def report() -> None: ...
+
+    external = dg.AssetSpec("outside")
+    defs = build_definitions(mod.pipeline, extra_assets=[report, external], schedule="0 * * * *")
+    job = defs.resolve_job_def("demo_job")
+    keys = {k.to_user_string() for k in job.asset_layer.executable_asset_keys}
+    assert "report" in keys and "demo/described" in keys and "outside" not in keys
+    assert defs.schedules[0].job_name == "demo_job"
+    only = build_definitions(mod.pipeline, extra_assets=[report], job_includes_extra_assets=False)
+    assert "report" not in {k.to_user_string() for k in only.resolve_job_def("demo_job").asset_layer.executable_asset_keys}
