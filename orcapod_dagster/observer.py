@@ -1,9 +1,14 @@
 """orcapod run events in a Dagster step: step log lines, and the failed packets a step reports.
 
-* :class:`DagsterLogObserver` — node start and end (rows; for function nodes computed vs cached
-  and failed; time), packet failures (tag and error, the first ``max_failure_logs`` per node) and
-  computing progress throttled to one line every ``every_s`` seconds per node. Tag values and
-  lines are cut to a readable length (a batch's tag holds a whole list of values).
+* :class:`DagsterLogObserver` — lines for what a user follows in the step log, and only those
+  (every line is an event Dagster stores: a 400-node run logging two lines per node spent
+  seconds on them): a function node that computes says so when it starts computing, then
+  throttled progress (one line every ``every_s`` seconds) and its end (rows, computed vs cached
+  and failed, time); packet failures (tag and error, the first ``max_failure_logs`` per node);
+  one summary line per run (nodes, calls, rows served from the store). Nodes that only read
+  the store (sources, operators, function nodes served entirely from stored results) add no
+  line of their own. Tag values and lines are cut to a readable length (a batch's tag holds a
+  whole list of values).
 * :class:`FailedPackets` — per node, the number of failed packets and the first ``keep`` of them
   as :class:`PacketFailure` (tag, exception type, message, the last frames of the traceback in the
   user's code), for the ``no_failed_packets`` check.
@@ -60,6 +65,7 @@ class DagsterLogObserver(NoOpObserver):
         self._started: dict[str, float] = {}
         self._last: dict[str, float] = {}
         self._failures: dict[str, int] = {}
+        self._computing: set[str] = set()
 
     def _line(self, level: str, text: str) -> None:
         getattr(self.log, level)(_cut(text, self.max_line_chars))
@@ -68,20 +74,23 @@ class DagsterLogObserver(NoOpObserver):
         with self._lock:
             self._started[node.label] = self._last[node.label] = time.perf_counter()
             self._failures[node.label] = 0
-        # total None: the input streams from a function node (async orchestrator), count unknown yet
-        rows = f"{total} input rows" if total is not None else "streamed input rows"
-        self._line("info", f"orcapod: {node.label} [{node.kind}] started on {rows}")
 
     def on_node_progress(self, node: Any, done: int, total: int) -> None:
-        # Throttled always (the async orchestrator's ``total`` grows batch by batch, so
-        # ``done == total`` after each batch); the node's end line has the final counts.
+        # The first event says the node computes; later ones are throttled (the async
+        # orchestrator's ``total`` grows batch by batch, so ``done == total`` after each batch);
+        # the node's end line has the final counts.
         now = time.perf_counter()
         with self._lock:
-            if now - self._last.get(node.label, 0.0) < self.every_s:
+            first = node.label not in self._computing
+            if not first and now - self._last.get(node.label, 0.0) < self.every_s:
                 return
+            self._computing.add(node.label)
             self._last[node.label] = now
             elapsed = max(now - self._started.get(node.label, now), 1e-9)
-        self._line("info", f"orcapod: {node.label}: computed {done}/{total} new packets ({done / elapsed:,.1f}/s)")
+        if first:
+            self._line("info", f"orcapod: {node.label} [{node.kind}] computing {total - done} new packets")
+        else:
+            self._line("info", f"orcapod: {node.label}: computed {done}/{total} new packets ({done / elapsed:,.1f}/s)")
 
     def on_packet_crash(self, node: Any, tag: Any, packet: Any, error: BaseException, captured: dict[str, str] | None = None) -> None:
         with self._lock:
@@ -94,8 +103,23 @@ class DagsterLogObserver(NoOpObserver):
             self._line("warning", f"orcapod: {node.label}: more packets failed; see the asset's no_failed_packets check")
 
     def on_node_end(self, node: Any, stats: NodeStats) -> None:
+        if not (stats.computed or stats.failed or node.label in self._computing):
+            return  # served from the store: the run's summary counts it
         line = f"orcapod: {stats.label} [{stats.kind}] done: {stats.total} rows{count_text(stats)} in {stats.duration_s:.2f}s"
         self._line("warning" if stats.failed else "info", line)
+
+    def on_run_end(self, pipeline: Any, run_id: str, stats: dict[str, NodeStats], error: BaseException | None) -> None:
+        functions = [s for s in stats.values() if s.kind == "function"]
+        calls = sum(s.computed for s in functions)
+        cached = sum(s.cached for s in functions)
+        failed = sum(s.failed for s in functions)
+        took = sum(s.duration_s for s in stats.values())
+        ended = "stopped by an error" if error is not None else "done"
+        self._line(
+            "warning" if failed or error is not None else "info",
+            f"orcapod: run {ended}: {len(stats)} nodes ({len(functions)} function nodes: {calls} computed, {cached} cached, "
+            f"{failed} failed) in {took:.2f}s",
+        )
 
 
 # -- failed packets -------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from orcapod_core.interrupts import stop_requested
 from orcapod_core.types import Schema
 
 __all__ = [
+    "ChunkedExecutor",
     "PythonFunctionExecutor",
     "ChunkDone",
     "check_executor",
@@ -253,3 +254,31 @@ def check_executor(function_class: type, function_type: str, executor: Any, func
         check = getattr(executor, "check_function", None)
         if check is not None:
             check(function)
+
+
+class ChunkedExecutor(PythonFunctionExecutor):
+    """Base of the executors whose workers run calls in chunks (a process pool, Ray): one call
+    or a batch is a run of :meth:`map_chunks` over ``chunk_size`` packets per chunk
+    (:func:`plan_chunks`); subclasses implement ``map_chunks`` and declare the field
+    ``chunk_size: int | None`` (``None``: the plan's default)."""
+
+    def execute_callable(self, fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> Any:
+        (result,) = self.execute_batch(fn, [kwargs])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def execute_batch(self, fn: Callable[..., Any], kwargs_list: Sequence[Mapping[str, Any]], *, fail_fast: bool = False) -> list[Any]:
+        plan = plan_chunks(len(kwargs_list), self.concurrency(), self.chunk_size)
+        chunks = [[dict(k) for k in kwargs_list[start : start + size]] for start, size in plan]
+        done = {chunk.index: chunk.results for chunk in self.map_chunks(fn, chunks, fail_fast=fail_fast)}
+        out: list[Any] = []
+        for i in range(len(chunks)):  # in call order, up to the first chunk that did not run
+            if i not in done:
+                break
+            out.extend(done[i])
+        if fail_fast:
+            first = next((j for j, r in enumerate(out) if isinstance(r, BaseException)), None)
+            if first is not None:
+                out = out[: first + 1]
+        return out

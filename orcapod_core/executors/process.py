@@ -27,14 +27,14 @@ import os
 import pickle
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from orcapod_core.capture import call_many
 from orcapod_core.errors import ExecutorTypeError, InputValidationError, PacketComputationError
-from orcapod_core.executors.base import ChunkDone, PythonFunctionExecutor, plan_chunks
+from orcapod_core.executors.base import ChunkDone, ChunkedExecutor
 from orcapod_core.interrupts import stop_requested
 
 __all__ = ["LocalProcessExecutor", "check_travels"]
@@ -144,7 +144,7 @@ def _run_chunk(fn: Callable[..., Any], kwargs_list: list[dict[str, Any]], captur
 
 
 @dataclass(frozen=True)
-class LocalProcessExecutor(PythonFunctionExecutor):
+class LocalProcessExecutor(ChunkedExecutor):
     """Runs a node's uncached packets on a pool of ``max_workers`` local processes (default: one
     per core), in chunks, results streamed back as chunks complete.
 
@@ -219,28 +219,6 @@ class LocalProcessExecutor(PythonFunctionExecutor):
             return entry[0]
 
     # -- running --------------------------------------------------------------------------
-    def execute_callable(self, fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> Any:
-        (result,) = self.execute_batch(fn, [kwargs])
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
-    def execute_batch(self, fn: Callable[..., Any], kwargs_list: Sequence[Mapping[str, Any]], *, fail_fast: bool = False) -> list[Any]:
-        plan = plan_chunks(len(kwargs_list), self.concurrency(), self.chunk_size)
-        chunks = [[dict(k) for k in kwargs_list[start : start + size]] for start, size in plan]
-        done: dict[int, list[Any]] = {}
-        for chunk in self.map_chunks(fn, chunks, fail_fast=fail_fast):
-            done[chunk.index] = chunk.results
-        out: list[Any] = []
-        for i in range(len(chunks)):
-            if i not in done:
-                break
-            out.extend(done[i])
-            if fail_fast and any(isinstance(r, BaseException) for r in done[i]):
-                out = out[: next(j for j, r in enumerate(out) if isinstance(r, BaseException)) + 1]
-                break
-        return out
-
     def map_chunks(
         self,
         fn: Callable[..., Any],

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from orcapod_core.capture import call_many
 from orcapod_core.errors import ExecutorTypeError, InputValidationError, PacketComputationError
-from orcapod_core.executors.base import ChunkDone, PythonFunctionExecutor, plan_chunks
+from orcapod_core.executors.base import ChunkDone, ChunkedExecutor
 from orcapod_core.interrupts import stop_requested
 
 __all__ = ["RayExecutor"]
@@ -63,7 +63,7 @@ def _run_chunk(fn: Callable[..., Any], kwargs_list: list[dict[str, Any]], captur
 
 
 @dataclass(frozen=True, eq=True)
-class RayExecutor(PythonFunctionExecutor):
+class RayExecutor(ChunkedExecutor):
     """Runs a node's uncached packets as Ray tasks.
 
     ``address``: the cluster (``"auto"`` for the one ``ray start`` runs on this machine,
@@ -141,27 +141,6 @@ class RayExecutor(PythonFunctionExecutor):
         return _remote_chunk.options(**options) if options else _remote_chunk
 
     # -- running --------------------------------------------------------------------------
-    def execute_callable(self, fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> Any:
-        (result,) = self.execute_batch(fn, [kwargs])
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
-    def execute_batch(self, fn: Callable[..., Any], kwargs_list: Sequence[Mapping[str, Any]], *, fail_fast: bool = False) -> list[Any]:
-        plan = plan_chunks(len(kwargs_list), self.concurrency(), self.chunk_size)
-        chunks = [[dict(k) for k in kwargs_list[start : start + size]] for start, size in plan]
-        done = {chunk.index: chunk.results for chunk in self.map_chunks(fn, chunks, fail_fast=fail_fast)}
-        out: list[Any] = []
-        for i in range(len(chunks)):
-            if i not in done:
-                break
-            out.extend(done[i])
-        if fail_fast:
-            first = next((j for j, r in enumerate(out) if isinstance(r, BaseException)), None)
-            if first is not None:
-                out = out[: first + 1]
-        return out
-
     def map_chunks(
         self,
         fn: Callable[..., Any],

@@ -182,9 +182,11 @@ def test_step_log_lines_cut_long_tag_values(tmp_path, instance):
     assert "sample-1-zzz" in failure and "z" * 100 not in failure  # the value is cut...
     assert "ValueError: odd x=1 is not allowed" in failure  # ... the error is kept
     assert max(len(m) for m in messages) <= 1000
-    # Source and operator lines carry no meaningless counts; function nodes do.
-    assert any(m.startswith("orcapod: numbers [source] done: 2 rows in ") for m in messages)
+    # A line per computing node and one per run; sources and operators (no calls) add none.
     assert any("checked [function] done: 2 rows — 1 computed, 0 cached, 1 failed in" in m for m in messages)
+    assert not any("[source]" in m or "[operator]" in m for m in messages)
+    [summary] = [m for m in messages if m.startswith("orcapod: run done: ")]
+    assert summary.startswith("orcapod: run done: 3 nodes (2 function nodes: 2 computed, 0 cached, 1 failed) in ")
     table = check_evaluations(result)[("fails/checked", "no_failed_packets")].metadata["orcapod/failed_packets"].value
     assert "z" * 100 not in table
 
