@@ -45,16 +45,15 @@ import json
 import os
 import platform
 import random
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from datetime import date, timedelta
 from pathlib import Path
+
+from bench_common import median, step_seconds, timed
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,9 +116,6 @@ PLAIN_PARQUET = textwrap.dedent(
 )
 
 IN_PROCESS = '{"execution": {"config": {"in_process": {}}}}'
-# Dagster's format_duration: "8.3ms", "533ms", "2.1s", "4m52s", "1h4m".
-STEP_TIME = re.compile(r'STEP_SUCCESS - Finished execution of step "[^"]+" in ([0-9hms.]+)\.\s')
-DURATION_PART = re.compile(r"([0-9.]+)(ms|h|m|s)")
 
 
 def write_data(data: Path, stations: int, dates: int, seed: int = 0) -> int:
@@ -147,34 +143,10 @@ def write_data(data: Path, stations: int, dates: int, seed: int = 0) -> int:
     return stations * dates
 
 
-def timed(command: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess[str]]:
-    t0 = time.perf_counter()
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(command[:6])} ... failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return elapsed, proc
 
 
-def step_seconds(proc: subprocess.CompletedProcess[str]) -> float | None:
-    """The step's duration from Dagster's STEP_SUCCESS line; ``None`` (with a warning and the output
-    kept in a temp file) when the line is missing — seen once under load with the in-process
-    executor although the run succeeded."""
-    found = STEP_TIME.findall(proc.stdout + proc.stderr)
-    if not found:
-        fd, path = tempfile.mkstemp(prefix="orcapod-bench-no-step-line-", suffix=".log")
-        with os.fdopen(fd, "w") as f:
-            f.write(proc.stdout + proc.stderr)
-        print(f"warning: no STEP_SUCCESS line in the output of {' '.join(proc.args[3:])}; output kept in {path}", file=sys.stderr)
-        return None
-    scale = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-    return sum(float(value) * scale[unit] for value, unit in DURATION_PART.findall(found[-1]))
 
 
-def median(values) -> float | None:
-    """Median of the values that are not ``None`` (``None`` if there are none)."""
-    known = [v for v in values if v is not None]
-    return statistics.median(known) if known else None
 
 
 def store_bytes(store: Path, pipeline_name: str = "water_quality") -> dict:
