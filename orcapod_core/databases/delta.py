@@ -172,9 +172,8 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         self._indexes: dict[RecordPath, _IdIndex] = {}
         self._schemas: dict[RecordPath, StoredSchema] = {}
         self._storage_schemas: dict[pa.Schema, pa.Schema] = {}
-        # Small tables read whole, by table: (version, rows); insertion order is recency.
-        self._read_cache: dict[RecordPath, tuple[int, pa.Table, int]] = {}  # (version, rows, their bytes)
-        self._read_cache_bytes = 0
+        # Small tables read whole, by table: (version, rows, their bytes); insertion order is recency.
+        self._read_cache: dict[RecordPath, tuple[int, pa.Table, int]] = {}
         self._flush_at_exit()
 
     def __repr__(self) -> str:
@@ -435,9 +434,9 @@ class DeltaTableDatabase(BufferedArrowDatabase):
             return None
         table = self._read(key, dt, stored, None, [])
         self._read_cache[key] = (version, table, table.nbytes)
-        self._read_cache_bytes = sum(entry[2] for entry in self._read_cache.values())
-        while self._read_cache_bytes > READ_CACHE_BYTES and len(self._read_cache) > 1:
-            self._read_cache_bytes -= self._read_cache.pop(next(iter(self._read_cache)))[2]
+        held = sum(entry[2] for entry in self._read_cache.values())
+        while held > READ_CACHE_BYTES and len(self._read_cache) > 1:  # drop the least recently read
+            held -= self._read_cache.pop(next(iter(self._read_cache)))[2]
         return table
 
     def _write(self, key: RecordPath, table: pa.Table, ids: set[str], evolve: bool) -> None:

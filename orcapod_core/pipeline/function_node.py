@@ -156,14 +156,14 @@ class FunctionNode(Node):
         result stored for them (they failed, or the run stopped first): kept from the run, else
         derived from the input and output rows."""
         cached = self.__dict__.get("_missing_packets")
-        if cached is not None and "_output_entry_ids" in self.__dict__:
+        if cached is not None:
             return cached
         stream = self.join_inputs(self.upstream_nodes)
-        if len(self.output_entry_ids()) == stream._table().num_rows:
+        table = self._table()
+        if table.num_rows == stream._table().num_rows:
             missing: list[str] = []
         else:
-            key = self.packet_function.output_keys[0]
-            present = pc.list_element(pc.split_pattern(self._table().column(source_column(key)), "::"), 1)
+            present = self._output_packet_hexes(table)
             missing = sorted(set(digests_to_hex(stream.packet_hashes()).to_pylist()) - set(present.to_pylist()))
         self.__dict__["_missing_packets"] = missing
         return missing
@@ -177,14 +177,19 @@ class FunctionNode(Node):
             return cached
         if table.num_rows == 0:
             return pa.array([], pa.large_string())
-        key = self.packet_function.output_keys[0]
-        hexes = pc.list_element(pc.split_pattern(table.column(source_column(key)), "::"), 1)
+        hexes = self._output_packet_hexes(table)
         digests = pa.FixedSizeBinaryArray.from_buffers(
             pa.binary(32), table.num_rows, [None, pa.py_buffer(binascii.unhexlify("".join(hexes.to_pylist())))]
         )
         ids = self._entry_ids(table, self._stream.input_stream.layout, digests)
         self.__dict__["_output_entry_ids"] = ids
         return ids
+
+    def _output_packet_hexes(self, table: pa.Table) -> pa.Array:
+        """The input packet hash (hex) of every output row, read from its source info
+        (``<function uri>::<packet hash>::<key>``)."""
+        key = self.packet_function.output_keys[0]
+        return pc.list_element(pc.split_pattern(table.column(source_column(key)), "::"), 1)
 
     def execute_packet(self, tag: Tag, packet: Packet, observer: ExecutionObserver | None = None) -> Packet | None:
         """Compute (or fetch) one packet through the cache and record it; ``None`` if it failed."""
