@@ -59,6 +59,7 @@ from orcapod_core.types import (
     type_to_string,
     value_problem,
 )
+from orcapod_core.value_types import to_python
 
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError, ValueError, KeyError)
 
@@ -459,7 +460,7 @@ class PythonPacketFunction(PacketFunctionDescription):
             col = table.column(p)
             if col.type != self._param_arrow[p]:  # e.g. an int column feeding a float parameter
                 col = col.cast(self._param_arrow[p])
-            columns.append(col.to_pylist(maps_as_pydicts="strict"))
+            columns.append(to_python(col))
         if len(names) == 1:
             (only,) = names
             return [{only: v} for v in columns[0]]

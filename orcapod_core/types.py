@@ -49,6 +49,7 @@ from typing import Any
 import pyarrow as pa
 
 from orcapod_core.errors import InputValidationError, UnsupportedTypeError
+from orcapod_core.value_types import has_value_types, to_storage, value_type_for_arrow, value_type_named, value_type_of
 
 __all__ = [
     "Schema",
@@ -117,6 +118,9 @@ def python_to_arrow(tp: Any, where: str = "type", _depth: int = 0) -> pa.DataTyp
     if inner in _SCALARS:
         return _SCALARS[inner]
     origin, args = typing.get_origin(inner), typing.get_args(inner)
+    vt = value_type_of(inner) or value_type_of(origin)  # Path, numpy.ndarray (also NDArray[...]), registered types
+    if vt is not None:
+        return vt.arrow_type
     if origin is list and len(args) == 1:
         return pa.large_list(pa.field("item", python_to_arrow(args[0], where, _depth + 1), nullable=is_optional(args[0])))
     if origin is dict and len(args) == 2:
@@ -144,6 +148,8 @@ def arrow_to_python(dtype: pa.DataType, nullable: bool = False, where: str = "ty
             raise UnsupportedTypeError(f"{where}: map keys must be large_string, got {dtype}")
         item = dtype.item_field
         tp = dict[str, arrow_to_python(item.type, item.nullable, where)]
+    elif value_type_for_arrow(dtype) is not None:
+        tp = value_type_for_arrow(dtype).python_class()
     else:
         raise UnsupportedTypeError(
             f"{where}: Arrow type {dtype} is not in the orcapod type table (cast it with canonicalize_table)"
@@ -168,6 +174,9 @@ def type_to_string(tp: Any) -> str:
         return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
     if tp in (datetime.date, datetime.datetime, datetime.time):
         return f"datetime.{tp.__name__}"
+    vt = value_type_of(tp)
+    if vt is not None:
+        return vt.name
     return getattr(tp, "__name__", str(tp))
 
 
@@ -203,7 +212,8 @@ def type_from_string(text: str) -> Any:
         if isinstance(node, ast.Constant) and node.value is None:
             return type(None)
         if isinstance(node, (ast.Name, ast.Attribute)):
-            return _NAMED_TYPES.get(ast.unparse(node), object)
+            name = ast.unparse(node)
+            return _NAMED_TYPES[name] if name in _NAMED_TYPES else _value_class(name)
         if isinstance(node, ast.Subscript):
             origin = ast.unparse(node.value)
             args = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
@@ -221,6 +231,16 @@ def type_from_string(text: str) -> Any:
     except SyntaxError:
         return object
     return build(tree.body)
+
+
+def _value_class(name: str) -> Any:
+    vt = value_type_named(name)
+    if vt is None:
+        return object
+    try:
+        return vt.python_class()
+    except ImportError:  # e.g. numpy.ndarray without NumPy installed
+        return object
 
 
 def is_assignable(source: Any, target: Any) -> bool:
@@ -375,6 +395,9 @@ def canonical_arrow_type(dtype: pa.DataType, where: str = "type") -> pa.DataType
             item.with_type(canonical_arrow_type(item.type, where)).with_name("value"),
         )
     if pa.types.is_struct(dtype):
+        vt = value_type_for_arrow(dtype)
+        if vt is not None:
+            return vt.arrow_type
         raise UnsupportedTypeError(
             f"{where}: Arrow type {dtype} (a struct, e.g. inferred from Python dicts) is not in the orcapod "
             f"type table; declare the column as a map, e.g. schema={{...: dict[str, str]}}"
@@ -487,6 +510,7 @@ def strict_array(values: Sequence[Any], field: pa.Field) -> pa.Array:
     ValueError: float 2.5 would be stored as 2
     """
     values = values if isinstance(values, list) else list(values)
+    values = to_storage(values, field.type)  # Path, arrays, registered types: as their structs
     try:
         arr = pa.array(values, type=field.type)
     except RecursionError:

@@ -30,9 +30,11 @@ import pyarrow.compute as pc
 
 from orcapod_core.columns import source_column
 from orcapod_core.databases import ArrowDatabase
+from orcapod_core.databases.file_store import attach_digest_store, has_paths
 from orcapod_core.datagrams import Packet, Tag
 from orcapod_core.errors import OrcapodError, SchemaMismatchError
 from orcapod_core.executors import plan_chunks
+from orcapod_core.files import save_digests
 from orcapod_core.interrupts import check_stop, stop_requested
 from orcapod_core.function_pods import FunctionPod, FunctionPodStream
 from orcapod_core.hashing import ContentHash, digests_to_hex
@@ -44,6 +46,7 @@ from orcapod_core.pipeline.observers import ExecutionObserver, NodeStats, NoOpOb
 from orcapod_core.result_cache import PACKET_HASH_COLUMN, CachedPacketFunction, ResultCache
 from orcapod_core.streams import Stream, StreamLayout, TableStream, conform
 from orcapod_core.tracking import untracked
+from orcapod_core.value_types import rows_to_python
 
 if TYPE_CHECKING:
     from orcapod_core.executors import PythonFunctionExecutor
@@ -205,7 +208,7 @@ class FunctionNode(Node):
         if out.num_rows == 0:
             return None
         keys = list(self.packet_function.output_keys)
-        values = out.select(keys).to_pylist(maps_as_pydicts="strict")[0]
+        values = rows_to_python(out.select(keys))[0]
         return Packet(values, hidden={source_column(k): out.column(source_column(k))[0].as_py() for k in keys})
 
     def process_packet(self, tag: Tag, packet: Packet) -> dict[str, Any]:
@@ -247,6 +250,9 @@ class FunctionNode(Node):
         if compute and report:
             observer.on_node_start(self, n)
         state = run_state if run_state is not None else NodeRun(self, run_id)
+        files = any(has_paths(f.type) for f in table.schema)
+        if files:  # input files' digests: known ones from the store, new ones saved to it
+            attach_digest_store(self.database)
         try:
             return self._assemble_rows(
                 stream, table, state, compute=compute, observer=observer, error_policy=error_policy, executor=executor,
@@ -256,6 +262,9 @@ class FunctionNode(Node):
             if compute and run_state is None:  # commit what was computed before the error
                 state.finish()
             raise
+        finally:
+            if files:
+                save_digests()
 
     def _assemble_rows(
         self,
@@ -426,10 +435,10 @@ class FunctionNode(Node):
                 if result.table.num_rows:
                     ok = pa.array([start + i for i in result.rows], pa.int64())
                     ok_hashes = missing.take(ok)
-                    cached_fn._store(ok_hashes, result.table, executor, info)
-                    computed_tables.append(result.table)
+                    kept = cached_fn._store(ok_hashes, result.table, executor, info)  # returned files: their stored copies
+                    computed_tables.append(kept)
                     computed_hashes.append(ok_hashes)
-                    state.note_computed(ok_hashes, result.table)
+                    state.note_computed(ok_hashes, kept)
                     lo = to_record["pos"].search_sorted(start, side="left")
                     hi = to_record["pos"].search_sorted(start + size, side="left")
                     chunk_records = to_record.slice(lo, hi - lo)
@@ -439,7 +448,7 @@ class FunctionNode(Node):
                 state.release()  # commits the staged records if the results they link to are committed
                 tags, packets_objs = objects.pop(start, (None, None))
                 if wants_events:
-                    outputs = result.table.to_pylist(maps_as_pydicts="strict")
+                    outputs = rows_to_python(result.table)
                     for j, i in enumerate(result.rows):
                         observer.on_packet_end(self, tags[i], packets_objs[i], outputs[j], False, result.captured.get(i))
                 for i, exc in result.errors.items():
@@ -496,11 +505,11 @@ class FunctionNode(Node):
         packet_schema = pa.schema(layout.fields([*layout.packet_columns, *layout.source_columns]))
         tags = [
             Tag({k: v for k, v in r.items() if k in layout.tag_columns}, hidden={k: r[k] for k in layout.system_tag_columns}, arrow_schema=tag_schema)
-            for r in sub.select(tag_schema.names).to_pylist(maps_as_pydicts="strict")
+            for r in rows_to_python(sub.select(tag_schema.names))
         ]
         packets = [
             Packet({k: r[k] for k in layout.packet_columns}, hidden={k: r[k] for k in layout.source_columns}, arrow_schema=packet_schema)
-            for r in sub.select(packet_schema.names).to_pylist(maps_as_pydicts="strict")
+            for r in rows_to_python(sub.select(packet_schema.names))
         ]
         return tags, packets
 

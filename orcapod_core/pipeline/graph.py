@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from orcapod_core.databases import DEFAULT_RETENTION_HOURS, ArrowDatabase, MaintenanceReport, RecordPath, validate_record_path
+from orcapod_core.databases.file_store import attach_digest_store
 from orcapod_core.errors import InputValidationError, InvalidLabelError, InvalidPathError
 from orcapod_core.interrupts import graceful_stop
 from orcapod_core.function_pods import FunctionPod
@@ -90,6 +91,7 @@ class Pipeline:
             pipeline_database = DeltaTableDatabase(DEFAULT_STORE)
         self.pipeline_database = pipeline_database
         self.result_database = result_database if result_database is not None else pipeline_database
+        attach_digest_store(self.pipeline_database)  # input files' digests persist in the store (read lazily)
         self.operator_cache_mode = CacheMode(operator_cache_mode)
         self._invocations: list[Invocation] = []
         self._nodes: dict[str, Node] = {}
