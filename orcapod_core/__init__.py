@@ -75,6 +75,8 @@ _NAMES: dict[str, str] = {
     "RayExecutor": "executors",
     # data model
     "Schema": "types",
+    "register_type": "value_types",
+    "ValueType": "value_types",
     "ContentHash": "hashing",
     "Tag": "datagrams",
     "Packet": "datagrams",
@@ -104,6 +106,8 @@ _MODULES = frozenset(
         "streams",
         "tracking",
         "types",
+        "value_types",
+        "files",
     }
 )
 
@@ -168,3 +172,4 @@ if TYPE_CHECKING:  # what editors and type checkers see
     from orcapod_core.sources import ArrowTableSource, CSVSource, DataFrameSource, DeltaTableSource, DictSource, ListSource  # noqa: F401
     from orcapod_core.streams import Stream  # noqa: F401
     from orcapod_core.types import Schema  # noqa: F401
+    from orcapod_core.value_types import ValueType, register_type  # noqa: F401

@@ -59,7 +59,7 @@ from orcapod_core.types import (
     type_to_string,
     value_problem,
 )
-from orcapod_core.value_types import to_python
+from orcapod_core.value_types import has_paths, missing_path, to_python
 
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError, ValueError, KeyError)
 
@@ -531,6 +531,11 @@ class PythonPacketFunction(PacketFunctionDescription):
                 if not bad:
                     raise
                 continue
+            if has_paths(f.type):  # a returned file must exist (it is copied into the result store)
+                for j, v in enumerate(values):
+                    gone = missing_path(v)
+                    if gone is not None and j not in bad:
+                        bad[j] = self._output_error(f.name, f"the returned file {gone!r} does not exist", v)
             arrays.append(arr)
         return arrays, bad
 

@@ -26,13 +26,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from orcapod_core.databases import RECORD_ID_COLUMN, ArrowDatabase
-from orcapod_core.databases.file_store import has_paths
 from orcapod_core.function_pods import FunctionPod
 from orcapod_core.packet_function import BatchResult, PythonPacketFunction
 from orcapod_core.hashing import digests_to_hex, hash_rows
 from orcapod_core.keysets import all_distinct, index_in
 from orcapod_core.types import Schema, arrow_field
-from orcapod_core.value_types import rows_to_python, table_from_rows
+from orcapod_core.value_types import has_paths, rows_to_python, table_from_rows
 
 __all__ = [
     "PACKET_HASH_COLUMN",

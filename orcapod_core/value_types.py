@@ -55,6 +55,8 @@ __all__ = [
     "value_type_for_arrow",
     "value_type_named",
     "has_value_types",
+    "has_paths",
+    "missing_path",
     "to_python",
     "to_storage",
     "rows_to_python",
@@ -228,6 +230,27 @@ def has_value_types(dtype: pa.DataType) -> bool:
     if pa.types.is_struct(dtype):
         return True
     return pa.types.is_nested(dtype) and any(has_value_types(dtype.field(i).type) for i in range(dtype.num_fields))
+
+
+def has_paths(dtype: pa.DataType) -> bool:
+    """True when a column of ``dtype`` holds ``Path`` values (also inside lists and maps)."""
+    if pa.types.is_struct(dtype):
+        return value_type_for_arrow(dtype) is PATH_TYPE
+    return pa.types.is_nested(dtype) and any(has_paths(dtype.field(i).type) for i in range(dtype.num_fields))
+
+
+def missing_path(value: Any) -> str | None:
+    """The first path in ``value`` (a ``Path``, or lists/dicts of them) that does not exist."""
+    if isinstance(value, pathlib.PurePath):
+        return None if os.path.exists(value) else os.fspath(value)
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            found = missing_path(v)
+            if found is not None:
+                return found
+    return None
 
 
 def to_python(values: pa.Array | pa.ChunkedArray) -> list[Any]:

@@ -32,7 +32,7 @@ import pyarrow.fs as pafs
 
 from orcapod_core.errors import MissingFileError, StoreAccessError
 from orcapod_core.files import content_digest, use_digest_store
-from orcapod_core.value_types import PATH_TYPE, value_type_for_arrow
+from orcapod_core.value_types import has_paths
 
 __all__ = ["FILE_AREA", "REF_PREFIX", "FileStore", "has_paths", "DIGEST_RECORDS", "DatabaseDigestStore", "attach_digest_store"]
 
@@ -40,13 +40,6 @@ __all__ = ["FILE_AREA", "REF_PREFIX", "FileStore", "has_paths", "DIGEST_RECORDS"
 FILE_AREA = "_orcapod_files"
 #: How a stored result refers to a file in the store.
 REF_PREFIX = "orcapod-files:"
-
-
-def has_paths(dtype: pa.DataType) -> bool:
-    """True when a column of ``dtype`` holds ``Path`` values (also inside lists and maps)."""
-    if pa.types.is_struct(dtype):
-        return value_type_for_arrow(dtype) is PATH_TYPE
-    return pa.types.is_nested(dtype) and any(has_paths(dtype.field(i).type) for i in range(dtype.num_fields))
 
 
 class FileStore:

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from orcapod_core.columns import source_column
 from orcapod_core.databases import ArrowDatabase
-from orcapod_core.databases.file_store import attach_digest_store, has_paths
+from orcapod_core.databases.file_store import attach_digest_store
 from orcapod_core.datagrams import Packet, Tag
 from orcapod_core.errors import OrcapodError, SchemaMismatchError
 from orcapod_core.executors import plan_chunks
@@ -46,7 +46,7 @@ from orcapod_core.pipeline.observers import ExecutionObserver, NodeStats, NoOpOb
 from orcapod_core.result_cache import PACKET_HASH_COLUMN, CachedPacketFunction, ResultCache
 from orcapod_core.streams import Stream, StreamLayout, TableStream, conform
 from orcapod_core.tracking import untracked
-from orcapod_core.value_types import rows_to_python
+from orcapod_core.value_types import has_paths, rows_to_python
 
 if TYPE_CHECKING:
     from orcapod_core.executors import PythonFunctionExecutor
