@@ -359,20 +359,19 @@ _BY_CLASS["pathlib.PurePath"] = PATH_TYPE  # PurePosixPath / PureWindowsPath val
 
 
 def _ndarray_to_arrow(a: Any) -> dict[str, Any]:
-    import numpy as np
-
     if a.dtype.hasobject or a.dtype.fields is not None:
         raise TypeError(f"a NumPy array of dtype {a.dtype} cannot be stored exactly (object and structured dtypes are not supported)")
     if a.dtype.byteorder == ">":  # one byte order, so equal arrays hash equal
         a = a.astype(a.dtype.newbyteorder("<"))
-    a = np.ascontiguousarray(a)
+    if not a.flags.c_contiguous:
+        a = a.copy(order="C")  # (np.ascontiguousarray would make a 0-d array 1-d)
     return {"dtype": a.dtype.str, "shape": list(a.shape), "data": a.tobytes()}
 
 
 def _ndarray_from_arrow(d: Mapping[str, Any]) -> Any:
     import numpy as np
 
-    return np.frombuffer(d["data"], dtype=np.dtype(d["dtype"])).reshape(d["shape"]).copy()
+    return np.frombuffer(d["data"], dtype=np.dtype(d["dtype"])).reshape(tuple(d["shape"])).copy()
 
 
 NDARRAY_TYPE = register_type(
