@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import struct
 import threading
 from collections.abc import Iterable
@@ -98,12 +99,12 @@ def content_digest(path: os.PathLike[str] | str) -> bytes:
     Raises :class:`~orcapod_core.errors.MissingFileError` naming the path when it does not exist
     or cannot be read."""
     text = os.fspath(path)
-    absolute = os.path.abspath(text)
+    absolute = text if os.path.isabs(text) else os.path.abspath(text)
     try:
         st = os.stat(absolute)
     except OSError as exc:
         raise MissingFileError(f"file {text!r} does not exist or cannot be read ({exc.strerror})", path=text) from None
-    if os.path.isdir(absolute):
+    if stat.S_ISDIR(st.st_mode):
         return _tree_digest(absolute)
     return _file_digest(absolute, st)
 

@@ -46,7 +46,8 @@ import pyarrow.compute as pc
 
 from orcapod_core.errors import MissingFileError, UnsupportedTypeError
 from orcapod_core.types import Schema, arrow_to_python, type_to_string
-from orcapod_core.value_types import ValueType, value_type_for_arrow
+from orcapod_core.files import content_digest
+from orcapod_core.value_types import PATH_TYPE, ValueType, value_type_for_arrow
 
 __all__ = [
     "HASH_METHOD",
@@ -72,6 +73,7 @@ _VALID = b"\x01"
 _LB = pa.large_binary()
 _S_VALID = pa.scalar(_VALID, _LB)
 _S_EMPTY = pa.scalar(b"", _LB)
+_LEN32 = struct.pack("<Q", 32)
 #: The one NaN every NaN is encoded as (the quiet NaN with no sign and no payload).
 CANONICAL_NAN: float = struct.unpack("<d", bytes.fromhex("000000000000f87f"))[0]
 _S_NAN = pa.scalar(CANONICAL_NAN, pa.float64())
@@ -293,6 +295,18 @@ def _encode_struct_column(arr: pa.StructArray) -> pa.Array:
     if vt.content is None:
         children = [_encode_column(child) for child in arr.flatten()]
         return pc.binary_join_element_wise(_S_VALID, *children, _S_EMPTY)
+    if vt is PATH_TYPE:  # the hot case: straight from the path strings, each distinct path once
+        seen: dict[str, bytes] = {}
+        out = []
+        for path in arr.field("path").to_pylist() if arr.offset == 0 else arr.flatten()[0].to_pylist():
+            if path is None:
+                out.append(_NULL)
+                continue
+            encoded = seen.get(path)
+            if encoded is None:
+                encoded = seen[path] = _VALID + _LEN32 + content_digest(path)
+            out.append(encoded)
+        return pa.array(out, _LB)
     out = []
     for stored in arr.to_pylist():
         if stored is None:
