@@ -267,3 +267,28 @@ def test_digest_cache_reports_reads(tmp_path):
     os.utime(tmp_path / "f.txt", ns=(1, 1))
     content_digest(tmp_path / "f.txt")
     assert digest_cache_info()["reads"] == before + 2
+
+
+def test_two_processes_sharing_a_store_keep_one_copy_of_each_file(tmp_path):
+    data = tmp_path / "data"
+    recordings(data, {f"s{i}.txt": "x" * i for i in range(1, 7)})
+    script = textwrap.dedent(
+        f"""
+        import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from pathlib import Path
+        from test_files import report_pipeline
+        scratch = Path(sys.argv[1]); scratch.mkdir()
+        pipeline = report_pipeline(Path({str(tmp_path / 'store')!r}), Path({str(data)!r}), scratch)
+        stats = pipeline.run().stats["reports"]
+        print(stats.computed + stats.cached, stats.failed, sorted(p["report"].read_text() for _, p in pipeline.reports)[0].strip())
+        """
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(tmp_path / f"scratch{i}")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outputs]
+    assert [o[0].split() for o in outputs] == [["6", "0", "1", "characters"]] * 2
+    stored = sorted(f.name for f in (tmp_path / "store" / FILE_AREA).rglob("*") if f.is_file())
+    assert stored == sorted(f"report_{i}.txt" for i in range(1, 7))  # each content once, no leftovers
