@@ -106,6 +106,7 @@ _MODULES = frozenset(
         "streams",
         "tracking",
         "types",
+        "values",
         "value_types",
         "files",
     }

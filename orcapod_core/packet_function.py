@@ -55,10 +55,9 @@ from orcapod_core.types import (
     arrow_field,
     arrow_schema_to_json,
     python_to_arrow,
-    strict_array,
     type_to_string,
-    value_problem,
 )
+from orcapod_core.values import strict_array, value_problem
 from orcapod_core.value_types import has_paths, missing_path, to_python
 
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError, ValueError, KeyError)

@@ -10,7 +10,8 @@ import pyarrow as pa
 
 from orcapod_core.errors import InputValidationError, UnsupportedTypeError
 from orcapod_core.sources.base import RootSource
-from orcapod_core.types import arrow_field, strict_array, type_to_string
+from orcapod_core.types import arrow_field, type_to_string
+from orcapod_core.values import strict_array
 from orcapod_core.value_types import value_type_of
 
 __all__ = ["DictSource", "ListSource", "ArrowTableSource", "DataFrameSource"]

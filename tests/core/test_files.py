@@ -22,7 +22,8 @@ from orcapod_core.databases.file_store import DIGEST_RECORDS, FILE_AREA, REF_PRE
 from orcapod_core.errors import MissingFileError
 from orcapod_core.files import content_digest, digest_cache_info
 from orcapod_core.hashing import hash_rows
-from orcapod_core.types import python_to_arrow, schema_from_arrow, strict_array, type_from_string, type_to_string
+from orcapod_core.types import python_to_arrow, schema_from_arrow, type_from_string, type_to_string
+from orcapod_core.values import strict_array
 
 READS: list[str] = []
 

@@ -20,7 +20,8 @@ import pytest
 import orcapod_core as oc
 from orcapod_core.errors import UnsupportedTypeError
 from orcapod_core.hashing import canonical_json, hash_rows
-from orcapod_core.types import python_to_arrow, schema_from_arrow, strict_array, type_from_string, type_to_string
+from orcapod_core.types import python_to_arrow, schema_from_arrow, type_from_string, type_to_string
+from orcapod_core.values import strict_array
 from orcapod_core.value_types import register_type, to_python, value_type_for_arrow
 
 ARRAY = pa.field("a", python_to_arrow(np.ndarray), nullable=False)
