@@ -262,18 +262,7 @@ def to_python(values: pa.Array | pa.ChunkedArray) -> list[Any]:
 
 
 def _from_storage(value: Any, dtype: pa.DataType) -> Any:
-    if value is None:
-        return None
-    if pa.types.is_struct(dtype):
-        vt = value_type_for_arrow(dtype)
-        if vt is None:
-            raise UnsupportedTypeError(f"Arrow type {dtype} is not a registered value type")
-        return vt.value_of(value)
-    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
-        return [_from_storage(v, dtype.value_type) for v in value]
-    if pa.types.is_map(dtype):
-        return {k: _from_storage(v, dtype.item_type) for k, v in value.items()}
-    return value
+    return _convert(value, dtype, ValueType.value_of)
 
 
 def to_storage(values: list[Any], dtype: pa.DataType) -> list[Any]:
@@ -281,23 +270,24 @@ def to_storage(values: list[Any], dtype: pa.DataType) -> list[Any]:
     (``TypeError`` naming the first value that is not of its declared type)."""
     if not has_value_types(dtype):
         return values
-    return [_to_storage(v, dtype) for v in values]
+    return [_convert(v, dtype, ValueType.storage_of) for v in values]
 
 
-def _to_storage(value: Any, dtype: pa.DataType) -> Any:
+def _convert(value: Any, dtype: pa.DataType, one: Callable[[ValueType, Any], Any]) -> Any:
+    """``value`` of ``dtype`` with ``one(value type, v)`` applied to each value-type value in it."""
     if value is None:
         return None
     if pa.types.is_struct(dtype):
         vt = value_type_for_arrow(dtype)
         if vt is None:
             raise UnsupportedTypeError(f"Arrow type {dtype} is not a registered value type")
-        return vt.storage_of(value)
+        return one(vt, value)
     if pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
         if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__iter__"):
             raise TypeError(f"expected a list, got {type(value).__name__} {_short(value)}")
-        return [_to_storage(v, dtype.value_type) for v in value]
+        return [_convert(v, dtype.value_type, one) for v in value]
     if pa.types.is_map(dtype) and isinstance(value, Mapping):
-        return {k: _to_storage(v, dtype.item_type) for k, v in value.items()}
+        return {k: _convert(v, dtype.item_type, one) for k, v in value.items()}
     return value
 
 
