@@ -48,7 +48,13 @@ from orcapod_core.errors import (
 )
 from orcapod_core.executors import LocalPythonFunctionExecutor, PythonFunctionExecutor, check_executor
 from orcapod_core.function_identity import code_identity, git_hash, host_info
-from orcapod_core.function_signature import check_name_part, check_output_keys, check_packet_schema, signature_schemas
+from orcapod_core.function_signature import (
+    check_name_part,
+    check_output_keys,
+    check_packet_schema,
+    read_columns,
+    signature_schemas,
+)
 from orcapod_core.hashing import ContentHash, hash_object
 from orcapod_core.types import (
     Schema,
@@ -139,9 +145,19 @@ class PacketFunctionDescription:
     def is_async(self) -> bool:
         return self._is_async
 
-    def check_input_schema(self, packet_schema: Mapping[str, Any]) -> None:
-        """Raise :class:`SchemaMismatchError` listing every column that does not fit a parameter."""
-        check_packet_schema(self._function_name, self._input_schema, packet_schema)
+    def check_input_schema(self, packet_schema: Mapping[str, Any], tag_columns: Sequence[str] = ()) -> None:
+        """Raise :class:`SchemaMismatchError` listing every required parameter without a column
+        and every column whose type does not fit its parameter (other columns are not read)."""
+        check_packet_schema(self._function_name, self._input_schema, packet_schema, tag_columns)
+
+    def read_columns(self, packet_columns: Sequence[str]) -> tuple[str, ...]:
+        """Which of ``packet_columns`` the function reads (its parameters'); the input packet
+        hash covers exactly these.
+
+        >>> pf.read_columns(["x", "note"])          # doctest: +SKIP
+        ('x',)
+        """
+        return read_columns(self._input_schema, packet_columns)
 
 
 class PythonPacketFunction(PacketFunctionDescription):
@@ -332,19 +348,21 @@ class PythonPacketFunction(PacketFunctionDescription):
 
     # -- input checks -------------------------------------------------------------------
     def _kwargs(self, packet: Mapping[str, Any]) -> dict[str, Any]:
+        """The call's keyword arguments: the packet's values of the parameters (other columns
+        are not read, as in a stream)."""
         schema = self._input_schema
         missing = [p for p in schema if p not in packet and p not in schema.optional_fields]
-        unknown = [k for k in packet if k not in schema]
-        if missing or unknown:
+        if missing:
             raise SchemaMismatchError(
-                f"function {self._function_name!r}: packet columns {list(packet)} do not match its parameters "
-                f"{list(schema)} (missing {missing}, not parameters {unknown})"
+                f"function {self._function_name!r}: packet columns {list(packet)} have no value for parameter(s) "
+                f"{missing} (parameters: {list(schema)})"
             )
         return {k: packet[k] for k in schema if k in packet}
 
     # -- single packet --------------------------------------------------------------------
     def call(self, packet: Mapping[str, Any]) -> dict[str, Any]:
-        """Compute one packet: ``{parameter: value}`` → ``{output key: value}``.
+        """Compute one packet: ``{parameter: value}`` → ``{output key: value}`` (keys that are
+        not parameters are ignored).
 
         User exceptions propagate unchanged; a return value that does not fit the output
         schema raises :class:`~orcapod_core.errors.OutputTypeError` naming the output key.

@@ -330,7 +330,7 @@ class CachedFunctionPod(FunctionPod):
 
     def __init__(self, pod: FunctionPod | PythonPacketFunction, result_cache: ResultCache):
         pf = pod.packet_function if isinstance(pod, FunctionPod) else pod
-        super().__init__(pf)
+        super().__init__(pf, passthrough=pod.passthrough if isinstance(pod, FunctionPod) else False)
         self.result_cache = result_cache
         self._cached = CachedPacketFunction(pf, result_cache)
 

@@ -2,7 +2,8 @@
 (orcapod PR #84). One packet's path through a run:
 
 1. **entry ids** — for the current input, in one columnar pass, each row's input packet hash
-   and its entry id = hash(tag + system tags + input packet hash + node content hash);
+   (of the columns the function reads: its parameters') and its entry id = hash(tag + system
+   tags + input packet hash + node content hash);
 2. **lookup** — one anti-join of the entry ids against the stored entry-id column splits the
    input into "recorded" and "new"; one result-cache lookup over the distinct packet hashes
    splits what is left into "result exists" and "compute" (:mod:`.node_run` reads the store
@@ -14,7 +15,8 @@
    so a killed process loses at most the current batch of both, and no stored pipeline record
    points to a missing result. Pipeline records hold the tag, system tags, the entry id, the
    input packet hash (the link to the result record), the input packets' source info and
-   whether the packet was computed in that run.
+   whether the packet was computed in that run. A passthrough node's input packet columns are
+   not stored: its output takes them from its input at read time.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orcapod_core.columns import source_column
+from orcapod_core.columns import SOURCE_PREFIX, source_column
 from orcapod_core.databases import ArrowDatabase
 from orcapod_core.databases.file_store import attach_digest_store
 from orcapod_core.datagrams import Packet, Tag
@@ -36,7 +38,7 @@ from orcapod_core.errors import OrcapodError, SchemaMismatchError
 from orcapod_core.executors import plan_chunks
 from orcapod_core.files import save_digests
 from orcapod_core.interrupts import check_stop, stop_requested
-from orcapod_core.function_pods import FunctionPod, FunctionPodStream
+from orcapod_core.function_pods import FunctionPod, FunctionPodStream, input_packet_hashes, pod_output_table
 from orcapod_core.hashing import ContentHash, digests_to_hex
 from orcapod_core.keysets import distinct, index_in, is_in
 from orcapod_core.operators import Join
@@ -95,6 +97,12 @@ class FunctionNode(Node):
     @property
     def packet_function(self) -> Any:
         return self.pod.packet_function
+
+    @property
+    def pod_stream(self) -> FunctionPodStream:
+        """The pod applied to this node's compiled input: its layout, identity and
+        ``read_columns`` (the columns the function reads) are the node's."""
+        return self._stream
 
     @property
     def producer(self) -> FunctionPod:
@@ -167,7 +175,7 @@ class FunctionNode(Node):
             missing: list[str] = []
         else:
             present = self._output_packet_hexes(table)
-            missing = sorted(set(digests_to_hex(stream.packet_hashes()).to_pylist()) - set(present.to_pylist()))
+            missing = sorted(set(digests_to_hex(self._packet_hashes(stream)).to_pylist()) - set(present.to_pylist()))
         self.__dict__["_missing_packets"] = missing
         return missing
 
@@ -207,15 +215,19 @@ class FunctionNode(Node):
         out, _ = self._assemble(stream, compute=False)
         if out.num_rows == 0:
             return None
-        keys = list(self.packet_function.output_keys)
-        values = rows_to_python(out.select(keys))[0]
-        return Packet(values, hidden={source_column(k): out.column(source_column(k))[0].as_py() for k in keys})
+        layout = self.layout  # the outputs (with passthrough, the input's packet columns too)
+        values = rows_to_python(out.select(list(layout.packet_columns)))[0]
+        return Packet(values, hidden={c: out.column(c)[0].as_py() for c in layout.source_columns})
 
     def process_packet(self, tag: Tag, packet: Packet) -> dict[str, Any]:
         """Pure computation of one packet (no cache, no records)."""
         return self.packet_function.call(dict(packet))
 
     # -- the engine -------------------------------------------------------------------
+    def _packet_hashes(self, stream: Stream) -> pa.Array:
+        """Input packet hash per row of ``stream``: the row hash of the columns the function reads."""
+        return input_packet_hashes(stream, self._stream.read_columns)
+
     def _entry_ids(self, table: pa.Table, layout: StreamLayout, packet_hashes: pa.Array) -> pa.Array:
         """Entry id per row = hash(tag + system tags + input packet hash + node content hash)."""
         return entry_ids_of(table, layout, packet_hashes, self.content_hash().digest)
@@ -286,7 +298,7 @@ class FunctionNode(Node):
         pf = self.packet_function
         keys = list(pf.output_keys)
 
-        digests = stream.packet_hashes()
+        digests = self._packet_hashes(stream)
         hexes = digests_to_hex(digests)
         # Phase 1: which rows are already recorded (the entry-id column, read once per run;
         # only needed to compute and record, not to serve stored rows).
@@ -328,20 +340,13 @@ class FunctionNode(Node):
         rows = pc.indices_nonzero(available)
         everything = len(rows) == n  # the usual case: every row has its output (no copy of the rows)
         out_layout = self.layout
-        out = table.select([*layout.tag_columns, *layout.system_tag_columns])
         outputs = results.select(keys).take(position if everything else position.filter(available))
-        uri = pa.scalar(pf.uri, pa.large_string())
-        sep = pa.scalar("::", pa.large_string())
-        row_hashes = hexes
-        if not everything:
-            out, row_hashes = out.take(rows), hexes.take(rows)
-        for f in out_layout.fields(out_layout.packet_columns):
-            out = out.append_column(f, outputs.column(f.name))
-        for k in keys:
-            out = out.append_column(
-                pa.field(source_column(k), pa.large_string(), False),
-                pc.binary_join_element_wise(uri, row_hashes, pa.scalar(k, pa.large_string()), sep),
-            )
+        # Tags, system tags (and passthrough columns) come from the input rows, now: nothing
+        # of them is stored, so a warm run serves exactly the current input's values.
+        out = pod_output_table(
+            table, layout, outputs, hexes if everything else hexes.take(rows), pf.uri, keys, self.pod.passthrough,
+            None if everything else rows,
+        )
 
         if compute:
             # The entry ids of the output rows: a snapshot pins the output by them (see
@@ -397,7 +402,7 @@ class FunctionNode(Node):
         pf = self.packet_function
         cached_fn = CachedPacketFunction(pf, self.result_cache)
         first_rows = index_in(missing, hexes)
-        packets = table.select(list(layout.packet_columns)).take(first_rows)
+        packets = table.select(list(self._stream.read_columns)).take(first_rows)
         # Rows to record as their packets get computed (not recorded yet), ordered by their
         # packet's position in ``missing`` (the compute order): a chunk's rows are one slice.
         position = index_in(hexes, missing)
@@ -502,13 +507,15 @@ class FunctionNode(Node):
     def _objects(self, table: pa.Table, layout: StreamLayout, rows: pa.Array) -> tuple[list[Tag], list[Packet]]:
         sub = table.take(rows)
         tag_schema = pa.schema(layout.fields([*layout.tag_columns, *layout.system_tag_columns]))
-        packet_schema = pa.schema(layout.fields([*layout.packet_columns, *layout.source_columns]))
+        read = self._stream.read_columns  # the packet the function gets, with its source info
+        sources = [c for c in layout.source_columns if c[len(SOURCE_PREFIX):] in read]
+        packet_schema = pa.schema(layout.fields([*read, *sources]))
         tags = [
             Tag({k: v for k, v in r.items() if k in layout.tag_columns}, hidden={k: r[k] for k in layout.system_tag_columns}, arrow_schema=tag_schema)
             for r in rows_to_python(sub.select(tag_schema.names))
         ]
         packets = [
-            Packet({k: r[k] for k in layout.packet_columns}, hidden={k: r[k] for k in layout.source_columns}, arrow_schema=packet_schema)
+            Packet({k: r[k] for k in read}, hidden={k: r[k] for k in sources}, arrow_schema=packet_schema)
             for r in rows_to_python(sub.select(packet_schema.names))
         ]
         return tags, packets
@@ -531,9 +538,9 @@ class FunctionNode(Node):
             table, layout = stream._table(), stream.layout
         except OrcapodError:  # the current input cannot be read (e.g. a source file broke): no derivation
             return records.append_column(pa.field(INPUT_SOURCE_COLUMN, INPUT_SOURCE_TYPE), pa.nulls(records.num_rows, INPUT_SOURCE_TYPE))
-        entry_ids = self._entry_ids(table, layout, stream.packet_hashes()) if table.num_rows else pa.array([], pa.large_string())
+        entry_ids = self._entry_ids(table, layout, self._packet_hashes(stream)) if table.num_rows else pa.array([], pa.large_string())
         position = index_in(records.column(ENTRY_ID_COLUMN), entry_ids)
-        info = input_source_info(table, layout).take(position)
+        info = input_source_info(table, layout, self._stream.read_columns).take(position)
         return records.append_column(pa.field(INPUT_SOURCE_COLUMN, INPUT_SOURCE_TYPE), info)
 
     def as_source(self) -> Stream:
