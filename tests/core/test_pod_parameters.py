@@ -235,6 +235,7 @@ def test_passthrough_survives_save_and_load(tmp_path):
     with Pipeline("lab", pipeline_database=DeltaTableDatabase(tmp_path / "store")) as p:
         kept = scaled.pod(CSVSource(csv, tag_columns="id"), label="kept", passthrough=True)
         scaled.pod(kept.map_packets({"x": "x0", "y": "x"}), label="plain")
+    assert p.kept.pod.passthrough is True and p.plain.pod.passthrough is False  # recorded in the block
     p.run()
     path = p.save(tmp_path / "lab.json")
     saved = {n["label"]: n for n in json.loads(path.read_text())["nodes"]}

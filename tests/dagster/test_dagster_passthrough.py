@@ -1,5 +1,5 @@
-"""A passthrough function node as a Dagster asset: it materializes, its column schema shows the
-kept input columns beside the outputs, a downstream Dagster asset reads them through the IO
+"""A passthrough function node as a Dagster asset: it materializes, its column schema (and
+column lineage) shows the kept input columns beside the outputs, a downstream Dagster asset reads them through the IO
 manager, and an edit of an unread column recomputes nothing but gives a new data version."""
 
 from __future__ import annotations
@@ -36,6 +36,11 @@ def test_a_passthrough_node_materializes_with_its_kept_columns(tmp_path):
     spec = defs.resolve_assets_def(SCALED).specs_by_key[SCALED]
     columns = [(c.name, c.type) for c in spec.metadata["dagster/column_schema"].columns]
     assert columns == [("id", "int"), ("x", "int"), ("note", "str"), ("y", "int")]
+    lineage = spec.metadata["dagster/column_lineage"].deps_by_column
+    source_key = dg.AssetKey(["lab", "readings"])
+    assert {c: [(d.asset_key, d.column_name) for d in deps] for c, deps in lineage.items()} == {
+        c: [(source_key, c)] for c in ("id", "x", "note")
+    }  # the kept columns come from the source; 'y' from the function
 
     def run(instance):
         result = dg.materialize(list(defs.assets), instance=instance, resources=dict(defs.resources))
