@@ -6,6 +6,7 @@ outputs; a missing parameter's error says how to fix it; existing hashes are unc
 from __future__ import annotations
 
 import json
+import pathlib
 
 import pyarrow as pa
 import pytest
@@ -338,3 +339,29 @@ def test_hashes_of_a_stream_with_exactly_the_parameters_are_unchanged(tmp_path):
         assert out[f"_source_{key}"].to_pylist() == [f"{golden['uri']}::{h}::{key}" for h in golden["packet_hashes"]]
     assert scaled.pod(a).content_hash().to_string() == GOLDEN["scaled"]["content"]
     assert scaled.pod(a).pipeline_hash().to_string() == GOLDEN["scaled"]["pipeline"]
+
+
+def test_an_unread_file_column_is_not_read_and_its_edit_recomputes_only_its_readers(tmp_path):
+    doc = tmp_path / "notes.txt"
+    doc.write_text("hello")
+    read: list[str] = []
+
+    @function_pod(output_keys="n")
+    def length(doc: pathlib.Path) -> int:
+        read.append(doc.name)
+        return len(doc.read_text())
+
+    def run():
+        src = DictSource({"id": [1], "x": [4], "doc": [doc]}, tag_columns="id", source_id="files")
+        with Pipeline("lab", pipeline_database=DeltaTableDatabase(tmp_path / "store")) as p:
+            kept = scaled.pod(src, label="scaled", passthrough=True)  # carries 'doc' past, unread
+            length.pod(kept, label="length")
+        return p, p.run()
+
+    p, first = run()
+    assert (first.stats["scaled"].computed, first.stats["length"].computed) == (1, 1)
+    assert p.length.as_table().to_pylist() == [{"id": 1, "n": 5}]
+    doc.write_text("hello world")  # the file's content is the identity of a Path value
+    q, second = run()
+    assert (second.stats["scaled"].computed, second.stats["length"].computed) == (0, 1)
+    assert q.length.as_table().to_pylist() == [{"id": 1, "n": 11}] and read == ["notes.txt", "notes.txt"]
