@@ -287,3 +287,44 @@ def test_every_nan_hashes_the_same_and_negative_zero_keeps_its_sign():
     from orcapod_core import Packet
 
     assert Packet({"x": float("inf") - float("inf")}).content_hash() == Packet({"x": float("nan")}).content_hash()
+
+
+def _digest_hexes(n: int, width: int = 32) -> tuple[list[bytes], list[str]]:
+    rng = random.Random(n * 31 + width)
+    raw = [bytes(rng.getrandbits(8) for _ in range(width)) for _ in range(n)]
+    return raw, [b.hex() for b in raw]
+
+
+@pytest.mark.parametrize("width", [16, 32])
+def test_hex_conversions_of_digest_columns_round_trip_sliced_and_chunked(width):
+    # Digests of one width take the one-pass path; the answers are those of a per-value reference.
+    raw, hexes = _digest_hexes(50, width)
+    arr = pa.array(hexes, pa.large_string())
+    for values, expect in [
+        (arr, raw),
+        (arr.slice(7, 20), raw[7:27]),
+        (pa.chunked_array([arr.slice(0, 5), arr.slice(30, 4)]), raw[:5] + raw[30:34]),
+        (pa.array(hexes, pa.string()), raw),
+    ]:
+        assert hashing.hex_problem(values) is None
+        assert hashing.hex_to_bytes(values).to_pylist() == expect
+    binaries = pa.array(raw, pa.binary(width))
+    assert hashing.bytes_to_hex(binaries).to_pylist() == hexes
+    assert hashing.bytes_to_hex(binaries.slice(3, 4)).to_pylist() == hexes[3:7]
+    assert hashing.bytes_to_hex(pa.array(raw, pa.large_binary()).slice(9, 11)).to_pylist() == hexes[9:20]
+
+
+def test_hex_conversions_of_mixed_lengths_and_nulls_match_the_reference():
+    values = ["00ff", "ab", "", "0123456789abcdef"]
+    assert hashing.hex_problem(pa.array(values)) is None
+    assert hashing.hex_to_bytes(pa.array(values)).to_pylist() == [bytes.fromhex(v) for v in values]
+    assert hashing.bytes_to_hex(pa.array([b"\x00\xff", None, b"a"])).to_pylist() == ["00ff", None, "61"]
+    assert hashing.hex_problem(pa.array(["ab", None])) == "it contains nulls"
+
+
+@pytest.mark.parametrize("change", [lambda h: h[:-1] + "g", lambda h: h.upper(), lambda h: h[:-2] + "é", lambda h: h[:-1]])
+def test_hex_problem_names_the_first_value_that_is_not_lowercase_hex(change):
+    _, hexes = _digest_hexes(40)
+    bad = list(hexes)
+    bad[17] = change(bad[17])
+    assert hashing.hex_problem(pa.array(bad, pa.large_string())) == f"{bad[17]!r} is not lowercase hex of even length"
