@@ -329,38 +329,82 @@ def _schema_digest(fields: Sequence[pa.Field]) -> bytes:
 _HASH_SLICE_ROWS = 65_536
 
 
-def hash_rows(table: pa.Table, columns: Sequence[str] | None = None) -> pa.FixedSizeBinaryArray:
+def hash_rows(
+    table: pa.Table, columns: Sequence[str] | None = None, *, constants: Mapping[str, tuple[Any, pa.DataType]] | None = None
+) -> pa.FixedSizeBinaryArray:
     """Per-row SHA-256 digests (32 bytes each) of ``columns`` (default: all), columnar.
 
-    Rows are encoded and digested in slices of :data:`_HASH_SLICE_ROWS`, so memory stays
-    bounded on large tables (the digests do not depend on the slicing).
+    ``constants``: further columns with one value on every row, as ``{name: (value, Arrow
+    type)}`` — the same digests as a column repeating that value, without building one (a
+    node's content hash in every entry id). Rows are encoded and digested in slices of
+    :data:`_HASH_SLICE_ROWS`, so memory stays bounded on large tables (the digests do not
+    depend on the slicing).
 
     >>> t = pa.table({"x": [1, 2]})
     >>> len(hash_rows(t)), hash_rows(t)[0] == hash_rows(t.slice(0, 1))[0]
     (2, True)
+    >>> hash_rows(t, constants={"k": (b"n", pa.large_binary())}) == hash_rows(t.append_column("k", pa.array([b"n"] * 2)))
+    True
     """
-    names = sorted(columns if columns is not None else table.column_names)
+    constants = dict(constants or {})
+    names = sorted([*(columns if columns is not None else table.column_names), *constants])
     n = table.num_rows
-    fields = [table.schema.field(c) for c in names]
-    prefix = pa.scalar(_schema_digest(fields), _LB)
+    fields = [pa.field(c, constants[c][1]) if c in constants else table.schema.field(c) for c in names]
+    prefix = _schema_digest(fields)
     if n == 0:
         return pa.array([], pa.binary(32))
-    chosen = [table.column(c) for c in names]
+    fixed = {c: pa.scalar(encode_value(v, t), _LB) for c, (v, t) in constants.items()}
+    chosen = {c: table.column(c) for c in names if c not in constants}
     digests: list[bytes] = []
     for start in range(0, n, _HASH_SLICE_ROWS):
         size = min(_HASH_SLICE_ROWS, n - start)
-        parts = [_encode_named(name, c.slice(start, size).combine_chunks(), start) for name, c in zip(names, chosen)]
-        if parts:
-            messages = pc.binary_join_element_wise(prefix, *parts, _S_EMPTY)
-        else:  # no columns (e.g. a stream without packet columns): every message is the bare prefix
-            messages = pa.repeat(prefix, size)
+        # Every column's pieces (its encoding, unjoined) go into one join: one copy per message.
+        parts: list[pa.Array | pa.Scalar] = [pa.scalar(prefix, _LB)]
+        for name in names:
+            if name in fixed:
+                parts.append(fixed[name])
+            else:
+                parts.extend(_encode_named(name, chosen[name].slice(start, size).combine_chunks(), start))
+        if any(isinstance(p, pa.Array) for p in parts):
+            messages = pc.binary_join_element_wise(*_merge_scalars(parts), _S_EMPTY)
+        else:  # no column varies (e.g. a stream without packet columns): every message is the same
+            messages = pa.repeat(pa.scalar(b"".join(p.as_py() for p in parts), _LB), size)
         digests.append(sha256_each(messages))
     return pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), n, [None, pa.py_buffer(b"".join(digests))])
 
 
-def _encode_named(name: str, arr: pa.Array, first_row: int) -> pa.Array:
+def _merge_scalars(parts: list[pa.Array | pa.Scalar]) -> list[pa.Array | pa.Scalar]:
+    """Neighbouring scalar pieces joined into one (fewer inputs to the element-wise join)."""
+    out: list[pa.Array | pa.Scalar] = []
+    for p in parts:
+        if isinstance(p, pa.Scalar) and out and isinstance(out[-1], pa.Scalar):
+            out[-1] = pa.scalar(out[-1].as_py() + p.as_py(), _LB)
+        else:
+            out.append(p)
+    return out
+
+
+def _encode_pieces(arr: pa.Array) -> list[pa.Array | pa.Scalar]:
+    """The pieces whose element-wise join is :func:`_encode_column` of ``arr``: for columns
+    without nulls of fixed-width or string/binary type, the marker, the length and the value
+    bytes unjoined (the row message joins them once); otherwise the whole encoding."""
+    dtype = arr.type
+    if arr.null_count or not _LITTLE or len(arr) == 0:
+        return [_encode_column(arr)]
+    if dtype in _FIXED_WIDTH:
+        if dtype == pa.float64():
+            nan = pc.is_nan(arr)
+            if pc.any(nan).as_py():  # one encoding for every NaN bit pattern
+                arr = pc.if_else(nan, _S_NAN, arr)
+        return [_S_VALID, _fixed_bytes(arr, _FIXED_WIDTH[dtype])]
+    if _is_bytes_like(dtype):
+        return [_S_VALID, _fixed_bytes(pc.binary_length(arr).cast(pa.int64()), 8), arr.cast(_LB)]
+    return [_encode_column(arr)]
+
+
+def _encode_named(name: str, arr: pa.Array, first_row: int) -> list[pa.Array | pa.Scalar]:
     try:
-        return _encode_column(arr)
+        return _encode_pieces(arr)
     except MissingFileError as exc:  # say where: the column, and the row holding that path
         row = _row_naming(arr, exc.path)
         at = f", row {first_row + row}" if row is not None else ""

@@ -228,8 +228,7 @@ def entry_ids_of(table: pa.Table, layout: StreamLayout, packet_digests: pa.Array
     >>> entry_ids_of(rows, rows_layout, digests, node.content_hash().digest)     # doctest: +SKIP
     """
     parts = table.select([*layout.tag_columns, *layout.system_tag_columns])
-    n = table.num_rows
     parts = parts.append_column("__packet_hash", packet_digests.cast(pa.large_binary()))
-    parts = parts.append_column("__node_hash", pa.repeat(pa.scalar(node_content, pa.large_binary()), n))
-    digests = hash_rows(parts)
+    # The node's content hash is the same on every row: encoded once, not per row.
+    digests = hash_rows(parts, constants={"__node_hash": (node_content, pa.large_binary())})
     return pc.utf8_slice_codeunits(digests_to_hex(digests), 0, 2 * ENTRY_ID_BYTES)

@@ -328,3 +328,15 @@ def test_hex_problem_names_the_first_value_that_is_not_lowercase_hex(change):
     bad = list(hexes)
     bad[17] = change(bad[17])
     assert hashing.hex_problem(pa.array(bad, pa.large_string())) == f"{bad[17]!r} is not lowercase hex of even length"
+
+
+@pytest.mark.parametrize(
+    "value, dtype", [(b"\x07" * 32, pa.large_binary()), (5, pa.int64()), ("node", pa.large_string()), (None, pa.large_string())]
+)
+def test_constant_columns_hash_like_a_column_repeating_the_value(value, dtype):
+    t = pa.table({"a": pa.array(range(70_000), pa.int64()), "z": pa.array(["x", "yy"] * 35_000, pa.large_string())})
+    repeated = t.append_column(pa.field("m", dtype), pa.array([value] * t.num_rows, dtype))
+    assert hash_rows(t, constants={"m": (value, dtype)}).equals(hash_rows(repeated))
+    # the constant's name is part of the row's identity, as a column's is
+    assert not hash_rows(t, constants={"n": (value, dtype)}).equals(hash_rows(repeated))
+    assert hash_rows(t.select([]), constants={"m": (value, dtype)}).equals(hash_rows(repeated.select(["m"])))
