@@ -422,12 +422,17 @@ def _row_naming(arr: pa.Array, path: str) -> int | None:
     return None
 
 
+#: Fewest messages per thread worth hashing on a thread of their own.
+_PARALLEL_MIN_ROWS = 8192
+
+
 def sha256_each(messages: pa.Array) -> bytes:
     """The SHA-256 digest of every value of a binary array, concatenated (32 bytes each).
 
     Native and columnar: polars-hash's Rust SHA-256 over the whole column (the same digests as
     ``hashlib``; a maintained polars plugin by a delta-rs maintainer), so no Python object is
-    made per row. Its hex output is turned back into bytes with one ``unhexlify`` call.
+    made per row, and large columns are hashed on all of polars' threads. Its hex output is
+    turned back into bytes with one ``unhexlify`` call.
 
     >>> sha256_each(pa.array([b"abc"], pa.large_binary())) == hashlib.sha256(b"abc").digest()
     True
@@ -435,9 +440,15 @@ def sha256_each(messages: pa.Array) -> bytes:
     import polars as pl
     import polars_hash as plh
 
-    if len(messages) == 0:
+    n = len(messages)
+    if n == 0:
         return b""
-    frame = pl.DataFrame({"m": pl.from_arrow(messages)})
+    # polars runs a plugin over a column's chunks in parallel: one chunk per thread.
+    parts = min(pl.thread_pool_size(), n // _PARALLEL_MIN_ROWS)
+    if parts > 1:
+        bounds = [n * i // parts for i in range(parts + 1)]
+        messages = pa.chunked_array([messages.slice(a, b - a) for a, b in zip(bounds, bounds[1:])])
+    frame = pl.DataFrame({"m": pl.from_arrow(messages, rechunk=False)})
     hexes = frame.select(plh.col("m").chash.sha2_256()).to_series().to_arrow(compat_level=pl.CompatLevel.oldest())
     if isinstance(hexes, pa.ChunkedArray):
         hexes = hexes.combine_chunks()
