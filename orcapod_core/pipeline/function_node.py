@@ -40,7 +40,7 @@ from orcapod_core.files import save_digests
 from orcapod_core.interrupts import check_stop, stop_requested
 from orcapod_core.function_pods import FunctionPod, FunctionPodStream, input_packet_hashes, pod_output_table
 from orcapod_core.hashing import ContentHash, digests_to_hex
-from orcapod_core.keysets import distinct, index_in, is_in
+from orcapod_core.keysets import index_in, is_in
 from orcapod_core.operators import Join
 from orcapod_core.pipeline.node_run import INPUT_SOURCE_TYPE, NodeRun, entry_ids_of, entry_records, input_source_info
 from orcapod_core.pipeline.nodes import ENTRY_ID_COLUMN, INPUT_SOURCE_COLUMN, LoadStatus, Node
@@ -305,9 +305,9 @@ class FunctionNode(Node):
         entry_ids = self._entry_ids(table, layout, digests) if n and compute else pa.array([], pa.large_string())
         recorded = state.recorded(entry_ids)
 
-        # Phase 2: one result lookup for the distinct packet hashes of all rows; per row, the
+        # Phase 2: one result lookup for the packet hashes of all rows; per row, the
         # position of its stored result (null: to compute).
-        found = state.lookup(distinct(hexes))
+        found = state.lookup(hexes)
         position = index_in(hexes, found.column(PACKET_HASH_COLUMN))
         stored = pc.is_valid(position)
         missing = pc.unique(hexes.filter(pc.invert(stored)))  # in order of first appearance

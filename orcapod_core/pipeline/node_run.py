@@ -19,13 +19,18 @@ import pyarrow.compute as pc
 
 from orcapod_core.columns import source_column
 from orcapod_core.hashing import digests_to_hex, hash_rows
-from orcapod_core.keysets import is_in
+from orcapod_core.keysets import distinct, is_in
 from orcapod_core.pipeline.key_index import KeyIndex
 from orcapod_core.pipeline.nodes import COMPUTED_COLUMN, ENTRY_ID_COLUMN, RUN_ID_COLUMN
 from orcapod_core.result_cache import PACKET_HASH_COLUMN
 from orcapod_core.streams import StreamLayout
 
 __all__ = ["NodeRun", "entry_records", "entry_ids_of", "input_source_info", "INPUT_SOURCE_TYPE"]
+
+#: A first-batch lookup of more packet hashes than this reads the node's result columns whole
+#: (as the store does for so many keys) and keeps them unfiltered when they are at most twice
+#: as many rows as asked for.
+BULK_LOOKUP_KEYS = 1000
 
 INPUT_SOURCE_TYPE = pa.map_(pa.field("key", pa.large_string(), False), pa.field("value", pa.large_string(), True))
 
@@ -87,19 +92,27 @@ class NodeRun:
             self._stored_index = KeyIndex(ENTRY_ID_COLUMN, pa.table({ENTRY_ID_COLUMN: stored}))
         return self._stored_index.contains(entry_ids)
 
-    def lookup(self, unique: pa.Array) -> pa.Table:
-        """Stored results of the distinct packet hashes ``unique`` (packet hash + outputs, in
-        the node's result schema)."""
+    def lookup(self, hashes: pa.Array) -> pa.Table:
+        """Stored results of the packet hashes ``hashes`` (packet hash + outputs, in the node's
+        result schema), one row per stored hash; it may hold other stored results too (callers
+        match rows by packet hash)."""
         node = self.node
         schema = node._result_schema()
-        if not len(unique):
+        if not len(hashes):
             return schema.empty_table()
         outputs = schema.names[1:]  # only what the node's rows need is read
         if self.batches <= 1:
-            return _project(node.result_cache.lookup(unique, columns=outputs), schema)
+            if len(hashes) > BULK_LOOKUP_KEYS:
+                # The store reads these columns whole for that many keys anyway; when they are
+                # most of the table, its rows are kept as they are: the caller's one position
+                # lookup matches them, so no separate membership pass over them is needed.
+                everything = node.result_cache.get_all_records(columns=outputs)
+                if everything is None or everything.num_rows <= 2 * len(hashes):
+                    return _project(everything, schema)
+            return _project(node.result_cache.lookup(distinct(hashes), columns=outputs), schema)
         if self._results is None:
             self._results = KeyIndex(PACKET_HASH_COLUMN, _project(node.result_cache.get_all_records(columns=outputs), schema))
-        found = self._results.take(unique)
+        found = self._results.take(distinct(hashes))
         return schema.empty_table() if found is None else found
 
     def note_computed(self, hashes: pa.Array, outputs: pa.Table) -> None:
