@@ -219,9 +219,29 @@ def _value_type(dtype: pa.DataType) -> ValueType:
 
 
 def _fixed_bytes(arr: pa.Array, width: int) -> pa.Array:
-    """Zero-copy view of a fixed-width array's values as ``width``-byte binaries."""
-    view = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(arr), [None, arr.buffers()[1]], offset=arr.offset)
-    return view.cast(pa.large_binary())
+    """Zero-copy view of a fixed-width array's values (or of a ``fixed_size_binary`` array) as
+    ``width``-byte ``large_binary`` values: the data buffer as it is, with offsets ``0, width,
+    2 * width, ...`` (made once per width and length bound, see :func:`_step_offsets`)."""
+    n = len(arr)
+    data = arr.buffers()[1]
+    if n == 0 or data is None:
+        return pa.array([b""] * n, _LB)
+    data = data.slice(arr.offset * width, n * width)
+    return pa.LargeBinaryArray.from_buffers(_LB, n, [None, _step_offsets(width, n), data])
+
+
+_OFFSETS: dict[int, tuple[int, pa.Buffer]] = {}
+
+
+def _step_offsets(width: int, n: int) -> pa.Buffer:
+    """An int64 buffer of at least ``n + 1`` offsets ``0, width, 2 * width, ...`` (kept per width)."""
+    known = _OFFSETS.get(width)
+    if known is None or known[0] < n:
+        size = max(n, _HASH_SLICE_ROWS)
+        step = pa.scalar(width, pa.int64())
+        offsets = pc.subtract(pc.cumulative_sum(pa.repeat(step, size + 1)), step)
+        known = _OFFSETS[width] = (size, offsets.buffers()[1])
+    return known[1]
 
 
 def _is_bytes_like(dtype: pa.DataType) -> bool:
