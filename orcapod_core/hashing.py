@@ -497,12 +497,22 @@ def digests_to_hex(digests: pa.FixedSizeBinaryArray) -> pa.Array:
     return pa.LargeStringArray.from_buffers(n, offsets.buffers()[1], pa.py_buffer(binascii.hexlify(data)))
 
 
-def _fixed_width_data(values: pa.Array | pa.ChunkedArray) -> tuple[memoryview, int, int] | None:
+def _chunks(values: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
+    return list(values.chunks) if isinstance(values, pa.ChunkedArray) else [values]
+
+
+def _per_chunk(convert: Any, values: pa.Array | pa.ChunkedArray, dtype: pa.DataType) -> pa.Array:
+    """``convert`` applied to each chunk of ``values`` (no copy to join the chunks first), as one array."""
+    parts = [convert(c) for c in _chunks(values) if len(c)]
+    if not parts:
+        return pa.array([], dtype)
+    return parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
+
+
+def _fixed_width_data(values: pa.Array) -> tuple[memoryview, int, int] | None:
     """``(the values' bytes back to back, their count, their one length)`` when ``values`` (a
     string or binary array) has no nulls and every value has the same length — digests and
-    ids made of them always do — else ``None``. No copy for a single-chunk array."""
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
+    ids made of them always do — else ``None``. No copy of large or fixed-size types."""
     n = len(values)
     if values.null_count or n == 0:
         return None
@@ -522,6 +532,22 @@ def _fixed_width_data(values: pa.Array | pa.ChunkedArray) -> tuple[memoryview, i
     return memoryview(values.buffers()[2] or b"")[start : start + n * width], n, width
 
 
+def _is_lower_hex(chunk: pa.Array) -> bool:
+    """True when the chunk surely holds lowercase hex digests of one even width (one C pass
+    over the text: unhexlify refuses any non-hex character, an even width keeps every pair
+    inside one value; and no uppercase); False when it may not (the exact check decides)."""
+    if len(chunk) == 0:
+        return True
+    fixed = _fixed_width_data(chunk)
+    if fixed is None or fixed[2] % 2:
+        return False
+    try:
+        binascii.unhexlify(fixed[0])
+    except binascii.Error:
+        return False
+    return pc.all(pc.equal(pc.ascii_lower(chunk), chunk)).as_py()
+
+
 def hex_problem(hexes: pa.Array | pa.ChunkedArray) -> str | None:
     """Why ``hexes`` is not a column of lowercase hex digests (even length, ``0-9a-f``, no
     nulls) — the first offending value — or ``None`` when it is."""
@@ -531,16 +557,8 @@ def hex_problem(hexes: pa.Array | pa.ChunkedArray) -> str | None:
         return f"it has type {hexes.type}, not string"
     if hexes.null_count:
         return "it contains nulls"
-    # The usual case, digests of one length: one C pass over the text (unhexlify refuses any
-    # non-hex character; an even width keeps every pair inside one value), and no uppercase.
-    fixed = _fixed_width_data(hexes)
-    if fixed is not None and fixed[2] % 2 == 0:
-        try:
-            binascii.unhexlify(fixed[0])
-            if pc.all(pc.equal(pc.ascii_lower(hexes), hexes)).as_py():
-                return None
-        except binascii.Error:
-            pass  # some value is not hex: the exact check below names it
+    if all(_is_lower_hex(c) for c in _chunks(hexes)):
+        return None
     series = pl.from_arrow(hexes)
     bad = ~series.str.contains(r"^(?:[0-9a-f]{2})*$")
     if bad.any():
@@ -555,13 +573,21 @@ def hex_to_bytes(hexes: pa.Array | pa.ChunkedArray) -> pa.Array:
     >>> hex_to_bytes(pa.array(["00ff"])).to_pylist()
     [b'\\x00\\xff']
     """
+
+    def one(chunk: pa.Array) -> pa.Array:
+        fixed = _fixed_width_data(chunk)
+        if fixed is None or fixed[2] % 2 or not fixed[2]:
+            return _polars_hex_to_bytes(chunk)
+        data, n, width = fixed  # digests: one unhexlify of the whole text
+        raw = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width // 2), n, [None, pa.py_buffer(binascii.unhexlify(data))])
+        return _fixed_bytes(raw, width // 2)
+
+    return _per_chunk(one, hexes, pa.large_binary())
+
+
+def _polars_hex_to_bytes(hexes: pa.Array) -> pa.Array:
     import polars as pl
 
-    fixed = _fixed_width_data(hexes)
-    if fixed is not None and fixed[2] % 2 == 0 and fixed[2]:  # digests: one unhexlify of the whole text
-        data, n, width = fixed
-        raw = pa.py_buffer(binascii.unhexlify(data))
-        return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width // 2), n, [None, raw]).cast(pa.large_binary())
     out = pl.from_arrow(hexes).str.decode("hex").to_arrow()
     out = out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
     return out.cast(pa.large_binary())
@@ -573,14 +599,19 @@ def bytes_to_hex(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     >>> bytes_to_hex(pa.array([b"\\x00\\xff"])).to_pylist()
     ['00ff']
     """
+    def one(chunk: pa.Array) -> pa.Array:
+        fixed = _fixed_width_data(chunk)
+        if fixed is None or not fixed[2]:
+            return _polars_bytes_to_hex(chunk)
+        data, n, width = fixed  # digests: one hexlify of the whole buffer
+        return pa.LargeStringArray.from_buffers(n, _step_offsets(2 * width, n), pa.py_buffer(binascii.hexlify(data)))
+
+    return _per_chunk(one, values, pa.large_string())
+
+
+def _polars_bytes_to_hex(values: pa.Array) -> pa.Array:
     import polars as pl
 
-    fixed = _fixed_width_data(values)
-    if fixed is not None and fixed[2]:  # digests: one hexlify of the whole buffer
-        data, n, width = fixed
-        step = pa.scalar(2 * width, pa.int64())
-        offsets = pc.subtract(pc.cumulative_sum(pa.repeat(step, n + 1)), step)
-        return pa.LargeStringArray.from_buffers(n, offsets.buffers()[1], pa.py_buffer(binascii.hexlify(data)))
     out = pl.from_arrow(values).bin.encode("hex").to_arrow()
     out = out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
     return out.cast(pa.large_string())
