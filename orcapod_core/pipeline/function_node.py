@@ -308,7 +308,8 @@ class FunctionNode(Node):
         # Phase 2: one result lookup for the packet hashes of all rows; per row, the
         # position of its stored result (null: to compute).
         found = state.lookup(hexes)
-        position = index_in(hexes, found.column(PACKET_HASH_COLUMN))
+        # (stored results: one per packet hash, usually in the order of an unchanged input)
+        position = index_in(hexes, found.column(PACKET_HASH_COLUMN), distinct_values=True)
         stored = pc.is_valid(position)
         missing = pc.unique(hexes.filter(pc.invert(stored)))  # in order of first appearance
         if state.failed_hashes and len(missing):  # failed earlier in this run: not called again
@@ -335,7 +336,8 @@ class FunctionNode(Node):
             for h, t in zip(computed_hashes, computed_tables):
                 result_tables.append(t.select(keys).add_column(0, pa.field(PACKET_HASH_COLUMN, pa.large_string(), False), h).cast(self._result_schema()))
             results = pa.concat_tables(result_tables)
-            position = index_in(hexes, results.column(PACKET_HASH_COLUMN))
+            # (distinct: stored ones + packets computed now, which were not stored)
+            position = index_in(hexes, results.column(PACKET_HASH_COLUMN), distinct_values=True)
         available = pc.is_valid(position)
         rows = pc.indices_nonzero(available)
         everything = len(rows) == n  # the usual case: every row has its output (no copy of the rows)
@@ -401,11 +403,14 @@ class FunctionNode(Node):
         layout = stream.layout
         pf = self.packet_function
         cached_fn = CachedPacketFunction(pf, self.result_cache)
-        first_rows = index_in(missing, hexes)
-        packets = table.select(list(self._stream.read_columns)).take(first_rows)
+        packets = table.select(list(self._stream.read_columns))
+        if len(missing) == table.num_rows:  # every row a new, distinct packet: missing is hexes
+            first_rows = position = pl.int_range(0, len(missing), dtype=pl.Int64, eager=True).to_arrow()
+        else:
+            first_rows, position = index_in(missing, hexes), index_in(hexes, missing)
+            packets = packets.take(first_rows)
         # Rows to record as their packets get computed (not recorded yet), ordered by their
         # packet's position in ``missing`` (the compute order): a chunk's rows are one slice.
-        position = index_in(hexes, missing)
         needs_record = pc.and_(pc.is_valid(position), pc.invert(recorded))
         to_record = pl.DataFrame(
             {"row": pc.indices_nonzero(needs_record).cast(pa.int64()), "pos": position.filter(needs_record).cast(pa.int64())}

@@ -62,3 +62,21 @@ def test_all_distinct_compares_values_when_their_hashes_collide(monkeypatch):
     # Every hash equal (as if they collided): distinct values are still told apart.
     monkeypatch.setattr(pl.Series, "hash", lambda self, seed=0: pl.Series([7] * len(self), dtype=pl.UInt64))
     assert all_distinct(keys) and not all_distinct(pa.array(["a", "b", "a"]))
+
+
+@pytest.mark.parametrize("dtype", [pa.large_string(), pa.large_binary(), pa.int64()])
+def test_values_equal_to_the_keys_in_order_agree_with_the_arrow_kernels(dtype, engine):
+    # A rerun's stored ids come in the order of its input: answered without a join, same answers.
+    raw = [f"k{i:05d}" for i in range(3000)]
+    values = raw if dtype == pa.large_string() else [v.encode() for v in raw] if dtype == pa.large_binary() else list(range(3000))
+    keys = pa.array(values, dtype)
+    for value_set in [keys, _array(values, dtype, True), pa.array(values[::-1], dtype), pa.array(values[:-1] + values[:1], dtype)]:
+        expected_in = pc.is_in(keys, value_set=keysets._one(value_set))
+        expected_at = pc.index_in(keys, value_set=keysets._one(value_set)).cast(pa.int64())
+        assert is_in(keys, value_set).equals(expected_in)
+        assert index_in(keys, value_set).equals(expected_at)
+        if all_distinct(value_set):
+            assert index_in(keys, value_set, distinct_values=True).equals(expected_at)
+    assert keysets.same_values(keys, _array(values, dtype, True))
+    assert not keysets.same_values(keys, pa.array(values[:1] + values[1:-1][::-1] + values[-1:], dtype))
+    assert not keysets.same_values(keys, keys.slice(1))
