@@ -75,9 +75,26 @@ def _as_hex_array(packet_hashes: Any) -> pa.Array:
     return pa.array(list(packet_hashes), pa.large_string())
 
 
-def _constant_column(value: Any, field: pa.Field, n: int) -> pa.Array:
-    one = pa.array([value], field.type)
-    return one.take(pa.repeat(pa.scalar(0, pa.int64()), n)) if n else one.slice(0, 0)
+def _constant_column(value: Any, field: pa.Field, n: int, made: dict[tuple[Any, ...], pa.Array] | None = None) -> pa.Array:
+    """``n`` copies of ``value``. Flat types repeat a scalar; nested ones (maps of execution info)
+    copy one value, and ``made`` keeps the longest such column per (field, value) so a run's
+    many result batches slice it instead of building it again."""
+    if not pa.types.is_nested(field.type):
+        return pa.repeat(pa.scalar(value, field.type), n)
+    key = (field.name, str(field.type), repr(value))
+    known = made.get(key) if made is not None else None
+    if known is None or len(known) < n:
+        one = pa.array([value], field.type)
+        known = one.take(pa.repeat(pa.scalar(0, pa.int64()), n)) if n else one.slice(0, 0)
+        if made is not None:
+            if len(made) >= _MADE_COLUMNS:
+                made.clear()
+            made[key] = known
+    return known.slice(0, n)
+
+
+#: Constant nested columns a :class:`ResultCache` keeps for its next batches.
+_MADE_COLUMNS = 16
 
 
 class ResultCache:
@@ -86,6 +103,7 @@ class ResultCache:
     def __init__(self, database: ArrowDatabase, record_path: Sequence[str]):
         self.database = database
         self.record_path = tuple(record_path)
+        self._made: dict[tuple[Any, ...], pa.Array] = {}  # see _constant_column
 
     def __repr__(self) -> str:
         return f"ResultCache({self.record_path!r})"
@@ -172,7 +190,7 @@ class ResultCache:
             types = Schema(schema) if schema is not None else Schema({k: str for k in data})
             for key, tp in types.items():
                 field = arrow_field(prefix + key, tp)
-                table = table.append_column(field, _constant_column(data.get(key), field, n))
+                table = table.append_column(field, _constant_column(data.get(key), field, n, self._made))
         now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
         table = table.append_column(
             pa.field(STORED_AT_COLUMN, pa.timestamp("us"), False), _constant_column(now, pa.field("t", pa.timestamp("us")), n)
