@@ -491,10 +491,10 @@ def hash_table(table: pa.Table, columns: Sequence[str] | None = None) -> Content
 def digests_to_hex(digests: pa.FixedSizeBinaryArray) -> pa.Array:
     """Hex strings of fixed-width digests as a large_string array, without per-row Python."""
     n, width = len(digests), digests.type.byte_width
+    if n == 0:
+        return pa.array([], pa.large_string())
     data = memoryview(digests.buffers()[1])[digests.offset * width : (digests.offset + n) * width]
-    step = pa.scalar(2 * width, pa.int64())
-    offsets = pc.subtract(pc.cumulative_sum(pa.repeat(step, n + 1)), step)
-    return pa.LargeStringArray.from_buffers(n, offsets.buffers()[1], pa.py_buffer(binascii.hexlify(data)))
+    return pa.LargeStringArray.from_buffers(n, _step_offsets(2 * width, n), pa.py_buffer(binascii.hexlify(data)))
 
 
 def _chunks(values: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
