@@ -519,11 +519,13 @@ def _fixed_width_data(values: pa.Array) -> tuple[memoryview, int, int] | None:
     if pa.types.is_fixed_size_binary(values.type):
         width = values.type.byte_width
         return memoryview(values.buffers()[1])[values.offset * width : (values.offset + n) * width], n, width
-    if not (pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type)):
-        if not (pa.types.is_string(values.type) or pa.types.is_binary(values.type)):
-            return None
-        values = values.cast(pa.large_binary())
-    offsets = pa.Array.from_buffers(pa.int64(), n + 1, [None, values.buffers()[1]], offset=values.offset)
+    if pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type):
+        offset_type = pa.int64()
+    elif pa.types.is_string(values.type) or pa.types.is_binary(values.type):
+        offset_type = pa.int32()  # (what a Parquet read gives)
+    else:
+        return None
+    offsets = pa.Array.from_buffers(offset_type, n + 1, [None, values.buffers()[1]], offset=values.offset)
     lengths = pc.min_max(pc.subtract(offsets[1:], offsets[:-1]))
     width = lengths["min"].as_py()
     if width != lengths["max"].as_py():

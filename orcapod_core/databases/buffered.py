@@ -136,6 +136,15 @@ class BufferedArrowDatabase:
         what this handle last saw (used when buffering: the flush re-checks under the lock)."""
         raise NotImplementedError
 
+    def _committed_membership(self, key: RecordPath, ids: pa.Array | pa.ChunkedArray, fresh: bool = True) -> pa.Array | None:
+        """Per id of ``ids``: is it committed? ``None`` when nothing is. The default asks the set
+        of :meth:`_committed_ids`; a backend may answer from an Arrow column of its ids instead
+        (Delta does: no Python string per stored id)."""
+        committed = self._committed_ids(key, fresh)
+        if not committed:
+            return None
+        return pa.array([rid in committed for rid in ids.to_pylist()], pa.bool_())
+
     def _scan(self, key: RecordPath, columns: list[str] | None, conds: Sequence[Condition]) -> pa.Table | None:
         """Committed rows satisfying every condition (see :func:`_expression`) in commit order,
         normalized; ``None`` without a table. Called right after ``_committed_schema(key)``."""
@@ -267,17 +276,18 @@ class BufferedArrowDatabase:
     def _buffer(self, key: RecordPath, where: str, table: pa.Table, schema: pa.Schema, skip_duplicates: bool) -> int:
         if table.num_rows == 0:
             return 0
-        committed = self._committed_ids(key, fresh=False)
+        committed = self._committed_membership(key, table[RECORD_ID_COLUMN], fresh=False)
+        stored = None if committed is None or not pc.any(committed).as_py() else committed.to_pylist()
         pending = self._pending.get(key)
         pending_ids = pending.ids if pending is not None else set()
         ids = table[RECORD_ID_COLUMN].to_pylist()
         seen: set[str] = set(ids)
         keep: list[bool] = []
         repeated: list[str] = []
-        if len(seen) < len(ids) or not seen.isdisjoint(pending_ids) or not seen.isdisjoint(committed):
+        if len(seen) < len(ids) or not seen.isdisjoint(pending_ids) or stored is not None:
             seen = set()  # some repeat: find which, keeping the first copy
-            for rid in ids:
-                if rid in seen or rid in pending_ids or rid in committed:
+            for i, rid in enumerate(ids):
+                if rid in seen or rid in pending_ids or (stored is not None and stored[i]):
                     keep.append(False)
                     repeated.append(rid)
                 else:
@@ -337,13 +347,11 @@ class BufferedArrowDatabase:
                 with self._commit_lock(key):
                     # Anti-join against what is committed *now* (other handles/processes may have
                     # committed some of these ids since they were buffered) and re-check the schema.
-                    committed = self._committed_ids(key)
+                    committed = self._committed_membership(key, table[RECORD_ID_COLUMN])
                     batch, ids = table, pending.ids
-                    if committed:
-                        keep = [rid not in committed for rid in table[RECORD_ID_COLUMN].to_pylist()]
-                        if not all(keep):
-                            batch = table.filter(pa.array(keep, pa.bool_()))
-                            ids = {rid for rid in ids if rid not in committed}
+                    if committed is not None and pc.any(committed).as_py():
+                        ids = ids - set(table.filter(committed)[RECORD_ID_COLUMN].to_pylist())
+                        batch = table.filter(pc.invert(committed))
                     if batch.num_rows:
                         stored = self._committed_schema(key)
                         schema, batch = conform(where, stored, batch)

@@ -63,7 +63,6 @@ import functools
 import os
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
@@ -80,7 +79,7 @@ from deltalake.fs import DeltaStorageHandler
 from orcapod_core.databases.buffered import BufferedArrowDatabase
 from orcapod_core.databases.file_store import FILE_AREA, FileStore
 from orcapod_core.databases.delta_format import DIGEST_METADATA, is_digest, StoredSchema, stored_schema, table_writer, writer_for
-from orcapod_core.databases.tables import Condition, _expression, normalize_type
+from orcapod_core.databases.tables import Condition, _expression, _IdIndex, normalize_type
 from orcapod_core.databases.maintenance import DEFAULT_RETENTION_HOURS, MaintenanceReport, compact_store, vacuum_store
 from orcapod_core.databases.protocol import (
     MAX_PATH_DEPTH,
@@ -118,15 +117,6 @@ _PROCESS_LOCKS_GUARD = threading.Lock()
 def _process_lock(table_uri: str) -> threading.RLock:
     with _PROCESS_LOCKS_GUARD:
         return _PROCESS_LOCKS.setdefault(table_uri, threading.RLock())
-
-
-@dataclass
-class _IdIndex:
-    """Committed ids of one table as of ``version`` (-1: the table did not exist)."""
-
-    version: int = -1
-    files: set[str] = field(default_factory=set)
-    ids: set[str] = field(default_factory=set)
 
 
 def _commit_file(table_dir: str, version: int) -> str:
@@ -347,14 +337,24 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         return stored
 
     def _committed_ids(self, key: RecordPath, fresh: bool = True) -> set[str]:
+        return self._id_index(key, fresh).as_set()
+
+    def _committed_membership(self, key: RecordPath, ids: pa.Array | pa.ChunkedArray, fresh: bool = True) -> pa.Array | None:
+        # Against the committed id column, sorted once per version: no Python string per stored
+        # id (building a set of a large table's ids cost more than a small commit).
+        return self._id_index(key, fresh).contains(ids)
+
+    def _id_index(self, key: RecordPath, fresh: bool = True) -> _IdIndex:
+        """The committed ids as of the table's current version (only files added since the
+        last call are read, and only their id column)."""
         dt = self._open(key, fresh)
         index = self._indexes.get(key)
         if dt is None:
             index = self._indexes[key] = _IdIndex()
-            return index.ids
+            return index
         version = dt.version()
         if index is not None and index.version == version:
-            return index.ids
+            return index
         actions = pa.table(dt.get_add_actions(flatten=False))
         paths = actions["path"].to_pylist()
         if index is None or not index.files.issubset(paths):
@@ -362,10 +362,10 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         new = [p for p in paths if p not in index.files]
         if new:
             sizes = dict(zip(paths, actions["size_bytes"].to_pylist()))
-            index.ids.update(self._read_ids(key, dt, new, sizes).to_pylist())
+            index.add(self._read_ids(key, dt, new, sizes))
             index.files.update(new)
         index.version = version
-        return index.ids
+        return index
 
     def _read_ids(self, key: RecordPath, dt: DeltaTable, paths: list[str], sizes: dict[str, int]) -> pa.ChunkedArray:
         """The id column of the given data files only."""
@@ -453,7 +453,9 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         dt = self._tables.get(key)  # brought up to date by _committed_ids under the commit lock
         index = self._indexes.get(key)
         before = dt.version() if dt is not None else -1
-        table = self._physical(key, table.combine_chunks())  # one Arrow batch -> one data file, rows in order
+        table = table.combine_chunks()  # one Arrow batch -> one data file, rows in order
+        written_ids = table.column(RECORD_ID_COLUMN)
+        table = self._physical(key, table)
         writer = writer_for(frozenset(f.name for f in table.schema if is_digest(f)))
         try:
             if dt is None:
@@ -473,7 +475,7 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         # without reading them back.
         if dt is not None and index is not None and index.version == before and dt.version() == before + 1:
             index.files = set(pa.table(dt.get_add_actions(flatten=False))["path"].to_pylist())
-            index.ids.update(ids)
+            index.add(written_ids)
             index.version = dt.version()
 
     def _physical(self, key: RecordPath, table: pa.Table) -> pa.Table:

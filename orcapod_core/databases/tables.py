@@ -5,6 +5,7 @@ dropping repeated record ids (the first committed copy wins)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
@@ -189,3 +190,53 @@ def drop_repeated_ids(table: pa.Table) -> pa.Table:
     if all_distinct(table[RECORD_ID_COLUMN]):
         return table
     return table.filter(pl.from_arrow(table[RECORD_ID_COLUMN]).is_first_distinct().to_arrow())
+
+
+@dataclass
+class _IdIndex:
+    """Committed ids of one table as of ``version`` (-1: the table did not exist), as Arrow
+    columns of hex ids (one per batch of files read or written); a Python set of them only
+    when asked for (:meth:`as_set`)."""
+
+    version: int = -1
+    files: set[str] = field(default_factory=set)
+    arrays: list[pa.Array] = field(default_factory=list)
+    _set: set[str] | None = None
+    _sorted: pl.Series | None = None
+
+    def add(self, ids: pa.Array | pa.ChunkedArray) -> None:
+        ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+        if len(ids):
+            self.arrays.append(ids.cast(pa.large_string()))
+            self._sorted = None
+            if self._set is not None:
+                self._set.update(ids.to_pylist())
+
+    def contains(self, ids: pa.Array | pa.ChunkedArray) -> pa.Array | None:
+        """Per id: is it committed? ``None`` when nothing is. The ids are sorted once per
+        version; each call is a binary search per asked id (a run's many small adds)."""
+        column = self.column()
+        if column is None:
+            return None
+        if self._sorted is None:
+            self._sorted = pl.from_arrow(column).sort()
+        stored = self._sorted
+        keys = pl.from_arrow(ids).cast(pl.String)
+        at = stored.search_sorted(keys, side="left")
+        inside = at < stored.len()
+        found = stored.gather(at.clip(0, stored.len() - 1)) == keys
+        return (inside & found).to_arrow()
+
+    def column(self) -> pa.Array | None:
+        """Every committed id in one array (``None``: none)."""
+        if not self.arrays:
+            return None
+        if len(self.arrays) > 1:
+            self.arrays = [pa.concat_arrays(self.arrays)]
+        return self.arrays[0]
+
+    def as_set(self) -> set[str]:
+        if self._set is None:
+            column = self.column()
+            self._set = set() if column is None else set(column.to_pylist())
+        return self._set

@@ -742,3 +742,28 @@ def test_delta_stores_digests_as_bytes_marked_in_the_schema(tmp_path):
     db.add_records(("text",), _digest_rows(3, start=3), digest_columns=[RECORD_ID_COLUMN], flush=True)
     assert DeltaTable(db.table_uri(("text",))).to_pyarrow_table().schema.field(RECORD_ID_COLUMN).type in (pa.string(), pa.large_string())
     assert ids_of(db.get_all_records(("text",))) == _digest_rows(6)[RECORD_ID_COLUMN].to_pylist()
+
+
+def _id_rows(ids, value=0):
+    return pa.table({"__record_id": pa.array([f"{i:032x}" for i in ids], pa.large_string()), "v": [value] * len(ids)})
+
+
+def test_a_fresh_handle_skips_ids_committed_in_many_files_and_by_another_handle_meanwhile(tmp_path):
+    # Committed ids are looked up against the table's id column (sorted once per version),
+    # not a Python set: the same skips, across files, handles and digest-encoded ids.
+    first = DeltaTableDatabase(tmp_path)
+    for start in (0, 2000, 4000):  # three commits, three files
+        assert first.add_records(("t",), _id_rows(range(start, start + 2000)), flush=True, digest_columns=("__record_id",)) == 2000
+    second = DeltaTableDatabase(tmp_path)
+    asked = [*range(1000, 1500), *range(5500, 6500), 6100]  # 1,000 stored in two files, 500 new, one repeat
+    assert second.add_records(("t",), _id_rows(asked, 1), digest_columns=("__record_id",)) == 500
+    assert second.add_records(("t",), _id_rows(range(6400, 6600), 1)) == 100  # 100 pending already
+    # Meanwhile the first handle commits some of the ids the second one holds pending.
+    assert first.add_records(("t",), _id_rows(range(6550, 6700), 2), flush=True) == 150
+    second.flush()
+    stored = DeltaTableDatabase(tmp_path).get_all_records(("t",))
+    ids = stored["__record_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == 6700
+    values = dict(zip(ids, stored["v"].to_pylist()))
+    assert values[f"{1200:032x}"] == 0 and values[f"{6000:032x}"] == 1 and values[f"{6560:032x}"] == 2
+    assert values[f"{6520:032x}"] == 1
