@@ -108,6 +108,9 @@ def is_in(keys: Keys, value_set: Keys) -> pa.BooleanArray:
     n = len(keys)
     if same_values(keys, value_set):
         return pa.repeat(pa.scalar(True, pa.bool_()), n)
+    m = len(value_set)
+    if 0 < m < n and same_values(_one(keys).slice(0, m), value_set):  # rows appended since: only they are looked up
+        return pa.concat_arrays([pa.repeat(pa.scalar(True, pa.bool_()), m), is_in(_one(keys).slice(m), value_set)])
     mask = pl.repeat(False, n, dtype=pl.Boolean, eager=True)
     if n and len(value_set):
         found = _frame(keys).with_row_index("i").join(_frame(value_set), on="k", how="semi")["i"]
@@ -132,8 +135,13 @@ def index_in(keys: Keys, value_set: Keys, *, distinct_values: bool = False) -> p
         raise TypeError(f"index_in: keys of type {keys.type} cannot be looked up in values of type {value_set.type}")
     if not n or not len(value_set):
         return pa.nulls(n, pa.int64())
-    if distinct_values and not _small(keys, value_set) and same_values(keys, value_set):
-        return pl.int_range(0, n, dtype=pl.Int64, eager=True).to_arrow()
+    if distinct_values and not _small(keys, value_set):
+        m = len(value_set)
+        if same_values(keys, value_set):
+            return pl.int_range(0, n, dtype=pl.Int64, eager=True).to_arrow()
+        if m < n and same_values(_one(keys).slice(0, m), value_set):  # rows appended since: only they are looked up
+            head = pl.int_range(0, m, dtype=pl.Int64, eager=True).to_arrow()
+            return pa.concat_arrays([head, index_in(_one(keys).slice(m), value_set)])
     if _small(keys, value_set):
         values = _one(value_set)
         return _one(pc.index_in(keys, value_set=values if values.type == keys.type else values.cast(keys.type))).cast(pa.int64())

@@ -407,7 +407,14 @@ class FunctionNode(Node):
         if len(missing) == table.num_rows:  # every row a new, distinct packet: missing is hexes
             first_rows = position = pl.int_range(0, len(missing), dtype=pl.Int64, eager=True).to_arrow()
         else:
-            first_rows, position = index_in(missing, hexes), index_in(hexes, missing)
+            # Each row's packet position in ``missing`` (distinct), and each packet's first row
+            # from it (every missing packet has a row): no lookup against all of the input's keys.
+            position = index_in(hexes, missing, distinct_values=True)
+            firsts = (
+                pl.DataFrame({"pos": pl.from_arrow(position)}).with_row_index("row").drop_nulls("pos")
+                .unique("pos", keep="first", maintain_order=True).sort("pos")
+            )
+            first_rows = firsts["row"].cast(pl.Int64).to_arrow()
             packets = packets.take(first_rows)
         # Rows to record as their packets get computed (not recorded yet), ordered by their
         # packet's position in ``missing`` (the compute order): a chunk's rows are one slice.

@@ -80,3 +80,15 @@ def test_values_equal_to_the_keys_in_order_agree_with_the_arrow_kernels(dtype, e
     assert keysets.same_values(keys, _array(values, dtype, True))
     assert not keysets.same_values(keys, pa.array(values[:1] + values[1:-1][::-1] + values[-1:], dtype))
     assert not keysets.same_values(keys, keys.slice(1))
+
+
+@pytest.mark.parametrize("dtype", [pa.large_string(), pa.int64()])
+def test_values_equal_to_the_first_keys_appended_rows_agree_with_the_arrow_kernels(dtype, engine):
+    # A grown input: its first rows are the stored ids in order, the appended ones are looked up.
+    values = [f"k{i:05d}" for i in range(3000)] if dtype == pa.large_string() else list(range(3000))
+    stored = pa.array(values, dtype)
+    grown = [*values, *values[:3], values[1500], *(values[:1] if dtype == pa.int64() else ["new", "other"])]
+    keys = pa.array(grown, dtype)
+    assert is_in(keys, stored).equals(pc.is_in(keys, value_set=stored))
+    assert index_in(keys, stored, distinct_values=True).equals(pc.index_in(keys, value_set=stored).cast(pa.int64()))
+    assert index_in(keys, _array(values, dtype, True), distinct_values=True).equals(pc.index_in(keys, value_set=stored).cast(pa.int64()))
