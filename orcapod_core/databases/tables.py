@@ -192,51 +192,57 @@ def drop_repeated_ids(table: pa.Table) -> pa.Table:
     return table.filter(pl.from_arrow(table[RECORD_ID_COLUMN]).is_first_distinct().to_arrow())
 
 
+def _id_hashes(ids: pl.Series) -> pl.Series:
+    """The 64-bit hashes an :class:`_IdIndex` sorts its ids by (stable within a process)."""
+    return ids.hash(seed=0)
+
+
 @dataclass
 class _IdIndex:
-    """Committed ids of one table as of ``version`` (-1: the table did not exist), as Arrow
-    columns of hex ids (one per batch of files read or written); a Python set of them only
-    when asked for (:meth:`as_set`)."""
+    """Committed ids of one table as of ``version`` (-1: the table did not exist), as runs of
+    ids sorted by their 64-bit polars hash (one run per batch of files read or written, merged
+    LSM-style: each run at least twice as long as the next, so a lookup visits O(log N) runs).
+    Hashing and sorting integers costs a fraction of building a Python set of the ids, and a
+    lookup is a binary search over integers, confirmed by comparing the ids themselves. A
+    Python set of them is built only when asked for (:meth:`as_set`)."""
 
     version: int = -1
     files: set[str] = field(default_factory=set)
-    arrays: list[pa.Array] = field(default_factory=list)
+    runs: list[pl.DataFrame] = field(default_factory=list)  # columns h (hash, sorted), k (id)
     _set: set[str] | None = None
-    _sorted: pl.Series | None = None
 
     def add(self, ids: pa.Array | pa.ChunkedArray) -> None:
-        ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-        if len(ids):
-            self.arrays.append(ids.cast(pa.large_string()))
-            self._sorted = None
-            if self._set is not None:
-                self._set.update(ids.to_pylist())
+        if not len(ids):
+            return
+        keys = pl.from_arrow(ids).cast(pl.String).rechunk()
+        run = pl.DataFrame({"h": _id_hashes(keys), "k": keys})
+        while self.runs and self.runs[-1].height <= 2 * run.height:
+            run = pl.concat([self.runs.pop(), run])
+        self.runs.append(run.sort("h"))
+        if self._set is not None:
+            self._set.update(ids.to_pylist())
 
     def contains(self, ids: pa.Array | pa.ChunkedArray) -> pa.Array | None:
-        """Per id: is it committed? ``None`` when nothing is. The ids are sorted once per
-        version; each call is a binary search per asked id (a run's many small adds)."""
-        column = self.column()
-        if column is None:
+        """Per id: is it committed? ``None`` when nothing is."""
+        if not self.runs:
             return None
-        if self._sorted is None:
-            self._sorted = pl.from_arrow(column).sort()
-        stored = self._sorted
-        keys = pl.from_arrow(ids).cast(pl.String)
-        at = stored.search_sorted(keys, side="left")
-        inside = at < stored.len()
-        found = stored.gather(at.clip(0, stored.len() - 1)) == keys
-        return (inside & found).to_arrow()
-
-    def column(self) -> pa.Array | None:
-        """Every committed id in one array (``None``: none)."""
-        if not self.arrays:
-            return None
-        if len(self.arrays) > 1:
-            self.arrays = [pa.concat_arrays(self.arrays)]
-        return self.arrays[0]
+        keys = pl.from_arrow(ids).cast(pl.String).rechunk()
+        hashes = _id_hashes(keys)
+        hit = pl.repeat(False, len(keys), dtype=pl.Boolean, eager=True)
+        for run in self.runs:
+            h, k, n = run["h"], run["k"], run.height
+            at = h.search_sorted(hashes, side="left").clip(0, n - 1)
+            rows = (h.gather(at) == hashes).arg_true()  # candidates: only their ids are compared
+            if rows.len() == 0:
+                continue
+            asked = keys.gather(rows)
+            same = k.gather(at.gather(rows)) == asked
+            if not same.all():  # another id with the same 64-bit hash sorted first (all but never)
+                same = same | asked.is_in(k.implode())
+            hit = hit.scatter(rows.filter(same), True)
+        return hit.to_arrow()
 
     def as_set(self) -> set[str]:
         if self._set is None:
-            column = self.column()
-            self._set = set() if column is None else set(column.to_pylist())
+            self._set = {rid for run in self.runs for rid in run["k"].to_list()}
         return self._set

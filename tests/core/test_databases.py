@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 
+import polars as pl
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
@@ -767,3 +768,19 @@ def test_a_fresh_handle_skips_ids_committed_in_many_files_and_by_another_handle_
     values = dict(zip(ids, stored["v"].to_pylist()))
     assert values[f"{1200:032x}"] == 0 and values[f"{6000:032x}"] == 1 and values[f"{6560:032x}"] == 2
     assert values[f"{6520:032x}"] == 1
+
+
+def test_committed_id_lookups_stay_exact_when_id_hashes_collide(tmp_path, monkeypatch):
+    # The id index orders ids by a 64-bit hash and confirms matches by comparing the ids; with
+    # every id of one length sharing a hash, lookups still find exactly the committed ones.
+    from orcapod_core.databases import tables
+
+    monkeypatch.setattr(tables, "_id_hashes", lambda ids: ids.str.len_bytes().cast(pl.UInt64))
+    first = DeltaTableDatabase(tmp_path)
+    assert first.add_records(("t",), _id_rows(range(0, 300)), flush=True) == 300
+    assert first.add_records(("t",), _id_rows(range(300, 400)), flush=True) == 100
+    second = DeltaTableDatabase(tmp_path)
+    assert second.add_records(("t",), _id_rows([*range(250, 450), 420], 1)) == 50
+    second.flush()
+    ids = DeltaTableDatabase(tmp_path).get_all_records(("t",))["__record_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == 450
