@@ -362,7 +362,7 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         new = [p for p in paths if p not in index.files]
         if new:
             sizes = dict(zip(paths, actions["size_bytes"].to_pylist()))
-            index.add(self._read_ids(key, dt, new, sizes))
+            index.add_read(self._read_ids(key, dt, new, sizes))
             index.files.update(new)
         index.version = version
         return index
@@ -453,9 +453,7 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         dt = self._tables.get(key)  # brought up to date by _committed_ids under the commit lock
         index = self._indexes.get(key)
         before = dt.version() if dt is not None else -1
-        table = table.combine_chunks()  # one Arrow batch -> one data file, rows in order
-        written_ids = table.column(RECORD_ID_COLUMN)
-        table = self._physical(key, table)
+        table = self._physical(key, table.combine_chunks())  # one Arrow batch -> one data file, rows in order
         writer = writer_for(frozenset(f.name for f in table.schema if is_digest(f)))
         try:
             if dt is None:
@@ -475,7 +473,7 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         # without reading them back.
         if dt is not None and index is not None and index.version == before and dt.version() == before + 1:
             index.files = set(pa.table(dt.get_add_actions(flatten=False))["path"].to_pylist())
-            index.add(written_ids)
+            index.add_written(ids)
             index.version = dt.version()
 
     def _physical(self, key: RecordPath, table: pa.Table) -> pa.Table:

@@ -199,19 +199,22 @@ def _id_hashes(ids: pl.Series) -> pl.Series:
 
 @dataclass
 class _IdIndex:
-    """Committed ids of one table as of ``version`` (-1: the table did not exist), as runs of
-    ids sorted by their 64-bit polars hash (one run per batch of files read or written, merged
-    LSM-style: each run at least twice as long as the next, so a lookup visits O(log N) runs).
-    Hashing and sorting integers costs a fraction of building a Python set of the ids, and a
-    lookup is a binary search over integers, confirmed by comparing the ids themselves. A
-    Python set of them is built only when asked for (:meth:`as_set`)."""
+    """Committed ids of one table as of ``version`` (-1: the table did not exist).
+
+    Ids this handle wrote are kept as the Python set they were written with (adding them costs
+    nothing more). Ids read from the table's files — a table another handle or process wrote,
+    e.g. the store of an earlier run — stay Arrow data: runs sorted by their polars 64-bit
+    hash, merged LSM-style (each run at least twice as long as the next, so a lookup visits
+    O(log N) runs), a lookup being an integer binary search per run confirmed by comparing the
+    ids. Hashing and sorting them costs a fraction of a Python set of a large table's ids."""
 
     version: int = -1
     files: set[str] = field(default_factory=set)
     runs: list[pl.DataFrame] = field(default_factory=list)  # columns h (hash, sorted), k (id)
-    _set: set[str] | None = None
+    written: set[str] = field(default_factory=set)
 
-    def add(self, ids: pa.Array | pa.ChunkedArray) -> None:
+    def add_read(self, ids: pa.Array | pa.ChunkedArray) -> None:
+        """Ids read from the table's files."""
         if not len(ids):
             return
         keys = pl.from_arrow(ids).cast(pl.String).rechunk()
@@ -219,16 +222,23 @@ class _IdIndex:
         while self.runs and self.runs[-1].height <= 2 * run.height:
             run = pl.concat([self.runs.pop(), run])
         self.runs.append(run.sort("h"))
-        if self._set is not None:
-            self._set.update(ids.to_pylist())
+
+    def add_written(self, ids: set[str]) -> None:
+        """Ids this handle committed."""
+        self.written.update(ids)
 
     def contains(self, ids: pa.Array | pa.ChunkedArray) -> pa.Array | None:
         """Per id: is it committed? ``None`` when nothing is."""
-        if not self.runs:
+        if not self.runs and not self.written:
             return None
+        if self.written:
+            hit = pl.Series([rid in self.written for rid in ids.to_pylist()], dtype=pl.Boolean)
+        else:
+            hit = pl.repeat(False, len(ids), dtype=pl.Boolean, eager=True)
+        if not self.runs:
+            return hit.to_arrow()
         keys = pl.from_arrow(ids).cast(pl.String).rechunk()
         hashes = _id_hashes(keys)
-        hit = pl.repeat(False, len(keys), dtype=pl.Boolean, eager=True)
         for run in self.runs:
             h, k, n = run["h"], run["k"], run.height
             at = h.search_sorted(hashes, side="left").clip(0, n - 1)
@@ -243,6 +253,5 @@ class _IdIndex:
         return hit.to_arrow()
 
     def as_set(self) -> set[str]:
-        if self._set is None:
-            self._set = {rid for run in self.runs for rid in run["k"].to_list()}
-        return self._set
+        """Every committed id as a Python set (built from the read runs when asked)."""
+        return {rid for run in self.runs for rid in run["k"].to_list()} | self.written
