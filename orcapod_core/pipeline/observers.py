@@ -5,7 +5,9 @@ Per-packet hooks (start/end/crash, with Tag and Packet objects) fire for packets
 computed, and only for observers that want them (``wants_packet_events``: true when a
 subclass overrides a packet hook). Packets served from the store are reported in bulk
 through ``on_node_end``'s stats — a warm run over a million rows builds no per-row
-objects.
+objects. An observer that needs failures only (a live display counting them) sets
+``wants_packet_events = False`` and keeps ``wants_failure_events``: ``on_packet_crash`` then
+fires for failed packets alone, and no object is built for the packets that succeed.
 
 Counts:
 
@@ -44,6 +46,7 @@ __all__ = [
     "LoggingObserver",
     "format_summary",
     "count_text",
+    "wants_failures",
 ]
 
 
@@ -126,6 +129,12 @@ class ExecutionObserver(Protocol):
 _PACKET_HOOKS = ("on_packet_start", "on_packet_end", "on_packet_crash")
 
 
+def wants_failures(observer: Any) -> bool:
+    """Whether ``observer`` takes ``on_packet_crash`` events (every packet's events, or failures
+    only); observers written before ``wants_failure_events`` existed follow ``wants_packet_events``."""
+    return bool(getattr(observer, "wants_packet_events", True) or getattr(observer, "wants_failure_events", False))
+
+
 class NoOpObserver:
     """Ignores everything; the base to subclass (override only the hooks you need)."""
 
@@ -135,6 +144,11 @@ class NoOpObserver:
     def wants_packet_events(self) -> bool:
         """True when a subclass overrides a per-packet hook."""
         return any(getattr(type(self), h) is not getattr(NoOpObserver, h) for h in _PACKET_HOOKS)
+
+    @property
+    def wants_failure_events(self) -> bool:
+        """True when a subclass overrides ``on_packet_crash`` (or wants every packet event)."""
+        return self.wants_packet_events or type(self).on_packet_crash is not NoOpObserver.on_packet_crash
 
     def on_run_start(self, pipeline: Any, run_id: str) -> None:
         pass
@@ -172,6 +186,10 @@ class CompositeObserver(NoOpObserver):
         return any(o.wants_packet_events for o in self.observers)
 
     @property
+    def wants_failure_events(self) -> bool:  # type: ignore[override]
+        return any(wants_failures(o) for o in self.observers)
+
+    @property
     def wants_captured_output(self) -> bool:  # type: ignore[override]
         return any(o.wants_captured_output for o in self.observers)
 
@@ -206,7 +224,9 @@ class CompositeObserver(NoOpObserver):
         self._packet_event("on_packet_end", *a)
 
     def on_packet_crash(self, *a: Any) -> None:
-        self._packet_event("on_packet_crash", *a)
+        for o in self.observers:
+            if wants_failures(o):
+                o.on_packet_crash(*a)
 
 
 class StatusObserver(NoOpObserver):
