@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO, runtime_checkable
 
@@ -45,6 +45,7 @@ __all__ = [
     "ProgressObserver",
     "LoggingObserver",
     "format_summary",
+    "text_table",
     "count_text",
     "wants_failures",
 ]
@@ -443,13 +444,47 @@ def count_text(stats: NodeStats) -> str:
 
 
 def format_summary(stats: Iterable[NodeStats]) -> str:
-    """A plain-text per-node summary table; computed/cached/failed are shown for function nodes
-    only (``-`` for the others: they make no calls and memoize nothing)."""
-    rows = [("node", "kind", "rows", "computed", "cached", "failed", "seconds")]
+    """A plain-text per-node summary table (what :meth:`RunResult.summary` returns and a run in a
+    terminal prints at its end); computed/cached/failed are shown for function nodes only (``-``
+    for the others: they make no calls and memoize nothing).
+
+    >>> print(format_summary([NodeStats("scored", "function", total=3, computed=2, cached=1, duration_s=0.5)]))
+    node    kind      rows  computed  cached  failed  seconds
+    ------  --------  ----  --------  ------  ------  -------
+    scored  function     3         2       1       0     0.50
+    """
+    rows = []
     for s in stats:
         counts = [str(s.computed), str(s.cached), str(s.failed)] if s.kind == "function" else ["-", "-", "-"]
         rows.append((s.label, s.kind, str(s.total), *counts, f"{s.duration_s:.2f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    return text_table(("node", "kind", "rows", "computed", "cached", "failed", "seconds"), rows)
+
+
+def text_table(
+    header: Sequence[str], rows: Iterable[Sequence[str]], *, left: Collection[int] = (0, 1), footer: Sequence[str] | None = None
+) -> str:
+    """A plain-text table with aligned columns — the columns numbered in ``left`` (names)
+    left-aligned, the others (numbers) right-aligned — a rule under the header and, with a
+    ``footer`` row, a rule above it. The layout of :func:`format_summary`, for other summaries
+    (``python -m example_project.summary``) to share.
+
+    >>> print(text_table(("node", "rows"), [("a", "10"), ("bb", "2")], left=(0,), footer=("total", "12")))
+    node   rows
+    -----  ----
+    a        10
+    bb        2
+    -----  ----
+    total    12
+    """
+    body = [tuple(r) for r in rows]
+    every = [tuple(header), *body, *([tuple(footer)] if footer is not None else [])]
+    widths = [max(len(r[i]) for r in every) for i in range(len(header))]
+
+    def line(r: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    lines = [line(header), rule, *map(line, body)]
+    if footer is not None:
+        lines += [rule, line(footer)]
     return "\n".join(lines)

@@ -35,6 +35,7 @@ __all__ = ["LiveProgress", "progress_observer", "is_terminal"]
 
 #: Running nodes shown at once (the async orchestrator runs every node concurrently).
 MAX_SHOWN_NODES = 12
+BAR_WIDTH = 20
 
 
 def is_terminal(stream: Any) -> bool:
@@ -93,16 +94,16 @@ def _clock(seconds: float) -> str:
 
 
 def _line_cells(line: _NodeLine, now: float) -> list[Any]:
-    """label, bar, done/total, rate and ETA, counts — for one running node (text as rich
+    """label, bar, done/total, counts, rate and ETA — for one running node (text as rich
     ``Text``: a label is never read as markup)."""
     from rich.progress_bar import ProgressBar
     from rich.text import Text
 
     done, to_compute, rows, failed = line.done, line.to_compute, line.rows, line.failed  # one read each: other threads write them
-    name = Text(f"{line.label} [{line.kind}]")
+    name = Text(line.label if line.kind == "function" else f"{line.label} [{line.kind}]")
     if to_compute is None:  # nothing computed yet: reading, looking up, or the first chunk
         waiting = "computing…" if line.kind == "function" and rows else ""
-        return [name, ProgressBar(total=None, pulse=True, width=24), Text(f"{rows:,} rows" if rows is not None else ""), Text(""), Text(waiting)]
+        return [name, ProgressBar(total=None, pulse=True, width=BAR_WIDTH), Text(f"{rows:,} rows" if rows is not None else ""), Text(waiting), Text("")]
     rate = done / max(now - line.started, 1e-9)
     eta = _clock((to_compute - done) / rate) if rate > 0 else "?"
     computed = max(done - failed, 0)
@@ -110,14 +111,15 @@ def _line_cells(line: _NodeLine, now: float) -> list[Any]:
     if rows is None or line.streaming:
         # The input arrives batch by batch (async orchestrator): packets to compute are found
         # as it comes, so rows served from the store are known only at the node's end.
-        bar = ProgressBar(total=max(to_compute, 1), completed=done, width=24, complete_style=style)
+        bar = ProgressBar(total=max(to_compute, 1), completed=done, width=BAR_WIDTH, complete_style=style)
         of, cached = f"{done:,}/{to_compute:,}+ packets", "…"
     else:
         # Rows whose packet needs no call are served from the store (or repeat a packet computed now).
         served = max(rows - to_compute, 0)
-        bar = ProgressBar(total=max(rows, 1), completed=min(served + done, rows), width=24, complete_style=style)
+        bar = ProgressBar(total=max(rows, 1), completed=min(served + done, rows), width=BAR_WIDTH, complete_style=style)
         of, cached = f"{served + done:,}/{rows:,} rows", f"{served:,}"
-    return [name, bar, Text(of), Text(f"{rate:,.1f}/s  ETA {eta}"), Text(f"computed {computed:,} · cached {cached} · failed {failed:,}")]
+    # Counts before rate and ETA: a narrow terminal cuts the end of the line.
+    return [name, bar, Text(of), Text(f"{computed:,} computed · {cached} cached · {failed:,} failed"), Text(f"{rate:,.1f}/s  ETA {eta}")]
 
 
 class LiveProgress(NoOpObserver):
@@ -141,6 +143,8 @@ class LiveProgress(NoOpObserver):
     def __init__(self, stream: TextIO | None = None, refresh_per_second: float = 4.0, *, exact_totals: bool = True):
         self.stream = stream if stream is not None else sys.stderr
         self.refresh_per_second = refresh_per_second
+        self._every = 1.0 / refresh_per_second
+        self._drawn = 0.0
         self.exact_totals = exact_totals
         self._lock = threading.Lock()
         self._nodes: dict[str, _NodeLine] = {}
@@ -186,7 +190,10 @@ class LiveProgress(NoOpObserver):
         self._started = time.perf_counter()
         self._title = f"orcapod {'/'.join(getattr(pipeline, 'name', ()) or ('run',))}"
         self._console = Console(file=self.stream, highlight=False)
-        live = Live(console=self._console, refresh_per_second=self.refresh_per_second, transient=True, get_renderable=self._render)
+        # Redrawn by the progress events (throttled, in the thread that computes: no hand-over
+        # of the GIL to another thread on every frame) and, for a clock that keeps ticking
+        # while a slow packet computes, once a second by rich's own thread.
+        live = Live(console=self._console, refresh_per_second=1.0, transient=True, get_renderable=self._render)
         try:
             live.start()
         except LiveError:  # another live display (an enclosing rich progress) owns the terminal
@@ -204,6 +211,11 @@ class LiveProgress(NoOpObserver):
             if line.to_compute is not None and total > line.to_compute:
                 line.streaming = True
             line.done, line.to_compute = done, total
+        now = time.perf_counter()
+        live = self._live
+        if live is not None and now - self._drawn >= self._every:
+            self._drawn = now
+            live.refresh()
 
     def on_packet_crash(self, node: Any, tag: Any, packet: Any, error: BaseException, captured: dict[str, str] | None = None) -> None:
         line = self._nodes.get(node.label)
