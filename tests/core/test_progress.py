@@ -70,6 +70,9 @@ def main(store, progress, mode):
     if mode == "processes":
         from orcapod_core.executors import LocalProcessExecutor
         kwargs["executor"] = LocalProcessExecutor(max_workers=2)
+    if mode == "async":
+        from orcapod_core import AsyncPipelineOrchestrator
+        kwargs["orchestrator"] = AsyncPipelineOrchestrator(buffer_size=2, chunk_rows=8)
     result = p.run(**kwargs)
     print(json.dumps({"stats": {k: s.as_dict() for k, s in result.stats.items()}, "summary": result.summary(),
                       "events": counting.events if counting else None}))
@@ -131,6 +134,18 @@ def test_terminal_display_follows_a_process_pool(tmp_path):
     counts = [int(m.group(1)) for f in frames_of(shown, "scored") if (m := re.search(r"(\d+) computed", f))]
     # Workers' results come back chunk by chunk: the display shows some done before the end.
     assert any(0 < c < 29 for c in counts), plain(shown)
+    assert run["summary"] in plain(shown)
+
+
+@pytest.mark.slow
+def test_terminal_display_under_the_async_orchestrator(tmp_path):
+    shown, run = run_on_pty(tmp_path, mode="async")
+    assert run["stats"]["scored"]["computed"] == 29
+    frames = frames_of(shown, "scored")
+    # The input arrives in batches: packets computed of those found so far; cached rows come
+    # with the node's end (never a guess from a partial count).
+    assert frames and all(re.search(r"\d+/\d+\+ packets", f) and "… cached" in f for f in frames), plain(shown)
+    assert "FAILED scored [function]: 40 rows — 29 computed, 9 cached, 1 failed" in plain(shown)
     assert run["summary"] in plain(shown)
 
 
@@ -270,3 +285,16 @@ def test_display_counts_failures_without_per_packet_objects(tmp_path, monkeypatc
     assert result.failed == 2 and len(failed) == 2
     assert built == [1, 1]  # one object per failed packet, none for the 3 computed ones
     assert "FAILED halved [function]: 5 rows — 3 computed, 0 cached, 2 failed" in plain(terminal.getvalue())
+
+
+def test_a_failing_run_ends_the_display_and_says_why(tmp_path, monkeypatch):
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    stdout = sys.stdout
+    with pytest.raises(ValueError, match="negative"):
+        _pipeline(tmp_path, [1, -1, 2]).run(error_policy="fail_fast")
+    assert sys.stdout is stdout and sys.stderr is terminal  # the display gave the streams back
+    shown = plain(terminal.getvalue())
+    assert "\x1b[?25h" in terminal.getvalue()  # and the cursor
+    assert re.search(r"run \S+ failed: ValueError: negative", shown)
+    assert "halved" in shown.split("node ")[-1]  # the summary of what ran
