@@ -154,7 +154,7 @@ class LiveProgress(NoOpObserver):
         self._console: Any = None
         self._live: Any = None
 
-    # -- drawing (rich's refresh thread) --------------------------------------------------
+    # -- drawing (from the progress events' thread, and rich's once a second) -------------
     def _render(self) -> Any:
         from rich.console import Group
         from rich.table import Table
@@ -187,6 +187,8 @@ class LiveProgress(NoOpObserver):
         from rich.errors import LiveError
         from rich.live import Live
 
+        with self._lock:  # a display given to several runs starts afresh for each
+            self._nodes, self._finished, self._drawn = {}, 0, 0.0
         self._started = time.perf_counter()
         self._title = f"orcapod {'/'.join(getattr(pipeline, 'name', ()) or ('run',))}"
         self._console = Console(file=self.stream, highlight=False)
