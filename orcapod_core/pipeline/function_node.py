@@ -44,7 +44,7 @@ from orcapod_core.keysets import distinct, index_in, is_in
 from orcapod_core.operators import Join
 from orcapod_core.pipeline.node_run import INPUT_SOURCE_TYPE, NodeRun, entry_ids_of, entry_records, input_source_info
 from orcapod_core.pipeline.nodes import ENTRY_ID_COLUMN, INPUT_SOURCE_COLUMN, LoadStatus, Node
-from orcapod_core.pipeline.observers import ExecutionObserver, NodeStats, NoOpObserver
+from orcapod_core.pipeline.observers import ExecutionObserver, NodeStats, NoOpObserver, wants_failures
 from orcapod_core.result_cache import PACKET_HASH_COLUMN, CachedPacketFunction, ResultCache
 from orcapod_core.streams import Stream, StreamLayout, TableStream, conform
 from orcapod_core.tracking import untracked
@@ -411,6 +411,8 @@ class FunctionNode(Node):
             {"row": pc.indices_nonzero(needs_record).cast(pa.int64()), "pos": position.filter(needs_record).cast(pa.int64())}
         ).sort("pos")
         wants_events = getattr(observer, "wants_packet_events", True)
+        # Failures only (a display counting them): objects are built for the failed packets alone.
+        crash_events = wants_failures(observer)
         capture = getattr(observer, "wants_captured_output", False)
         fail_fast = error_policy == "fail_fast"
         total = len(missing)
@@ -459,8 +461,12 @@ class FunctionNode(Node):
                 for i, exc in result.errors.items():
                     failed_hashes.add(missing[start + i].as_py())
                     stats.errors.append(f"{type(exc).__name__}: {exc}")
-                    if wants_events:
-                        observer.on_packet_crash(self, tags[i], packets_objs[i], exc, result.captured.get(i))
+                    if crash_events:
+                        if wants_events:
+                            tag, packet = tags[i], packets_objs[i]
+                        else:
+                            (tag,), (packet,) = self._objects(table, layout, first_rows.slice(start + i, 1))
+                        observer.on_packet_crash(self, tag, packet, exc, result.captured.get(i))
                     if fail_fast:
                         tag = table.slice(first_rows[start + i].as_py(), 1).select(list(layout.tag_columns)).to_pylist()[0]
                         exc.add_note(f"orcapod: node {self.label!r} ({pf.uri}) failed on the packet with tag {tag}")

@@ -38,6 +38,7 @@ from orcapod_core.pipeline.function_node import FunctionNode
 from orcapod_core.pipeline.nodes import CacheMode, Node, OperatorNode, SourceNode
 from orcapod_core.pipeline.observers import ExecutionObserver, RunResult
 from orcapod_core.pipeline.orchestrators import SyncPipelineOrchestrator
+from orcapod_core.pipeline.progress import progress_observer
 from orcapod_core.pipeline.serialization import load_pipeline, save_pipeline
 from orcapod_core.result_cache import ResultCache, result_record_path
 from orcapod_core.streams import Stream
@@ -240,8 +241,14 @@ class Pipeline:
         *,
         nodes: Sequence[str] | None = None,
         include_upstream: bool = True,
+        progress: bool | str = "auto",
     ) -> RunResult:
         """Run the pipeline (or the ``nodes`` given): compute only what is missing.
+
+        ``progress="auto"`` shows a live per-node display and a closing summary on stderr when
+        it is a terminal and no ``observer`` is given (nothing otherwise); ``True`` shows it
+        next to the ``observer`` (plain lines when stderr is not a terminal); ``False`` never
+        (see :mod:`orcapod_core.pipeline.progress`). ``RunResult.summary()`` is the summary as text.
 
         ``error_policy="continue"`` reports failing packets (observer + ``failed`` count) and
         stores everything else; ``"fail_fast"`` raises the first error after committing what
@@ -269,6 +276,8 @@ class Pipeline:
         if self._tracking is not None:
             raise RuntimeError("run the pipeline after its `with` block has closed")
         orchestrator = orchestrator or SyncPipelineOrchestrator()
+        # Only the sync orchestrator hands a node its whole input: exact totals from the first event.
+        observer = progress_observer(progress, observer, exact_totals=isinstance(orchestrator, SyncPipelineOrchestrator))
         # Every run reads its sources' current data (files, tables), pinned for the whole run.
         self.refresh(self.run_selection(nodes, include_upstream), sources_only=True)
         # Passed only when set, so orchestrators written before the option keep working.
