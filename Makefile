@@ -35,6 +35,13 @@ $(INSTANCE): | $(STAMP)
 
 instance: $(INSTANCE)
 
+# Two warnings Dagster itself prints on every `dagster asset materialize`, silenced for `make run`
+# only (exact message prefixes; README "From `make run` to the UI" says more):
+# * the command is "superseded" by `dg launch --assets`, which runs the same code but lives in
+#   dagster-dg-cli, a package that pins an exact Dagster release and brings the Dagster Cloud CLI;
+# * Dagster's own parsing of the selection '*' passes a beta parameter (`include_sources`).
+run: export PYTHONWARNINGS := ignore:Function `asset_materialize_command` is superseded,ignore:Parameter `include_sources` of function `AssetSelection.all` is currently in beta
+
 # Materialize every asset of the example code location into ./.orcapod/, then summarize the
 # latest materialization of each asset (run it twice: everything is cached the second time).
 run: install $(INSTANCE)
