@@ -52,6 +52,8 @@ run: install $(INSTANCE)
 test: install
 	$(BIN)/python -m pytest -q
 
+# `dagster dev` is superseded by `dg dev` (dagster-dg-cli again): that one warning is silenced too.
+ui: export PYTHONWARNINGS := ignore:Function `dev_command` is superseded
 ui: install $(INSTANCE)
 	$(BIN)/dagster dev -w workspace.yaml
 
