@@ -7,7 +7,7 @@
     orcapod graph  pkg.module:attr [--format text|mermaid|dot]
 
 A target names a :class:`~orcapod_core.pipeline.Pipeline`, or a function called with no
-arguments that returns one: ``pkg.module:attr`` (imported with the working directory on the
+arguments that returns one: ``pkg.module:attr`` (or ``pkg.module:obj.attr``) (imported with the working directory on the
 import path, as ``python -m`` does) or ``path/to/file.py:attr`` (its folder on the path).
 ``python -m orcapod_core.cli`` is the same command.
 
@@ -24,6 +24,7 @@ flowchart LR
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import importlib
 import importlib.util
@@ -33,7 +34,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from orcapod_core.errors import TargetLoadError
 from orcapod_core.pipeline import Pipeline
@@ -41,7 +42,7 @@ from orcapod_core.pipeline.observers import ProgressObserver, format_summary
 from orcapod_core.pipeline.pictures import to_text
 from orcapod_core.pipeline.store_status import NodeStoreStatus, store_status
 
-__all__ = ["EXIT_OK", "EXIT_FAILED_PACKETS", "EXIT_ERROR", "EXIT_INTERRUPTED", "load_target", "main"]
+__all__ = ["EXIT_OK", "EXIT_FAILED_PACKETS", "EXIT_ERROR", "EXIT_INTERRUPTED", "load_target", "main", "console_main"]
 
 EXIT_OK = 0
 EXIT_FAILED_PACKETS = 1
@@ -64,9 +65,12 @@ def load_target(target: str) -> Pipeline:
     if not sep or not where or not attr:
         raise TargetLoadError(f"target {target!r} is not 'pkg.module:attr' or 'path/to/file.py:attr'")
     module = _import(target, where)
-    if not hasattr(module, attr):
-        raise TargetLoadError(f"target {target!r}: module {module.__name__!r} has no attribute {attr!r}")
-    value = getattr(module, attr)
+    value: Any = module
+    for i, part in enumerate(attr.split(".")):  # ``module:obj.attr`` walks attributes
+        if not hasattr(value, part):
+            owner = f"module {module.__name__!r}" if i == 0 else repr(".".join(attr.split(".")[:i]))
+            raise TargetLoadError(f"target {target!r}: {owner} has no attribute {part!r}")
+        value = getattr(value, part)
     if isinstance(value, Pipeline):
         return value
     if not callable(value):
@@ -271,5 +275,20 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         return EXIT_ERROR
 
 
+def console_main() -> NoReturn:
+    """The console script (and ``python -m orcapod_core.cli``): :func:`main`, then exit with its
+    code, running the exit handlers (databases flush what is pending; the target's own handlers)
+    but skipping interpreter teardown, in which a few percent of processes that read Delta
+    tables abort ("terminate called without an active exception", SIGABRT) after all work is
+    done — which would turn a clean exit code into -6."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
-import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,22 @@ def not_a_pipeline():
     return 42
 
 
+@function_pod(output_keys="w")
+def slow(x: int) -> int:
+    import pathlib, time
+
+    pathlib.Path("started").touch()  # tells the test that packets are being computed
+    time.sleep(0.3)
+    return x
+
+
+def build_slow():
+    numbers = DictSource({"id": list(range(40)), "x": list(range(40))}, tag_columns="id", source_id="many")
+    with Pipeline("slow", pipeline_database=DeltaTableDatabase("store")) as p:
+        slow.pod(numbers, label="slowed")
+    return p
+
+
 pipeline = build()
 NAME = "lab"
 '''
@@ -96,7 +113,7 @@ def test_failed_packets_exit_1_and_are_named_on_stderr(lab: Path):
 
     # The good packets were stored: a second run serves them and retries only the failing one.
     again = orcapod(lab, "run", "lab:build_failing")
-    assert again.returncode == 1
+    assert again.returncode == 1, (again.stdout, again.stderr)
     assert re.search(r"^scaled\s+function\s+4\s+0\s+2\s+1\s", again.stdout, re.M), again.stdout
     assert re.search(r"^shifted\s+function\s+2\s+0\s+2\s+0\s", again.stdout, re.M), again.stdout
 
@@ -146,9 +163,11 @@ def test_a_file_target_imports_with_its_folder_on_the_path(tmp_path: Path):
     folder = tmp_path / "project"
     folder.mkdir()
     (folder / "lab.py").write_text(LAB)
-    (folder / "entry.py").write_text("import lab\n\n\ndef make():\n    return lab.build()\n")
+    (folder / "entry.py").write_text("import lab\n\n\ndef make():\n    return lab.build()\n\n\nclass Maker:\n    make = staticmethod(make)\n")
     proc = orcapod(tmp_path, "graph", "project/entry.py:make")
     assert proc.returncode == 0, proc.stderr
+    dotted = orcapod(tmp_path, "graph", "project/entry.py:Maker.make")  # attributes of attributes
+    assert dotted.returncode == 0 and dotted.stdout == proc.stdout, dotted.stderr
     assert proc.stdout.splitlines() == [
         "lab: 3 nodes",
         "  numbers  source: DictSource",
@@ -162,6 +181,7 @@ def test_a_file_target_imports_with_its_folder_on_the_path(tmp_path: Path):
     [
         ("nosuch.module:build", "target 'nosuch.module:build': no module named 'nosuch'"),
         ("lab:missing", "target 'lab:missing': module 'lab' has no attribute 'missing'"),
+        ("lab:pipeline.missing", "target 'lab:pipeline.missing': 'pipeline' has no attribute 'missing'"),
         ("lab:NAME", "target 'lab:NAME' is a str, not a Pipeline or a function returning one"),
         ("lab:not_a_pipeline", "target 'lab:not_a_pipeline': not_a_pipeline() returned a int, not a Pipeline"),
         ("lab:broken", "target 'lab:broken': broken() raised RuntimeError: the lab is closed"),
@@ -190,3 +210,28 @@ def test_debug_shows_the_traceback_and_bad_usage_is_exit_2(lab: Path):
     usage = orcapod(lab, "graph", "lab:build", "--format", "png")
     assert usage.returncode == 2 and "invalid choice: 'png'" in usage.stderr
     assert orcapod(lab).returncode == 2  # no command
+
+
+@pytest.mark.slow
+def test_a_stopped_run_exits_130_and_keeps_what_it_computed(lab: Path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orcapod_core.cli", "run", "lab:build_slow"],
+        cwd=lab, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (lab / "started").exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(1.0)  # a few packets done
+        proc.send_signal(signal.SIGTERM)  # what Dagster and schedulers send
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, (out, err)
+    assert err.splitlines()[-1] == "orcapod: interrupted; what was computed is stored"
+    status = orcapod(lab, "status", "lab:build_slow")
+    rows = int(re.search(r"^slowed\s+function\s+(\d+)\s", status.stdout, re.M).group(1))
+    assert 0 < rows < 40, status.stdout
