@@ -37,12 +37,12 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from orcapod_core.errors import TargetLoadError
-from orcapod_core.pipeline import Pipeline
+from orcapod_core.pipeline import AsyncPipelineOrchestrator, Pipeline
 from orcapod_core.pipeline.observers import ProgressObserver, format_summary
 from orcapod_core.pipeline.pictures import to_text
 from orcapod_core.pipeline.store_status import NodeStoreStatus, store_status
 
-__all__ = ["EXIT_OK", "EXIT_FAILED_PACKETS", "EXIT_ERROR", "EXIT_INTERRUPTED", "load_target", "main", "console_main"]
+__all__ = ["EXIT_OK", "EXIT_FAILED_PACKETS", "EXIT_ERROR", "EXIT_INTERRUPTED", "load_target", "format_status", "main", "console_main"]
 
 EXIT_OK = 0
 EXIT_FAILED_PACKETS = 1
@@ -151,8 +151,6 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     pipeline = load_target(args.target)
     kwargs: dict[str, Any] = {"nodes": args.node or None}
     if args.use_async:
-        from orcapod_core.pipeline import AsyncPipelineOrchestrator
-
         kwargs["orchestrator"] = AsyncPipelineOrchestrator()
     if "progress" in inspect.signature(pipeline.run).parameters:
         kwargs["progress"] = {None: "auto", True: True, False: False}[args.progress]

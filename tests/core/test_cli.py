@@ -123,6 +123,10 @@ def test_run_node_runs_only_that_node_and_its_inputs(lab: Path):
     assert proc.returncode == 0, proc.stderr
     labels = [line.split()[0] for line in proc.stdout.splitlines()[2:] if line.strip() and not line.startswith("run ")]
     assert labels == ["numbers", "scaled"]
+    # The async orchestrator computes the rest and serves what is there.
+    rest = orcapod(lab, "run", "lab:build", "--async", "--no-progress")
+    assert rest.returncode == 0, rest.stderr
+    assert re.search(r"^run \S+: 3 computed, 3 cached, 0 failed in ", rest.stdout, re.M), rest.stdout
 
 
 def test_status_reads_the_store_without_writing_to_it(lab: Path):
