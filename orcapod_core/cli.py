@@ -7,9 +7,14 @@
     orcapod graph  pkg.module:attr [--format text|mermaid|dot]
 
 A target names a :class:`~orcapod_core.pipeline.Pipeline`, or a function called with no
-arguments that returns one: ``pkg.module:attr`` (or ``pkg.module:obj.attr``) (imported with the working directory on the
-import path, as ``python -m`` does) or ``path/to/file.py:attr`` (its folder on the path).
-``python -m orcapod_core.cli`` is the same command.
+arguments that returns one: ``pkg.module:attr`` or ``pkg.module:obj.attr`` (imported with the
+working directory on the import path, as ``python -m`` does) or ``path/to/file.py:attr`` (its
+folder on the path). ``python -m orcapod_core.cli`` is the same command.
+
+``run`` shows the progress display of ``pipeline.run(progress=...)`` on stderr (``"auto"``: when
+stderr is a terminal; ``--progress`` / ``--no-progress`` force it on / off). The per-node
+summary follows the display on stderr when there is one, else goes to stdout; the closing line
+(``run <id>: N computed, M cached, K failed in T s``) always goes to stdout.
 
 Exit codes: ``0`` success; ``1`` the run finished but packets failed (they are listed);
 ``2`` an error — a target that cannot be loaded, bad arguments, a run that raised; ``130``
@@ -37,9 +42,9 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from orcapod_core.errors import TargetLoadError
-from orcapod_core.pipeline import AsyncPipelineOrchestrator, Pipeline
-from orcapod_core.pipeline.observers import ProgressObserver, format_summary
+from orcapod_core.pipeline import AsyncPipelineOrchestrator, Pipeline, SyncPipelineOrchestrator
 from orcapod_core.pipeline.pictures import to_text
+from orcapod_core.pipeline.progress import progress_observer
 from orcapod_core.pipeline.store_status import NodeStoreStatus, store_status
 
 __all__ = ["EXIT_OK", "EXIT_FAILED_PACKETS", "EXIT_ERROR", "EXIT_INTERRUPTED", "load_target", "format_status", "main", "console_main"]
@@ -140,30 +145,19 @@ def _one_line(exc: BaseException) -> str:
 # -- commands ---------------------------------------------------------------------------------
 
 
-class _NodeLines(ProgressObserver):
-    """Progress and per-node lines without the closing table (the command prints the summary)."""
-
-    def on_run_end(self, pipeline: Any, run_id: str, stats: Any, error: BaseException | None) -> None:
-        pass
-
-
 def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     pipeline = load_target(args.target)
-    kwargs: dict[str, Any] = {"nodes": args.node or None}
-    if args.use_async:
-        kwargs["orchestrator"] = AsyncPipelineOrchestrator()
-    if "progress" in inspect.signature(pipeline.run).parameters:
-        kwargs["progress"] = {None: "auto", True: True, False: False}[args.progress]
-    elif args.progress or (args.progress is None and err.isatty()):
-        kwargs["observer"] = _NodeLines(err)  # pipelines without run(progress=...) yet
-    result = pipeline.run(**kwargs)
-    summary = getattr(result, "summary", None)
-    print(summary() if summary is not None else format_summary(result.stats.values()), file=out)
-    print(
-        f"\nrun {result.run_id}: {result.computed} computed, {result.cached} cached, {result.failed} failed "
-        f"in {result.duration_s:.2f}s",
-        file=out,
+    orchestrator = AsyncPipelineOrchestrator() if args.use_async else SyncPipelineOrchestrator()
+    # The display run(progress=...) would show, built here to know whether it prints the
+    # summary (on stderr, after the live lines): then stdout gets only the closing line.
+    display = progress_observer(
+        {None: "auto", True: True, False: False}[args.progress], None, err, exact_totals=not args.use_async
     )
+    result = pipeline.run(orchestrator, observer=display, progress=False, nodes=args.node or None)
+    if display is None:
+        print(result.summary(), file=out)
+        print(file=out)
+    print(f"run {result.run_id}: {result.computed} computed, {result.cached} cached, {result.failed} failed in {result.duration_s:.2f}s", file=out)
     if not result.failed:
         return EXIT_OK
     for stats in result.stats.values():

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from terminal import HIDE_CURSOR, plain, run_with_terminal_stderr
 
 from example_project.pipeline import build_pipeline
 
@@ -101,6 +102,22 @@ def test_run_prints_a_summary_and_a_second_run_is_all_cached(lab: Path):
     assert second.returncode == 0, second.stderr
     assert re.search(r"^run \S+: 0 computed, 6 cached, 0 failed in ", second.stdout, re.M), second.stdout
     assert (lab / "store" / "lab").is_dir()
+
+
+def test_progress_goes_to_stderr_with_the_summary_once(lab: Path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    shown, out = run_with_terminal_stderr([sys.executable, "-m", "orcapod_core.cli", "run", "lab:build"], env=env, cwd=lab)
+    assert HIDE_CURSOR in shown  # the live display ran on the terminal ...
+    screen = plain(shown)
+    assert len(re.findall(r"^scaled\s+function\s+3\s+3\s+0\s+0\s", screen, re.M)) == 1, screen  # ... and printed the summary
+    assert re.fullmatch(r"run \S+: 6 computed, 0 cached, 0 failed in [\d.]+s\n", out), out  # stdout: the closing line only
+
+    # --progress off a terminal: plain per-node lines and the summary on stderr, same stdout.
+    lines = orcapod(lab, "run", "lab:build", "--progress")
+    assert lines.returncode == 0, lines.stderr
+    assert "scaled [function]: 3 rows — 0 computed, 3 cached, 0 failed" in lines.stderr
+    assert re.search(r"^scaled\s+function\s+3\s+0\s+3\s+0\s", lines.stderr, re.M), lines.stderr
+    assert re.fullmatch(r"run \S+: 0 computed, 6 cached, 0 failed in [\d.]+s\n", lines.stdout), lines.stdout
 
 
 def test_failed_packets_exit_1_and_are_named_on_stderr(lab: Path):
