@@ -246,6 +246,12 @@ class Stream:
         name = f" {self.label!r}" if self.label else ""
         return f"<{type(self).__name__}{name} tags={dict(tags.to_strings())} packets={dict(packets.to_strings())}>"
 
+    def _repr_html_(self) -> str:
+        """A notebook's table preview (see :mod:`orcapod_core.previews`)."""
+        from orcapod_core.previews import stream_html
+
+        return stream_html(self)
+
     # -- operator sugar -----------------------------------------------------------
     def join(self, *others: Stream, label: str | None = None) -> Stream:
         """Inner join on shared tag columns (see :class:`~orcapod_core.operators.Join`)."""

@@ -59,6 +59,7 @@ Maintenance: :meth:`DeltaTableDatabase.compact` merges the small files of many b
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import os
 import threading
@@ -86,6 +87,7 @@ from orcapod_core.databases.protocol import (
     MAX_PATH_DEPTH,
     RECORD_ID_COLUMN,
     RecordPath,
+    TableStats,
     _component_problem,
     validate_record_path,
 )
@@ -208,6 +210,26 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         if self._root is not None:
             return os.path.join(self._root, *key)
         return self.base_uri.rstrip("/") + "/" + "/".join(key)
+
+    def table_stats(self, record_path: tuple[str, ...]) -> TableStats | None:
+        """Rows, bytes, version and commit time of a committed table (``None`` when there is
+        none), from the Delta log alone: the same call on a local path and on object storage.
+
+        >>> db.table_stats(("pipe", "scores"))     # doctest: +SKIP
+        TableStats(rows=72, bytes=5210, version=3, modified=datetime.datetime(...))
+        """
+        key = validate_record_path(record_path)
+        dt = self._open(key)
+        if dt is None:
+            return None
+        actions = pa.table(dt.get_add_actions(flatten=False))
+        counts = actions["num_records"]
+        # Files written without statistics have no record count: count those tables' rows.
+        rows = (pc.sum(counts).as_py() or 0) if counts.null_count == 0 else dt.to_pyarrow_dataset().count_rows()
+        history = dt.history(1)
+        stamp = history[0].get("timestamp") if history else None
+        modified = datetime.datetime.fromtimestamp(stamp / 1000, datetime.UTC) if stamp is not None else None
+        return TableStats(rows=int(rows), bytes=int(pc.sum(actions["size_bytes"]).as_py() or 0), version=dt.version(), modified=modified)
 
     # ---- maintenance ---------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from orcapod_core.databases.buffered import BufferedArrowDatabase
 from orcapod_core.databases.file_store import FileStore
 from orcapod_core.databases.tables import Condition, _align, _expression
 from orcapod_core.databases.maintenance import DEFAULT_RETENTION_HOURS, MaintenanceReport, _prefix, no_maintenance
-from orcapod_core.databases.protocol import RecordPath
+from orcapod_core.databases.protocol import RecordPath, TableStats, validate_record_path
 
 __all__ = ["InMemoryArrowDatabase"]
 
@@ -70,6 +70,15 @@ class InMemoryArrowDatabase(BufferedArrowDatabase):
     def to_config(self) -> dict[str, Any]:
         """Config of an *empty* in-memory database of the same settings (data is not saved)."""
         return {"type": "memory", "batch_size": self.batch_size, "max_batch_age_s": self.max_batch_age_s}
+
+    def table_stats(self, record_path: tuple[str, ...]) -> TableStats | None:
+        """Rows, in-memory bytes and version of a committed table (``None`` when there is none);
+        commit times are not kept (``modified`` is ``None``)."""
+        stored = self._tables.get(validate_record_path(record_path))
+        if stored is None:
+            return None
+        rows = stored.rows()
+        return TableStats(rows=rows.num_rows, bytes=rows.nbytes, version=stored.version)
 
     # ---- maintenance (nothing to do: no files, no old versions) --------------------------------
 

@@ -218,6 +218,37 @@ class Pipeline:
     def __repr__(self) -> str:
         return f"Pipeline({'/'.join(self.name)!r}, nodes={list(self._nodes)})"
 
+    # -- pictures (rendered in orcapod_core.pipeline.pictures) ------------------------------
+    def to_mermaid(self, direction: str = "LR") -> str:
+        """The compiled graph as a Mermaid flowchart: one shape per node (label, kind, and the
+        source class, operator class or function name), arrows from inputs. Deterministic.
+
+        >>> print(pipeline.to_mermaid())          # doctest: +SKIP
+        flowchart LR
+            n0[("samples<br/>source: CSVSource")]
+            ...
+        """
+        from orcapod_core.pipeline.pictures import to_mermaid
+
+        return to_mermaid(self, direction)
+
+    def to_dot(self, direction: str = "LR") -> str:
+        """The compiled graph in Graphviz DOT (``dot -Tsvg``), nodes named by their labels.
+
+        >>> print(pipeline.to_dot())              # doctest: +SKIP
+        digraph "water_quality" {
+        ...
+        """
+        from orcapod_core.pipeline.pictures import to_dot
+
+        return to_dot(self, direction)
+
+    def _repr_html_(self) -> str:
+        # A notebook shows the graph: SVG when Graphviz is installed, else a Mermaid block.
+        from orcapod_core.pipeline.pictures import graph_html
+
+        return graph_html(self)
+
     def upstream_closure(self, labels: Sequence[str]) -> list[str]:
         """``labels`` plus every node they depend on, in topological order."""
         wanted: set[str] = set()
