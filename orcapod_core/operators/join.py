@@ -36,7 +36,7 @@ from orcapod_core.operators.base import Operator
 from orcapod_core.streams import Stream, StreamLayout
 from orcapod_core.types import arrow_to_python, type_to_string
 
-__all__ = ["Join", "MergeJoin", "SemiJoin", "canonical_order", "suffix_system_tags", "sort_tied_system_tags", "join_indices"]
+__all__ = ["Join", "MergeJoin", "SemiJoin", "canonical_order", "suffix_system_tags", "sort_tied_system_tags", "join_indices", "take_columns"]
 
 _ROW = "__orcapod_row_{}"
 
@@ -171,7 +171,7 @@ def _is_identity(indices: pa.Array, n: int) -> bool:
     return indices[0].as_py() == 0 and pc.all(pc.equal(steps, 1)).as_py() in (True, None)
 
 
-def _take(columns: Sequence[pa.ChunkedArray], indices: pa.Array) -> list[pa.ChunkedArray]:
+def take_columns(columns: Sequence[pa.ChunkedArray], indices: pa.Array) -> list[pa.ChunkedArray]:
     """Each column gathered at ``indices``: zero-copy when they are 0..n-1 (typical for
     the first input of a one-to-one join); otherwise one Arrow ``take`` per column, on
     a thread pool (Arrow releases the GIL; string gathers dominate large joins)."""
@@ -297,16 +297,16 @@ def _execute_join(plan: _JoinPlan) -> pa.Table:
     indices = join_indices([t.select(list(s.tag_columns)) for t, s in zip(tables, plan.ordered)])
     columns: dict[str, pa.ChunkedArray | pa.Array] = {}
     for t, ix, cols, renames in zip(tables, indices, plan.copied, plan.renames):
-        for c, values in zip(cols, _take([t.column(c) for c in cols], ix)):
+        for c, values in zip(cols, take_columns([t.column(c) for c in cols], ix)):
             columns[renames.get(c, c)] = values
     schema = plan.layout.schema
     for c in plan.merged:
-        a, b = (_take([t.column(c)], ix)[0].combine_chunks() for t, ix in zip(tables, indices))
+        a, b = (take_columns([t.column(c)], ix)[0].combine_chunks() for t, ix in zip(tables, indices))
         swap = _greater([a], [b])  # sort each row's pair; source info is permuted the same way
         columns[c] = _interleave(pc.if_else(swap, b, a), pc.if_else(swap, a, b), schema.field(c).type.value_field)
         src = source_column(c)
         if src in schema.names:
-            sa, sb = (_take([t.column(src)], ix)[0].combine_chunks() for t, ix in zip(tables, indices))
+            sa, sb = (take_columns([t.column(src)], ix)[0].combine_chunks() for t, ix in zip(tables, indices))
             columns[src] = _interleave(pc.if_else(swap, sb, sa), pc.if_else(swap, sa, sb), schema.field(src).type.value_field)
     table = pa.Table.from_arrays([columns[n] for n in schema.names], schema=schema)
     return sort_tied_system_tags(table, plan.ordered, plan.renames)
@@ -392,4 +392,4 @@ class SemiJoin(Operator):
         others = pl.from_arrow(right._table().select(common))
         matched = keys.join(others, on=common, how="semi", maintain_order="left")
         rows = matched.get_column(_ROW.format(0)).to_arrow()
-        return pa.Table.from_arrays(_take(table.columns, rows), schema=table.schema)
+        return pa.Table.from_arrays(take_columns(table.columns, rows), schema=table.schema)
