@@ -41,13 +41,21 @@ _BITS = "__orcapod_bits_{}"
 _BITS_TYPE = {16: pa.int16(), 32: pa.int32(), 64: pa.int64()}
 
 
+def _one_array(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """``values`` as one array — without the copy ``combine_chunks`` makes even of a single chunk."""
+    if isinstance(values, pa.ChunkedArray):
+        return values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
+    return values
+
+
 def _canonical_bits(values: pa.ChunkedArray) -> pa.Array:
     """A float column's values as integers whose equality is the canonical encoding's: the
     IEEE bits (so ``-0.0`` differs from ``0.0``), every NaN one value, nulls kept."""
     width = values.type.bit_width
-    bits = values.combine_chunks().view(_BITS_TYPE[width])
+    floats = _one_array(values)
+    bits = floats.view(_BITS_TYPE[width])
     quiet_nan = pa.array([float("nan")], values.type).view(_BITS_TYPE[width])[0]
-    return pc.if_else(pc.is_nan(values.combine_chunks()), quiet_nan, bits)
+    return pc.if_else(pc.is_nan(floats), quiet_nan, bits)
 
 
 class GroupBy(Operator):
@@ -149,5 +157,5 @@ class GroupBy(Operator):
         gathered = take_columns([table.column(f.name) for f in listed], order)
         columns = {k: table.column(k).take(firsts) for k in self.by}
         for field, values in zip(listed, gathered):
-            columns[field.name] = pa.LargeListArray.from_arrays(offsets, values.combine_chunks(), type=field.type)
+            columns[field.name] = pa.LargeListArray.from_arrays(offsets, _one_array(values), type=field.type)
         return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
