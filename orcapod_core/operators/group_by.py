@@ -151,11 +151,11 @@ class GroupBy(Operator):
         if table.num_rows == 0:
             return schema.empty_table()
         order, offsets = self._groups(table)
-        firsts = order.take(offsets.slice(0, len(offsets) - 1))
+        first_rows = order.take(offsets.slice(0, len(offsets) - 1))  # each group's first row
         keys = set(self.by)
         listed = [f for f in schema if f.name not in keys]
         gathered = take_columns([table.column(f.name) for f in listed], order)
-        columns = {k: table.column(k).take(firsts) for k in self.by}
+        columns = {k: table.column(k).take(first_rows) for k in self.by}
         for field, values in zip(listed, gathered):
             columns[field.name] = pa.LargeListArray.from_arrays(offsets, _one_array(values), type=field.type)
         return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
