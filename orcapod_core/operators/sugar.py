@@ -3,9 +3,11 @@
 Streams sit below operators in the import order (an operator takes streams and returns one), so
 ``orcapod_core.streams`` cannot name an operator. Instead this module, which sees both, adds one
 method per operator to :class:`~orcapod_core.streams.Stream` when the operators package is
-imported — and every package that hands out streams (sources, function pods, pipelines) imports
-it. Each method only builds the operator and applies it, so ``s.join(t)`` and ``Join()(s, t)`` are
-the same stream (same identity, same tracking inside a pipeline).
+imported — which ``orcapod_core.sources`` and ``orcapod_core.pipeline`` do, so every source and
+node has them (a bare ``TableStream`` built from ``orcapod_core.streams`` alone gets them once
+the operators are imported). Each method only builds the operator and applies it, so
+``s.join(t)`` and ``Join()(s, t)`` are the same stream (same identity, same tracking inside a
+pipeline).
 
 >>> from orcapod_core.sources import DictSource
 >>> s = DictSource({"id": [1, 2, 3], "g": ["a", "b", "a"]}, tag_columns=["id", "g"], source_id="demo")

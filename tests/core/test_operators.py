@@ -170,6 +170,22 @@ def test_stream_sugar_methods_build_the_same_operators():
     assert a.drop_packet_columns("age").keys() == (("id",), ())
 
 
+def test_streams_do_not_import_operators_and_sources_bring_the_sugar():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import orcapod_core.streams\n"
+        "print('orcapod_core.operators' in sys.modules, hasattr(orcapod_core.streams.Stream, 'group_by'))\n"
+        "from orcapod_core.sources import DictSource\n"
+        "s = DictSource({'id': [1]}, tag_columns='id', source_id='s')\n"
+        "print(all(hasattr(s, m) for m in ('join', 'semi_join', 'batch', 'group_by', 'polars_filter', 'map_tags')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split() == ["False", "False", "True"]
+
+
 # --------------------------------------------------------------------------------------
 # Join
 # --------------------------------------------------------------------------------------
