@@ -57,6 +57,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_node_steps.py
 	$(BIN)/python benchmarks/bench_sources.py
 	$(BIN)/python benchmarks/bench_scale.py
+	$(BIN)/python benchmarks/bench_progress.py
 
 clean:
 	rm -rf $(VENV) .orcapod .dagster

@@ -42,6 +42,7 @@ _NAMES: dict[str, str] = {
     "NoOpObserver": "pipeline",
     "CompositeObserver": "pipeline",
     "ProgressObserver": "pipeline",
+    "LiveProgress": "pipeline",
     "LoggingObserver": "pipeline",
     "StatusObserver": "pipeline",
     "NodeStats": "pipeline",
@@ -76,6 +77,8 @@ _NAMES: dict[str, str] = {
     "RayExecutor": "executors",
     # data model
     "Schema": "types",
+    "register_type": "value_types",
+    "ValueType": "value_types",
     "ContentHash": "hashing",
     "Tag": "datagrams",
     "Packet": "datagrams",
@@ -105,6 +108,9 @@ _MODULES = frozenset(
         "streams",
         "tracking",
         "types",
+        "values",
+        "value_types",
+        "files",
     }
 )
 
@@ -156,6 +162,7 @@ if TYPE_CHECKING:  # what editors and type checkers see
         CacheMode,
         CompositeObserver,
         ExecutionObserver,
+        LiveProgress,
         LoadStatus,
         LoggingObserver,
         NodeStats,
@@ -170,3 +177,4 @@ if TYPE_CHECKING:  # what editors and type checkers see
     from orcapod_core.sources import ArrowTableSource, CSVSource, DataFrameSource, DeltaTableSource, DictSource, ListSource  # noqa: F401
     from orcapod_core.streams import Stream  # noqa: F401
     from orcapod_core.types import Schema  # noqa: F401
+    from orcapod_core.value_types import ValueType, register_type  # noqa: F401

@@ -20,6 +20,7 @@ import pyarrow as pa
 from orcapod_core.columns import CONTENT_HASH_COLUMN, ColumnConfig, is_hidden
 from orcapod_core.hashing import HASH_METHOD, ContentHash, hash_rows
 from orcapod_core.types import Schema, canonicalize_table, schema_from_arrow
+from orcapod_core.value_types import table_from_rows
 
 __all__ = ["Datagram", "Tag", "Packet"]
 
@@ -40,7 +41,7 @@ class Datagram(Mapping[str, Any]):
         self._values = dict(values)
         self._hidden = dict(hidden or {})
         if arrow_schema is None:
-            table = canonicalize_table(pa.Table.from_pylist([{**self._values, **self._hidden}]))
+            table = canonicalize_table(table_from_rows([{**self._values, **self._hidden}]))
             arrow_schema = table.schema
         self._fields = arrow_schema
         self._digest = digest
@@ -96,13 +97,13 @@ class Datagram(Mapping[str, Any]):
         """One-row Arrow table of the selected columns."""
         data = self.as_dict(columns, all_info)
         fields = [self._fields.field(n) if n != CONTENT_HASH_COLUMN else pa.field(n, pa.large_string(), False) for n in data]
-        return pa.Table.from_pylist([data], schema=pa.schema(fields))
+        return table_from_rows([data], pa.schema(fields))
 
     def content_hash(self) -> ContentHash:
         """Row hash of the visible columns (hidden provenance does not change content)."""
         if self._digest is None:
             visible = [n for n in self._values if not is_hidden(n)]
-            table = pa.Table.from_pylist([{n: self._values[n] for n in visible}], schema=pa.schema([self._fields.field(n) for n in visible]))
+            table = table_from_rows([{n: self._values[n] for n in visible}], pa.schema([self._fields.field(n) for n in visible]))
             self._digest = hash_rows(table)[0].as_py()
         return ContentHash(HASH_METHOD, self._digest)
 

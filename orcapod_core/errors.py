@@ -96,3 +96,12 @@ class PacketComputationError(OrcapodError):
 class NotMaterializedError(OrcapodError, LookupError):
     """A node's output was asked for as of a materialization that does not exist (never
     materialized, or its snapshot is missing from the store); the message names the node/asset."""
+
+
+class MissingFileError(InputValidationError, FileNotFoundError):
+    """A file-valued column (``pathlib.Path``) names a file or directory that does not exist
+    or cannot be read; ``column`` and ``row`` say where, ``path`` which file."""
+
+    def __init__(self, message: str, *, path: str = "", column: str | None = None, row: int | None = None):
+        super().__init__(message)
+        self.path, self.column, self.row = path, column, row

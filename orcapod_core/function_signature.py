@@ -19,30 +19,70 @@ from orcapod_core.columns import check_user_column
 from orcapod_core.errors import FunctionDefinitionError, InputValidationError, SchemaMismatchError
 from orcapod_core.types import Schema, is_assignable, python_to_arrow, type_to_string
 
-__all__ = ["signature_schemas", "check_output_keys", "check_name_part", "check_packet_schema"]
+__all__ = ["signature_schemas", "check_output_keys", "check_name_part", "check_packet_schema", "read_columns"]
 
 
-def check_packet_schema(function_name: str, input_schema: Schema, packet_schema: Mapping[str, Any]) -> None:
-    """Raise :class:`SchemaMismatchError` listing every column of ``packet_schema`` that does
-    not fit a parameter of ``input_schema`` (and every required parameter without a column)."""
+def read_columns(input_schema: Schema, packet_columns: Sequence[str]) -> tuple[str, ...]:
+    """The packet columns a function reads: those named like one of its parameters, in the
+    stream's order. The others are ignored — not passed, and not part of the input packet hash.
+
+    >>> read_columns(Schema({"x": int, "k": int}, {"k"}), ["note", "x"])
+    ('x',)
+    """
+    return tuple(c for c in packet_columns if c in input_schema)
+
+
+def check_packet_schema(
+    function_name: str, input_schema: Schema, packet_schema: Mapping[str, Any], tag_columns: Sequence[str] = ()
+) -> None:
+    """Raise :class:`SchemaMismatchError` listing every required parameter without a column in
+    ``packet_schema`` (with the fix: which operator renames a column to it) and every column
+    whose type does not fit its parameter. Columns that are not parameters are fine: the
+    function does not read them.
+
+    >>> check_packet_schema("f", Schema({"x": int}), {"x": int, "note": str})   # extra column: fine
+    >>> check_packet_schema("f", Schema({"x": int}), {"n": int})
+    Traceback (most recent call last):
+    ...
+    orcapod_core.errors.SchemaMismatchError: function 'f': ... rename a column to it with `stream.map_packets({'n': 'x'})` ...
+    """
     problems = []
     optional = input_schema.optional_fields
+    unread = [c for c in packet_schema if c not in input_schema]
     for param, tp in input_schema.items():
         if param not in packet_schema:
             if param not in optional:
-                problems.append(f"parameter {param!r} ({type_to_string(tp)}) has no column in the stream")
+                problems.append(_missing_parameter(param, tp, packet_schema, unread, tag_columns))
         elif not is_assignable(packet_schema[param], tp):
             problems.append(
                 f"column {param!r} is {type_to_string(packet_schema[param])} but parameter {param!r} expects {type_to_string(tp)}"
             )
-    for column, tp in packet_schema.items():
-        if column not in input_schema:
-            problems.append(f"column {column!r} ({type_to_string(tp)}) is not a parameter of the function")
     if problems:
         raise SchemaMismatchError(
             f"function {function_name!r}: the input packet schema {dict(Schema(packet_schema).to_strings())} "
             f"does not match its parameters {dict(input_schema.to_strings())}: " + "; ".join(problems)
         )
+
+
+def _missing_parameter(
+    param: str, tp: Any, packet_schema: Mapping[str, Any], unread: Sequence[str], tag_columns: Sequence[str]
+) -> str:
+    """The problem of a required parameter without a column, with the fix spelled out: rename a
+    column that fits (one of the right type if there is one) with ``map_packets``."""
+    text = f"parameter {param!r} ({type_to_string(tp)}) has no column in the stream"
+    if param in tag_columns:
+        text += f" ({param!r} is a tag column, and tags are not passed to functions)"
+    fitting = [c for c in unread if is_assignable(packet_schema[c], tp)]
+    candidate = fitting[0] if fitting else (unread[0] if unread else None)
+    columns = list(packet_schema)
+    if candidate is None:
+        if not columns:
+            return f"{text}; the stream has no packet columns"
+        return f"{text}; the stream's packet columns {columns} are all read by other parameters"
+    return (
+        f"{text}; the stream has packet columns {columns} — rename a column to it with "
+        f"`stream.map_packets({{{candidate!r}: {param!r}}})` (MapPackets)"
+    )
 
 
 def check_name_part(value: Any, what: str, py_name: str) -> None:

@@ -13,7 +13,10 @@ Two encodings, both versioned by :data:`HASH_METHOD`:
   from ``0.0``, e.g. for ``1 / x``), date32 as 4-byte LE
   days, bool as one byte, strings/binary as 8-byte LE length + bytes, lists as
   8-byte LE count + encoded items, maps as count + (key, value) pairs sorted by
-  key. The row digest is SHA-256 of that message. Fixed-width, string and list
+  key. Value types (files, NumPy arrays, registered types: see :mod:`orcapod_core.value_types`)
+  as their stored struct's fields in order, each encoded as above — or, for a type that
+  defines its *content* (``pathlib.Path``: the file's or tree's digest), as that content's
+  bytes like a binary value. The row digest is SHA-256 of that message. Fixed-width, string and list
   columns (lists of those, nested lists, lists of maps) are encoded with Arrow
   kernels over whole columns (in bounded slices of rows); only the final digest is
   one C call per row.
@@ -41,7 +44,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from orcapod_core.errors import MissingFileError, UnsupportedTypeError
 from orcapod_core.types import Schema, arrow_to_python, type_to_string
+from orcapod_core.files import content_digest
+from orcapod_core.value_types import PATH_TYPE, ValueType, value_type_for_arrow
 
 __all__ = [
     "HASH_METHOD",
@@ -67,6 +73,7 @@ _VALID = b"\x01"
 _LB = pa.large_binary()
 _S_VALID = pa.scalar(_VALID, _LB)
 _S_EMPTY = pa.scalar(b"", _LB)
+_LEN32 = struct.pack("<Q", 32)
 #: The one NaN every NaN is encoded as (the quiet NaN with no sign and no payload).
 CANONICAL_NAN: float = struct.unpack("<d", bytes.fromhex("000000000000f87f"))[0]
 _S_NAN = pa.scalar(CANONICAL_NAN, pa.float64())
@@ -195,7 +202,20 @@ def encode_value(value: Any, dtype: pa.DataType) -> bytes:
         pairs = sorted(value.items() if isinstance(value, Mapping) else value, key=lambda kv: kv[0])
         body = b"".join(encode_value(k, dtype.key_type) + encode_value(v, dtype.item_type) for k, v in pairs)
         return _VALID + struct.pack("<Q", len(pairs)) + body
+    if pa.types.is_struct(dtype):  # a value type's stored struct (a dict)
+        vt = _value_type(dtype)
+        if vt.content is not None:
+            data = vt.content(vt.value_of(value))
+            return _VALID + struct.pack("<Q", len(data)) + data
+        return _VALID + b"".join(encode_value(value[f.name], f.type) for f in dtype)
     raise TypeError(f"no canonical encoding for Arrow type {dtype}")
+
+
+def _value_type(dtype: pa.DataType) -> ValueType:
+    vt = value_type_for_arrow(dtype)
+    if vt is None:
+        raise UnsupportedTypeError(f"Arrow type {dtype} is not a registered value type (see orcapod_core.value_types)")
+    return vt
 
 
 def _fixed_bytes(arr: pa.Array, width: int) -> pa.Array:
@@ -221,7 +241,7 @@ def _encodable(dtype: pa.DataType) -> bool:
         return _encodable(dtype.value_type)
     if pa.types.is_map(dtype):
         return _encodable(dtype.key_type) and _encodable(dtype.item_type)
-    return False
+    return value_type_for_arrow(dtype) is not None
 
 
 def _encode_list_column(arr: pa.ListArray | pa.LargeListArray) -> pa.Array:
@@ -259,11 +279,42 @@ def _encode_column(arr: pa.Array) -> pa.Array:
         body = pc.binary_join_element_wise(_S_VALID, _fixed_bytes(lengths.cast(pa.int64()), 8), arr.cast(_LB), _S_EMPTY)
     elif (pa.types.is_list(dtype) or pa.types.is_large_list(dtype)) and _LITTLE and _encodable(dtype):
         body = _encode_list_column(arr)
+    elif pa.types.is_struct(dtype):
+        body = _encode_struct_column(arr)
     else:
         return pa.array([encode_value(v, dtype) for v in arr.to_pylist()], pa.large_binary())
     if arr.null_count:
         body = pc.if_else(pc.is_valid(arr), body, pa.scalar(_NULL, pa.large_binary()))
     return body
+
+
+def _encode_struct_column(arr: pa.StructArray) -> pa.Array:
+    """A value type's column: its fields' encodings joined (columnar), or — for a type with a
+    *content* function (files) — that content per value, like a binary value."""
+    vt = _value_type(arr.type)
+    if vt.content is None:
+        children = [_encode_column(child) for child in arr.flatten()]
+        return pc.binary_join_element_wise(_S_VALID, *children, _S_EMPTY)
+    if vt is PATH_TYPE:  # the hot case: straight from the path strings, each distinct path once
+        seen: dict[str, bytes] = {}
+        out = []
+        for path in arr.field("path").to_pylist() if arr.offset == 0 else arr.flatten()[0].to_pylist():
+            if path is None:
+                out.append(_NULL)
+                continue
+            encoded = seen.get(path)
+            if encoded is None:
+                encoded = seen[path] = _VALID + _LEN32 + content_digest(path)
+            out.append(encoded)
+        return pa.array(out, _LB)
+    out = []
+    for stored in arr.to_pylist():
+        if stored is None:
+            out.append(_NULL)
+            continue
+        data = vt.content(vt.value_of(stored))
+        out.append(_VALID + struct.pack("<Q", len(data)) + data)
+    return pa.array(out, _LB)
 
 
 def _schema_digest(fields: Sequence[pa.Field]) -> bytes:
@@ -298,13 +349,33 @@ def hash_rows(table: pa.Table, columns: Sequence[str] | None = None) -> pa.Fixed
     digests: list[bytes] = []
     for start in range(0, n, _HASH_SLICE_ROWS):
         size = min(_HASH_SLICE_ROWS, n - start)
-        parts = [_encode_column(c.slice(start, size).combine_chunks()) for c in chosen]
+        parts = [_encode_named(name, c.slice(start, size).combine_chunks(), start) for name, c in zip(names, chosen)]
         if parts:
             messages = pc.binary_join_element_wise(prefix, *parts, _S_EMPTY)
         else:  # no columns (e.g. a stream without packet columns): every message is the bare prefix
             messages = pa.repeat(prefix, size)
         digests.append(sha256_each(messages))
     return pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), n, [None, pa.py_buffer(b"".join(digests))])
+
+
+def _encode_named(name: str, arr: pa.Array, first_row: int) -> pa.Array:
+    try:
+        return _encode_column(arr)
+    except MissingFileError as exc:  # say where: the column, and the row holding that path
+        row = _row_naming(arr, exc.path)
+        at = f", row {first_row + row}" if row is not None else ""
+        raise MissingFileError(f"column {name!r}{at}: {exc}", path=exc.path, column=name, row=None if row is None else first_row + row) from None
+
+
+def _row_naming(arr: pa.Array, path: str) -> int | None:
+    import os
+
+    target = os.path.abspath(path)
+    for i, value in enumerate(arr.to_pylist()):
+        text = repr(value)
+        if path in text or target in text:
+            return i
+    return None
 
 
 def sha256_each(messages: pa.Array) -> bytes:

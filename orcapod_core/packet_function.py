@@ -48,17 +48,23 @@ from orcapod_core.errors import (
 )
 from orcapod_core.executors import LocalPythonFunctionExecutor, PythonFunctionExecutor, check_executor
 from orcapod_core.function_identity import code_identity, git_hash, host_info
-from orcapod_core.function_signature import check_name_part, check_output_keys, check_packet_schema, signature_schemas
+from orcapod_core.function_signature import (
+    check_name_part,
+    check_output_keys,
+    check_packet_schema,
+    read_columns,
+    signature_schemas,
+)
 from orcapod_core.hashing import ContentHash, hash_object
 from orcapod_core.types import (
     Schema,
     arrow_field,
     arrow_schema_to_json,
     python_to_arrow,
-    strict_array,
     type_to_string,
-    value_problem,
 )
+from orcapod_core.values import strict_array, value_problem
+from orcapod_core.value_types import has_paths, missing_path, to_python
 
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError, ValueError, KeyError)
 
@@ -139,9 +145,19 @@ class PacketFunctionDescription:
     def is_async(self) -> bool:
         return self._is_async
 
-    def check_input_schema(self, packet_schema: Mapping[str, Any]) -> None:
-        """Raise :class:`SchemaMismatchError` listing every column that does not fit a parameter."""
-        check_packet_schema(self._function_name, self._input_schema, packet_schema)
+    def check_input_schema(self, packet_schema: Mapping[str, Any], tag_columns: Sequence[str] = ()) -> None:
+        """Raise :class:`SchemaMismatchError` listing every required parameter without a column
+        and every column whose type does not fit its parameter (other columns are not read)."""
+        check_packet_schema(self._function_name, self._input_schema, packet_schema, tag_columns)
+
+    def read_columns(self, packet_columns: Sequence[str]) -> tuple[str, ...]:
+        """Which of ``packet_columns`` the function reads (its parameters'); the input packet
+        hash covers exactly these.
+
+        >>> pf.read_columns(["x", "note"])          # doctest: +SKIP
+        ('x',)
+        """
+        return read_columns(self._input_schema, packet_columns)
 
 
 class PythonPacketFunction(PacketFunctionDescription):
@@ -332,19 +348,21 @@ class PythonPacketFunction(PacketFunctionDescription):
 
     # -- input checks -------------------------------------------------------------------
     def _kwargs(self, packet: Mapping[str, Any]) -> dict[str, Any]:
+        """The call's keyword arguments: the packet's values of the parameters (other columns
+        are not read, as in a stream)."""
         schema = self._input_schema
         missing = [p for p in schema if p not in packet and p not in schema.optional_fields]
-        unknown = [k for k in packet if k not in schema]
-        if missing or unknown:
+        if missing:
             raise SchemaMismatchError(
-                f"function {self._function_name!r}: packet columns {list(packet)} do not match its parameters "
-                f"{list(schema)} (missing {missing}, not parameters {unknown})"
+                f"function {self._function_name!r}: packet columns {list(packet)} have no value for parameter(s) "
+                f"{missing} (parameters: {list(schema)})"
             )
         return {k: packet[k] for k in schema if k in packet}
 
     # -- single packet --------------------------------------------------------------------
     def call(self, packet: Mapping[str, Any]) -> dict[str, Any]:
-        """Compute one packet: ``{parameter: value}`` → ``{output key: value}``.
+        """Compute one packet: ``{parameter: value}`` → ``{output key: value}`` (keys that are
+        not parameters are ignored).
 
         User exceptions propagate unchanged; a return value that does not fit the output
         schema raises :class:`~orcapod_core.errors.OutputTypeError` naming the output key.
@@ -459,7 +477,7 @@ class PythonPacketFunction(PacketFunctionDescription):
             col = table.column(p)
             if col.type != self._param_arrow[p]:  # e.g. an int column feeding a float parameter
                 col = col.cast(self._param_arrow[p])
-            columns.append(col.to_pylist(maps_as_pydicts="strict"))
+            columns.append(to_python(col))
         if len(names) == 1:
             (only,) = names
             return [{only: v} for v in columns[0]]
@@ -530,6 +548,11 @@ class PythonPacketFunction(PacketFunctionDescription):
                 if not bad:
                     raise
                 continue
+            if has_paths(f.type):  # a returned file must exist (it is copied into the result store)
+                for j, v in enumerate(values):
+                    gone = missing_path(v)
+                    if gone is not None and j not in bad:
+                        bad[j] = self._output_error(f.name, f"the returned file {gone!r} does not exist", v)
             arrays.append(arr)
         return arrays, bad
 

@@ -31,6 +31,7 @@ from orcapod_core.packet_function import BatchResult, PythonPacketFunction
 from orcapod_core.hashing import digests_to_hex, hash_rows
 from orcapod_core.keysets import all_distinct, index_in
 from orcapod_core.types import Schema, arrow_field
+from orcapod_core.value_types import has_paths, rows_to_python, table_from_rows
 
 __all__ = [
     "PACKET_HASH_COLUMN",
@@ -89,6 +90,25 @@ class ResultCache:
     def __repr__(self) -> str:
         return f"ResultCache({self.record_path!r})"
 
+    # Files a function returns (``Path`` outputs) live in the database's file store; records hold
+    # references to them, and every read gives paths that exist on this machine.
+    def _refs(self, table: pa.Table) -> pa.Table:
+        store = getattr(self.database, "file_store", None)
+        if store is None or not any(has_paths(f.type) for f in table.schema):
+            return table
+        return store.to_refs(table)
+
+    def _local(self, table: pa.Table) -> pa.Table:
+        store = getattr(self.database, "file_store", None)
+        if store is None or not any(has_paths(f.type) for f in table.schema):
+            return table
+        return store.to_local(table)
+
+    def keep_files(self, outputs: pa.Table) -> pa.Table:
+        """``outputs`` with each returned file copied into the store and its ``Path`` pointing at
+        the stored copy (which outlives the directory the function wrote it in)."""
+        return self._local(self._refs(outputs))
+
     def lookup(
         self,
         packet_hashes: Any,
@@ -117,7 +137,7 @@ class ResultCache:
                 cond = pc.is_null(found.column(column)) if value is None else pc.equal(found.column(column), value)
                 mask = cond if mask is None else pc.and_(mask, cond)
             found = found.filter(mask)
-        return _keep_columns(_most_recent(found), columns)
+        return self._local(_keep_columns(_most_recent(found), columns))
 
     def _empty(self, schema: pa.Schema | None = None) -> pa.Table:
         if schema is None:
@@ -142,7 +162,7 @@ class ResultCache:
         if len(hexes) != n:
             raise ValueError(f"{len(hexes)} packet hashes for {n} output rows")
         # The packet hash is the record id (stored once; reads give it back as PACKET_HASH_COLUMN).
-        table = outputs.add_column(0, pa.field(RECORD_ID_COLUMN, pa.large_string(), False), hexes)
+        table = self._refs(outputs).add_column(0, pa.field(RECORD_ID_COLUMN, pa.large_string(), False), hexes)
         for prefix, data, schema in (
             (VARIATION_PREFIX, variation_data, variation_schema),
             (EXECUTION_PREFIX, execution_data, execution_schema),
@@ -163,7 +183,7 @@ class ResultCache:
         """Every stored result (most recent per hash), or ``None`` if nothing was stored;
         ``columns`` as in :meth:`lookup`."""
         table = _with_packet_hash(self.database.get_all_records(self.record_path, columns=_stored_columns(columns)))
-        return None if table is None else _keep_columns(_most_recent(table), columns)
+        return None if table is None else self._local(_keep_columns(_most_recent(table), columns))
 
     def flush(self) -> None:
         self.database.flush_path(self.record_path)
@@ -222,10 +242,12 @@ class CachedPacketFunction:
     def __repr__(self) -> str:
         return f"CachedPacketFunction({self._pf!r}, {self.result_cache!r})"
 
-    def _store(self, hashes: pa.Array, outputs: pa.Table, executor: Any = None, where: dict[str, str] | None = None) -> None:
+    def _store(self, hashes: pa.Array, outputs: pa.Table, executor: Any = None, where: dict[str, str] | None = None) -> pa.Table:
         """Store computed outputs with their execution context: the executor that computed them
         (``executor``, a per-run override, else the function's) and ``where`` it ran (a worker
-        process, a Ray node: its host name replaces this machine's)."""
+        process, a Ray node: its host name replaces this machine's). Returns the outputs as
+        stored (returned files: their copies in the store)."""
+        outputs = self.result_cache.keep_files(outputs)
         execution = self._pf.get_execution_data()
         if executor is not None:  # a per-run override computed these: record it, not the default
             execution["executor_type"] = executor.executor_type
@@ -242,6 +264,7 @@ class CachedPacketFunction:
             variation_schema=self._pf.get_function_variation_data_schema(),
             execution_schema=self._pf.get_execution_data_schema(),
         )
+        return outputs
 
     def _hash(self, table: pa.Table) -> pa.FixedSizeBinaryArray:
         return hash_rows(table, [c for c in self._pf.input_schema if c in table.column_names])
@@ -250,11 +273,11 @@ class CachedPacketFunction:
         """One packet: a stored result if its hash is known, else computed and stored."""
         packet = self._pf._kwargs(packet)  # same checks as the uncached call: missing/unknown columns
         schema = pa.schema([arrow_field(k, self._pf.input_schema[k]) for k in packet])
-        table = pa.Table.from_pylist([packet], schema=schema)
+        table = table_from_rows([packet], schema)
         result = self.call_batch(table, fail_fast=True)
         if result.errors:
             raise next(iter(result.errors.values()))
-        return result.table.to_pylist(maps_as_pydicts="strict")[0]
+        return rows_to_python(result.table)[0]
 
     def call_batch(
         self,
@@ -289,9 +312,8 @@ class CachedPacketFunction:
             errors = {miss[i]: e for i, e in computed.errors.items()}
             captured = {miss[i]: c for i, c in computed.captured.items()}
             ok_rows = pa.array([miss[i] for i in computed.rows], pa.int64())
-            if computed.table.num_rows:
-                self._store(hexes.take(ok_rows), computed.table, executor)
-            parts.append((ok_rows, computed.table))
+            kept = self._store(hexes.take(ok_rows), computed.table, executor) if computed.table.num_rows else computed.table
+            parts.append((ok_rows, kept))
         if found.num_rows:
             hit_rows = pc.indices_nonzero(hit)
             parts.append((hit_rows.cast(pa.int64()), found.select(keys).take(position.filter(hit)).cast(self._pf.output_arrow_schema)))
@@ -308,7 +330,7 @@ class CachedFunctionPod(FunctionPod):
 
     def __init__(self, pod: FunctionPod | PythonPacketFunction, result_cache: ResultCache):
         pf = pod.packet_function if isinstance(pod, FunctionPod) else pod
-        super().__init__(pf)
+        super().__init__(pf, passthrough=pod.passthrough if isinstance(pod, FunctionPod) else False)
         self.result_cache = result_cache
         self._cached = CachedPacketFunction(pf, result_cache)
 

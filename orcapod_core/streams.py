@@ -33,6 +33,7 @@ from orcapod_core.datagrams import Packet, Tag
 from orcapod_core.errors import SchemaMismatchError
 from orcapod_core.hashing import HASH_METHOD, ContentHash, hash_rows, hash_table, hash_object
 from orcapod_core.types import Schema, schema_from_arrow
+from orcapod_core.value_types import to_python
 
 if TYPE_CHECKING:
     import polars
@@ -229,7 +230,7 @@ class Stream:
         hidden_packet = layout.source_columns + layout.meta_columns
         tag_schema = pa.schema(layout.fields(tag_names + sys_names))
         packet_schema = pa.schema(layout.fields(packet_names + hidden_packet))
-        cols = {n: table.column(n).to_pylist(maps_as_pydicts="strict") for n in table.column_names}
+        cols = {n: to_python(table.column(n)) for n in table.column_names}
         for i in range(table.num_rows):
             tag = Tag(
                 {n: cols[n][i] for n in tag_names},

@@ -23,14 +23,10 @@ Arrow types outside it that have an obvious lossless canonical form (``int32``,
 cast by :func:`canonical_arrow_type`; anything else raises
 :class:`~orcapod_core.errors.UnsupportedTypeError` naming the column.
 
-**Values are stored exactly or not at all.** :func:`strict_array` builds an Arrow array of a
-table type from Python values and refuses any value Arrow would change on the way in (``2.5``
-for ``int`` — Arrow alone truncates it to ``2`` —, a ``datetime`` for ``date``, a timezone-aware
-``datetime``, ``str`` for ``bytes``, a map with a repeated key); values
-that arrive unchanged — read back, they compare equal (``==``; NaN equals NaN) and are of the
-same kind — pass, so ``2.0`` for ``int`` is ``2`` and an ``int`` for ``float`` is widened when the
-float is exact. Arrow input is cast with Arrow's safe casts (which refuse
-truncation) and map columns are checked for repeated keys.
+Values are stored exactly or not at all: see :mod:`orcapod_core.values`. Arrow input is cast
+with Arrow's safe casts (which refuse truncation) and map columns are checked for repeated keys.
+Value types beyond the table (files, NumPy arrays, registered types) are Arrow structs: see
+:mod:`orcapod_core.value_types`.
 
 >>> Schema({"x": int, "tags": list[str]}) == {"x": int, "tags": list[str]}
 True
@@ -43,12 +39,13 @@ from __future__ import annotations
 import datetime
 import types
 import typing
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import pyarrow as pa
 
 from orcapod_core.errors import InputValidationError, UnsupportedTypeError
+from orcapod_core.value_types import value_type_for_arrow, value_type_named, value_type_of
 
 __all__ = [
     "Schema",
@@ -65,8 +62,6 @@ __all__ = [
     "arrow_schema_from_json",
     "is_optional",
     "is_assignable",
-    "strict_array",
-    "value_problem",
     "check_map_keys",
     "MAX_NESTING_DEPTH",
 ]
@@ -117,6 +112,9 @@ def python_to_arrow(tp: Any, where: str = "type", _depth: int = 0) -> pa.DataTyp
     if inner in _SCALARS:
         return _SCALARS[inner]
     origin, args = typing.get_origin(inner), typing.get_args(inner)
+    vt = value_type_of(inner) or value_type_of(origin)  # Path, numpy.ndarray (also NDArray[...]), registered types
+    if vt is not None:
+        return vt.arrow_type
     if origin is list and len(args) == 1:
         return pa.large_list(pa.field("item", python_to_arrow(args[0], where, _depth + 1), nullable=is_optional(args[0])))
     if origin is dict and len(args) == 2:
@@ -144,6 +142,8 @@ def arrow_to_python(dtype: pa.DataType, nullable: bool = False, where: str = "ty
             raise UnsupportedTypeError(f"{where}: map keys must be large_string, got {dtype}")
         item = dtype.item_field
         tp = dict[str, arrow_to_python(item.type, item.nullable, where)]
+    elif value_type_for_arrow(dtype) is not None:
+        tp = value_type_for_arrow(dtype).python_class()
     else:
         raise UnsupportedTypeError(
             f"{where}: Arrow type {dtype} is not in the orcapod type table (cast it with canonicalize_table)"
@@ -168,6 +168,9 @@ def type_to_string(tp: Any) -> str:
         return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
     if tp in (datetime.date, datetime.datetime, datetime.time):
         return f"datetime.{tp.__name__}"
+    vt = value_type_of(tp)
+    if vt is not None:
+        return vt.name
     return getattr(tp, "__name__", str(tp))
 
 
@@ -203,7 +206,8 @@ def type_from_string(text: str) -> Any:
         if isinstance(node, ast.Constant) and node.value is None:
             return type(None)
         if isinstance(node, (ast.Name, ast.Attribute)):
-            return _NAMED_TYPES.get(ast.unparse(node), object)
+            name = ast.unparse(node)
+            return _NAMED_TYPES[name] if name in _NAMED_TYPES else _value_class(name)
         if isinstance(node, ast.Subscript):
             origin = ast.unparse(node.value)
             args = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
@@ -221,6 +225,16 @@ def type_from_string(text: str) -> Any:
     except SyntaxError:
         return object
     return build(tree.body)
+
+
+def _value_class(name: str) -> Any:
+    vt = value_type_named(name)
+    if vt is None:
+        return object
+    try:
+        return vt.python_class()
+    except ImportError:  # e.g. numpy.ndarray without NumPy installed
+        return object
 
 
 def is_assignable(source: Any, target: Any) -> bool:
@@ -375,6 +389,9 @@ def canonical_arrow_type(dtype: pa.DataType, where: str = "type") -> pa.DataType
             item.with_type(canonical_arrow_type(item.type, where)).with_name("value"),
         )
     if pa.types.is_struct(dtype):
+        vt = value_type_for_arrow(dtype)
+        if vt is not None:
+            return vt.arrow_type
         raise UnsupportedTypeError(
             f"{where}: Arrow type {dtype} (a struct, e.g. inferred from Python dicts) is not in the orcapod "
             f"type table; declare the column as a map, e.g. schema={{...: dict[str, str]}}"
@@ -436,107 +453,6 @@ def _check_keys(arr: pa.Array, where: str) -> None:
     elif pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
         if _has_map(arr.type.value_type):
             _check_keys(arr.flatten(), where)
-
-
-def _same(stored: Any, given: Any) -> bool:
-    """Whether ``stored`` (read back from Arrow) is exactly the Python value ``given``."""
-    if isinstance(stored, float):
-        if isinstance(given, (str, bytes)):
-            return False
-        if stored != stored:  # NaN is stored as NaN
-            return bool(given != given)
-        return bool(stored == given)
-    if isinstance(stored, dict):
-        try:
-            pairs = list(given.items()) if isinstance(given, Mapping) else [tuple(p) for p in given]
-        except TypeError:
-            return False
-        return len(pairs) == len(stored) and all(len(p) == 2 and p[0] in stored and _same(stored[p[0]], p[1]) for p in pairs)
-    if isinstance(stored, list):
-        if isinstance(given, (str, bytes, Mapping)):
-            return False
-        try:
-            items = list(given)
-        except TypeError:
-            return False
-        return len(items) == len(stored) and all(_same(s, g) for s, g in zip(stored, items))
-    if isinstance(stored, str):
-        return isinstance(given, str) and stored == given
-    if isinstance(stored, bytes):
-        return isinstance(given, (bytes, bytearray, memoryview)) and stored == bytes(given)
-    if isinstance(stored, datetime.datetime):
-        return isinstance(given, datetime.datetime) and given.tzinfo is None and stored == given
-    if isinstance(stored, (datetime.date, datetime.time)):  # a datetime is no date
-        return type(given) is type(stored) and stored == given
-    try:
-        return bool(stored == given)
-    except (TypeError, ValueError):
-        return False
-
-
-def strict_array(values: Sequence[Any], field: pa.Field) -> pa.Array:
-    """An Arrow array of ``field``'s type holding exactly ``values``, or ``ValueError`` /
-    ``TypeError`` naming the first value that would not arrive unchanged (or a null in a
-    non-nullable field).
-
-    >>> strict_array([1, 2.0], pa.field("x", pa.int64())).to_pylist()
-    [1, 2]
-    >>> strict_array([2.5], pa.field("x", pa.int64()))
-    Traceback (most recent call last):
-    ...
-    ValueError: float 2.5 would be stored as 2
-    """
-    values = values if isinstance(values, list) else list(values)
-    try:
-        arr = pa.array(values, type=field.type)
-    except RecursionError:
-        raise ValueError(f"a value nests more than {MAX_NESTING_DEPTH} levels deep") from None
-    if not field.nullable and arr.null_count:
-        row = next(i for i, v in enumerate(values) if v is None)
-        raise ValueError(f"row {row} is None (declare the type as T | None to allow nulls)")
-    if _has_map(field.type):
-        try:
-            check_map_keys(arr, field.type, "value")
-        except InputValidationError as exc:
-            raise ValueError(str(exc)) from None
-    back = arr.to_pylist(maps_as_pydicts="strict")
-    try:
-        equal = back == values
-    except (TypeError, ValueError):  # e.g. NumPy arrays among the values
-        equal = False
-    if not equal:
-        for stored, given in zip(back, values):
-            try:
-                same = _same(stored, given)
-            except RecursionError:
-                raise ValueError(f"a value nests more than {MAX_NESTING_DEPTH} levels deep") from None
-            if not same:
-                raise ValueError(f"{type(given).__name__} {_short(given)} would be stored as {_short(stored)}")
-    return arr
-
-
-def value_problem(value: Any, field: pa.Field) -> str | None:
-    """Why ``value`` cannot be stored exactly in ``field`` (``None``: it can)."""
-    if value is None:
-        return None if field.nullable else "got None (declare the type as T | None to allow nulls)"
-    try:
-        strict_array([value], field)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError, ValueError) as exc:
-        text = str(exc)
-        if "would be stored as" in text:
-            return "got " + text.replace(" would be stored as ", ", which would be stored as ", 1)
-        if "nests more than" in text:
-            return f"got {text}"
-        return f"got {type(value).__name__} {_short(value)} ({text})"
-    return None
-
-
-def _short(value: Any) -> str:
-    try:
-        text = repr(value)
-    except RecursionError:
-        text = f"<deeply nested {type(value).__name__}>"
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _tighten_items(dtype: pa.DataType, values: pa.ChunkedArray | pa.Array) -> pa.DataType:

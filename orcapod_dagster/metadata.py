@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import PurePath
 from typing import Any
 
 import dagster as dg
@@ -15,6 +16,7 @@ import pyarrow.compute as pc
 
 from orcapod_core.pipeline import Node, NodeStats
 from orcapod_core.pipeline import Snapshot, snapshot_path
+from orcapod_core.value_types import to_python
 from orcapod_dagster.partitions import key_strings
 from orcapod_dagster.store import DELTA_VERSION_KEY, snapshot_metadata
 from orcapod_dagster.translator import column_schema, node_table_uri
@@ -101,7 +103,10 @@ def _visible(node: Node, table: pa.Table) -> pa.Table:
 
 def _cell(value: Any) -> str:
     text = str(value).replace("|", "\\|").replace("\n", " ")
-    return text if len(text) <= 60 else text[:57] + "..."
+    if len(text) <= 60:
+        return text
+    # A path keeps its end (the file name); anything else its start.
+    return "..." + text[-57:] if isinstance(value, PurePath) else text[:57] + "..."
 
 
 def markdown_preview(table: pa.Table) -> str:
@@ -127,7 +132,7 @@ def _preview_values(column: pa.ChunkedArray, items: int = 8) -> list[Any]:
     """Python values of a preview column; lists (e.g. a whole batch in one row) are cut to
     their first ``items`` items before conversion, ending in ``...`` when cut."""
     if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
-        return column.to_pylist(maps_as_pydicts="strict")
+        return to_python(column)  # files as their paths, arrays as arrays
     lengths = pc.list_value_length(column).to_pylist()
-    heads = pc.list_slice(column, 0, items).to_pylist(maps_as_pydicts="strict")
+    heads = to_python(pc.list_slice(column, 0, items))
     return [h if h is None or n <= items else [*h, _More()] for h, n in zip(heads, lengths)]

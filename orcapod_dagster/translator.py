@@ -228,10 +228,13 @@ class OrcapodTranslator:
         return metadata
 
     def get_column_lineage(self, node: Node) -> dg.TableColumnLineage | None:
-        """For operator nodes: each output column's upstream columns (renames followed)."""
-        if node.kind != "operator":
+        """For operator nodes and passthrough function nodes: each output column's upstream
+        columns (renames followed; a passthrough node's kept columns and its tags)."""
+        passthrough = node.kind == "function" and getattr(getattr(node, "pod", None), "passthrough", False)
+        if node.kind != "operator" and not passthrough:
             return None
-        renamed = {new: old for old, new in dict(node.operator.config().get("name_map") or {}).items()}  # type: ignore[attr-defined]
+        config = node.operator.config() if node.kind == "operator" else {}  # type: ignore[attr-defined]
+        renamed = {new: old for old, new in dict(config.get("name_map") or {}).items()}
         deps: dict[str, list[dg.TableColumnDep]] = {}
         tags, packets = node.output_schema()
         for column in [*tags, *packets]:

@@ -59,6 +59,7 @@ Maintenance: :meth:`DeltaTableDatabase.compact` merges the small files of many b
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -77,6 +78,7 @@ from deltalake.exceptions import SchemaMismatchError as DeltaSchemaMismatchError
 from deltalake.fs import DeltaStorageHandler
 
 from orcapod_core.databases.buffered import BufferedArrowDatabase
+from orcapod_core.databases.file_store import FILE_AREA, FileStore
 from orcapod_core.databases.delta_format import DIGEST_METADATA, is_digest, StoredSchema, stored_schema, table_writer, writer_for
 from orcapod_core.databases.tables import Condition, _expression, normalize_type
 from orcapod_core.databases.maintenance import DEFAULT_RETENTION_HOURS, MaintenanceReport, compact_store, vacuum_store
@@ -191,6 +193,14 @@ class DeltaTableDatabase(BufferedArrowDatabase):
             "batch_size": self.batch_size,
             "max_batch_age_s": self.max_batch_age_s,
         }
+
+    @functools.cached_property
+    def file_store(self) -> FileStore:
+        """Where files that functions return are kept: ``<base_uri>/_orcapod_files`` (see
+        :mod:`orcapod_core.databases.file_store`)."""
+        if self._root is not None:
+            return FileStore(os.path.join(self._root, FILE_AREA))
+        return FileStore(self.base_uri.rstrip("/") + "/" + FILE_AREA, self.storage_options)
 
     def table_uri(self, record_path: tuple[str, ...]) -> str:
         """Where the Delta table of ``record_path`` lives (a local path or a URI)."""

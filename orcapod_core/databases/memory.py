@@ -7,6 +7,10 @@ throw-away pipelines use.
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from orcapod_core.databases.buffered import BufferedArrowDatabase
+from orcapod_core.databases.file_store import FileStore
 from orcapod_core.databases.tables import Condition, _align, _expression
 from orcapod_core.databases.maintenance import DEFAULT_RETENTION_HOURS, MaintenanceReport, _prefix, no_maintenance
 from orcapod_core.databases.protocol import RecordPath
@@ -54,6 +59,13 @@ class InMemoryArrowDatabase(BufferedArrowDatabase):
 
     def __repr__(self) -> str:
         return f"InMemoryArrowDatabase(tables={len(self._tables)}, pending={self.pending_count()})"
+
+    @functools.cached_property
+    def file_store(self) -> FileStore:
+        """Files that functions return, for this process's lifetime (a temporary directory)."""
+        area = tempfile.mkdtemp(prefix="orcapod-files-")
+        atexit.register(shutil.rmtree, area, True)
+        return FileStore(area)
 
     def to_config(self) -> dict[str, Any]:
         """Config of an *empty* in-memory database of the same settings (data is not saved)."""

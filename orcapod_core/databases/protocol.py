@@ -49,7 +49,7 @@ RecordPath = tuple[str, ...]
 _COMPONENT_RE = re.compile(r"[A-Za-z0-9_.:=-]+")
 # Names a storage backend uses inside a table's directory; a component equal to one of them
 # would put a table where the backend keeps its own files.
-_RESERVED_COMPONENTS = frozenset({"_delta_log", "_change_data", "_orcapod_commit.lock"})
+_RESERVED_COMPONENTS = frozenset({"_delta_log", "_change_data", "_orcapod_commit.lock", "_orcapod_files"})
 
 
 def validate_record_path(record_path: Sequence[str]) -> RecordPath:

@@ -2,7 +2,8 @@
 (orcapod PR #84). One packet's path through a run:
 
 1. **entry ids** — for the current input, in one columnar pass, each row's input packet hash
-   and its entry id = hash(tag + system tags + input packet hash + node content hash);
+   (of the columns the function reads: its parameters') and its entry id = hash(tag + system
+   tags + input packet hash + node content hash);
 2. **lookup** — one anti-join of the entry ids against the stored entry-id column splits the
    input into "recorded" and "new"; one result-cache lookup over the distinct packet hashes
    splits what is left into "result exists" and "compute" (:mod:`.node_run` reads the store
@@ -14,7 +15,8 @@
    so a killed process loses at most the current batch of both, and no stored pipeline record
    points to a missing result. Pipeline records hold the tag, system tags, the entry id, the
    input packet hash (the link to the result record), the input packets' source info and
-   whether the packet was computed in that run.
+   whether the packet was computed in that run. A passthrough node's input packet columns are
+   not stored: its output takes them from its input at read time.
 """
 
 from __future__ import annotations
@@ -28,22 +30,25 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orcapod_core.columns import source_column
+from orcapod_core.columns import SOURCE_PREFIX, source_column
 from orcapod_core.databases import ArrowDatabase
+from orcapod_core.databases.file_store import attach_digest_store
 from orcapod_core.datagrams import Packet, Tag
 from orcapod_core.errors import OrcapodError, SchemaMismatchError
 from orcapod_core.executors import plan_chunks
+from orcapod_core.files import save_digests
 from orcapod_core.interrupts import check_stop, stop_requested
-from orcapod_core.function_pods import FunctionPod, FunctionPodStream
+from orcapod_core.function_pods import FunctionPod, FunctionPodStream, input_packet_hashes, pod_output_table
 from orcapod_core.hashing import ContentHash, digests_to_hex
 from orcapod_core.keysets import distinct, index_in, is_in
 from orcapod_core.operators import Join
 from orcapod_core.pipeline.node_run import INPUT_SOURCE_TYPE, NodeRun, entry_ids_of, entry_records, input_source_info
 from orcapod_core.pipeline.nodes import ENTRY_ID_COLUMN, INPUT_SOURCE_COLUMN, LoadStatus, Node
-from orcapod_core.pipeline.observers import ExecutionObserver, NodeStats, NoOpObserver
+from orcapod_core.pipeline.observers import ExecutionObserver, NodeStats, NoOpObserver, wants_failures
 from orcapod_core.result_cache import PACKET_HASH_COLUMN, CachedPacketFunction, ResultCache
 from orcapod_core.streams import Stream, StreamLayout, TableStream, conform
 from orcapod_core.tracking import untracked
+from orcapod_core.value_types import has_paths, rows_to_python
 
 if TYPE_CHECKING:
     from orcapod_core.executors import PythonFunctionExecutor
@@ -92,6 +97,12 @@ class FunctionNode(Node):
     @property
     def packet_function(self) -> Any:
         return self.pod.packet_function
+
+    @property
+    def pod_stream(self) -> FunctionPodStream:
+        """The pod applied to this node's compiled input: its layout, identity and
+        ``read_columns`` (the columns the function reads) are the node's."""
+        return self._stream
 
     @property
     def producer(self) -> FunctionPod:
@@ -164,7 +175,7 @@ class FunctionNode(Node):
             missing: list[str] = []
         else:
             present = self._output_packet_hexes(table)
-            missing = sorted(set(digests_to_hex(stream.packet_hashes()).to_pylist()) - set(present.to_pylist()))
+            missing = sorted(set(digests_to_hex(self._packet_hashes(stream)).to_pylist()) - set(present.to_pylist()))
         self.__dict__["_missing_packets"] = missing
         return missing
 
@@ -204,15 +215,19 @@ class FunctionNode(Node):
         out, _ = self._assemble(stream, compute=False)
         if out.num_rows == 0:
             return None
-        keys = list(self.packet_function.output_keys)
-        values = out.select(keys).to_pylist(maps_as_pydicts="strict")[0]
-        return Packet(values, hidden={source_column(k): out.column(source_column(k))[0].as_py() for k in keys})
+        layout = self.layout  # the outputs (with passthrough, the input's packet columns too)
+        values = rows_to_python(out.select(list(layout.packet_columns)))[0]
+        return Packet(values, hidden={c: out.column(c)[0].as_py() for c in layout.source_columns})
 
     def process_packet(self, tag: Tag, packet: Packet) -> dict[str, Any]:
         """Pure computation of one packet (no cache, no records)."""
         return self.packet_function.call(dict(packet))
 
     # -- the engine -------------------------------------------------------------------
+    def _packet_hashes(self, stream: Stream) -> pa.Array:
+        """Input packet hash per row of ``stream``: the row hash of the columns the function reads."""
+        return input_packet_hashes(stream, self._stream.read_columns)
+
     def _entry_ids(self, table: pa.Table, layout: StreamLayout, packet_hashes: pa.Array) -> pa.Array:
         """Entry id per row = hash(tag + system tags + input packet hash + node content hash)."""
         return entry_ids_of(table, layout, packet_hashes, self.content_hash().digest)
@@ -247,6 +262,9 @@ class FunctionNode(Node):
         if compute and report:
             observer.on_node_start(self, n)
         state = run_state if run_state is not None else NodeRun(self, run_id)
+        files = any(has_paths(f.type) for f in table.schema)
+        if files:  # input files' digests: known ones from the store, new ones saved to it
+            attach_digest_store(self.database)
         try:
             return self._assemble_rows(
                 stream, table, state, compute=compute, observer=observer, error_policy=error_policy, executor=executor,
@@ -256,6 +274,9 @@ class FunctionNode(Node):
             if compute and run_state is None:  # commit what was computed before the error
                 state.finish()
             raise
+        finally:
+            if files:
+                save_digests()
 
     def _assemble_rows(
         self,
@@ -277,7 +298,7 @@ class FunctionNode(Node):
         pf = self.packet_function
         keys = list(pf.output_keys)
 
-        digests = stream.packet_hashes()
+        digests = self._packet_hashes(stream)
         hexes = digests_to_hex(digests)
         # Phase 1: which rows are already recorded (the entry-id column, read once per run;
         # only needed to compute and record, not to serve stored rows).
@@ -319,20 +340,13 @@ class FunctionNode(Node):
         rows = pc.indices_nonzero(available)
         everything = len(rows) == n  # the usual case: every row has its output (no copy of the rows)
         out_layout = self.layout
-        out = table.select([*layout.tag_columns, *layout.system_tag_columns])
         outputs = results.select(keys).take(position if everything else position.filter(available))
-        uri = pa.scalar(pf.uri, pa.large_string())
-        sep = pa.scalar("::", pa.large_string())
-        row_hashes = hexes
-        if not everything:
-            out, row_hashes = out.take(rows), hexes.take(rows)
-        for f in out_layout.fields(out_layout.packet_columns):
-            out = out.append_column(f, outputs.column(f.name))
-        for k in keys:
-            out = out.append_column(
-                pa.field(source_column(k), pa.large_string(), False),
-                pc.binary_join_element_wise(uri, row_hashes, pa.scalar(k, pa.large_string()), sep),
-            )
+        # Tags, system tags (and passthrough columns) come from the input rows, now: nothing
+        # of them is stored, so a warm run serves exactly the current input's values.
+        out = pod_output_table(
+            table, layout, outputs, hexes if everything else hexes.take(rows), pf.uri, keys, self.pod.passthrough,
+            None if everything else rows,
+        )
 
         if compute:
             # The entry ids of the output rows: a snapshot pins the output by them (see
@@ -388,7 +402,7 @@ class FunctionNode(Node):
         pf = self.packet_function
         cached_fn = CachedPacketFunction(pf, self.result_cache)
         first_rows = index_in(missing, hexes)
-        packets = table.select(list(layout.packet_columns)).take(first_rows)
+        packets = table.select(list(self._stream.read_columns)).take(first_rows)
         # Rows to record as their packets get computed (not recorded yet), ordered by their
         # packet's position in ``missing`` (the compute order): a chunk's rows are one slice.
         position = index_in(hexes, missing)
@@ -397,6 +411,8 @@ class FunctionNode(Node):
             {"row": pc.indices_nonzero(needs_record).cast(pa.int64()), "pos": position.filter(needs_record).cast(pa.int64())}
         ).sort("pos")
         wants_events = getattr(observer, "wants_packet_events", True)
+        # Failures only (a display counting them): objects are built for the failed packets alone.
+        crash_events = wants_failures(observer)
         capture = getattr(observer, "wants_captured_output", False)
         fail_fast = error_policy == "fail_fast"
         total = len(missing)
@@ -426,10 +442,10 @@ class FunctionNode(Node):
                 if result.table.num_rows:
                     ok = pa.array([start + i for i in result.rows], pa.int64())
                     ok_hashes = missing.take(ok)
-                    cached_fn._store(ok_hashes, result.table, executor, info)
-                    computed_tables.append(result.table)
+                    kept = cached_fn._store(ok_hashes, result.table, executor, info)  # returned files: their stored copies
+                    computed_tables.append(kept)
                     computed_hashes.append(ok_hashes)
-                    state.note_computed(ok_hashes, result.table)
+                    state.note_computed(ok_hashes, kept)
                     lo = to_record["pos"].search_sorted(start, side="left")
                     hi = to_record["pos"].search_sorted(start + size, side="left")
                     chunk_records = to_record.slice(lo, hi - lo)
@@ -439,14 +455,18 @@ class FunctionNode(Node):
                 state.release()  # commits the staged records if the results they link to are committed
                 tags, packets_objs = objects.pop(start, (None, None))
                 if wants_events:
-                    outputs = result.table.to_pylist(maps_as_pydicts="strict")
+                    outputs = rows_to_python(result.table)
                     for j, i in enumerate(result.rows):
                         observer.on_packet_end(self, tags[i], packets_objs[i], outputs[j], False, result.captured.get(i))
                 for i, exc in result.errors.items():
                     failed_hashes.add(missing[start + i].as_py())
                     stats.errors.append(f"{type(exc).__name__}: {exc}")
-                    if wants_events:
-                        observer.on_packet_crash(self, tags[i], packets_objs[i], exc, result.captured.get(i))
+                    if crash_events:
+                        if wants_events:
+                            tag, packet = tags[i], packets_objs[i]
+                        else:
+                            (tag,), (packet,) = self._objects(table, layout, first_rows.slice(start + i, 1))
+                        observer.on_packet_crash(self, tag, packet, exc, result.captured.get(i))
                     if fail_fast:
                         tag = table.slice(first_rows[start + i].as_py(), 1).select(list(layout.tag_columns)).to_pylist()[0]
                         exc.add_note(f"orcapod: node {self.label!r} ({pf.uri}) failed on the packet with tag {tag}")
@@ -493,14 +513,16 @@ class FunctionNode(Node):
     def _objects(self, table: pa.Table, layout: StreamLayout, rows: pa.Array) -> tuple[list[Tag], list[Packet]]:
         sub = table.take(rows)
         tag_schema = pa.schema(layout.fields([*layout.tag_columns, *layout.system_tag_columns]))
-        packet_schema = pa.schema(layout.fields([*layout.packet_columns, *layout.source_columns]))
+        read = self._stream.read_columns  # the packet the function gets, with its source info
+        sources = [c for c in layout.source_columns if c[len(SOURCE_PREFIX):] in read]
+        packet_schema = pa.schema(layout.fields([*read, *sources]))
         tags = [
             Tag({k: v for k, v in r.items() if k in layout.tag_columns}, hidden={k: r[k] for k in layout.system_tag_columns}, arrow_schema=tag_schema)
-            for r in sub.select(tag_schema.names).to_pylist(maps_as_pydicts="strict")
+            for r in rows_to_python(sub.select(tag_schema.names))
         ]
         packets = [
-            Packet({k: r[k] for k in layout.packet_columns}, hidden={k: r[k] for k in layout.source_columns}, arrow_schema=packet_schema)
-            for r in sub.select(packet_schema.names).to_pylist(maps_as_pydicts="strict")
+            Packet({k: r[k] for k in read}, hidden={k: r[k] for k in sources}, arrow_schema=packet_schema)
+            for r in rows_to_python(sub.select(packet_schema.names))
         ]
         return tags, packets
 
@@ -522,9 +544,9 @@ class FunctionNode(Node):
             table, layout = stream._table(), stream.layout
         except OrcapodError:  # the current input cannot be read (e.g. a source file broke): no derivation
             return records.append_column(pa.field(INPUT_SOURCE_COLUMN, INPUT_SOURCE_TYPE), pa.nulls(records.num_rows, INPUT_SOURCE_TYPE))
-        entry_ids = self._entry_ids(table, layout, stream.packet_hashes()) if table.num_rows else pa.array([], pa.large_string())
+        entry_ids = self._entry_ids(table, layout, self._packet_hashes(stream)) if table.num_rows else pa.array([], pa.large_string())
         position = index_in(records.column(ENTRY_ID_COLUMN), entry_ids)
-        info = input_source_info(table, layout).take(position)
+        info = input_source_info(table, layout, self._stream.read_columns).take(position)
         return records.append_column(pa.field(INPUT_SOURCE_COLUMN, INPUT_SOURCE_TYPE), info)
 
     def as_source(self) -> Stream:

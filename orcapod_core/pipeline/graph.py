@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from orcapod_core.databases import DEFAULT_RETENTION_HOURS, ArrowDatabase, MaintenanceReport, RecordPath, validate_record_path
+from orcapod_core.databases.file_store import attach_digest_store
 from orcapod_core.errors import InputValidationError, InvalidLabelError, InvalidPathError
 from orcapod_core.interrupts import graceful_stop
 from orcapod_core.function_pods import FunctionPod
@@ -37,6 +38,7 @@ from orcapod_core.pipeline.function_node import FunctionNode
 from orcapod_core.pipeline.nodes import CacheMode, Node, OperatorNode, SourceNode
 from orcapod_core.pipeline.observers import ExecutionObserver, RunResult
 from orcapod_core.pipeline.orchestrators import SyncPipelineOrchestrator
+from orcapod_core.pipeline.progress import progress_observer
 from orcapod_core.pipeline.serialization import load_pipeline, save_pipeline
 from orcapod_core.result_cache import ResultCache, result_record_path
 from orcapod_core.streams import Stream
@@ -90,6 +92,7 @@ class Pipeline:
             pipeline_database = DeltaTableDatabase(DEFAULT_STORE)
         self.pipeline_database = pipeline_database
         self.result_database = result_database if result_database is not None else pipeline_database
+        attach_digest_store(self.pipeline_database)  # input files' digests persist in the store (read lazily)
         self.operator_cache_mode = CacheMode(operator_cache_mode)
         self._invocations: list[Invocation] = []
         self._nodes: dict[str, Node] = {}
@@ -238,8 +241,14 @@ class Pipeline:
         *,
         nodes: Sequence[str] | None = None,
         include_upstream: bool = True,
+        progress: bool | str = "auto",
     ) -> RunResult:
         """Run the pipeline (or the ``nodes`` given): compute only what is missing.
+
+        ``progress="auto"`` shows a live per-node display and a closing summary on stderr when
+        it is a terminal and no ``observer`` is given (nothing otherwise); ``True`` shows it
+        next to the ``observer`` (plain lines when stderr is not a terminal); ``False`` never
+        (see :mod:`orcapod_core.pipeline.progress`). ``RunResult.summary()`` is the summary as text.
 
         ``error_policy="continue"`` reports failing packets (observer + ``failed`` count) and
         stores everything else; ``"fail_fast"`` raises the first error after committing what
@@ -267,6 +276,8 @@ class Pipeline:
         if self._tracking is not None:
             raise RuntimeError("run the pipeline after its `with` block has closed")
         orchestrator = orchestrator or SyncPipelineOrchestrator()
+        # Only the sync orchestrator hands a node its whole input: exact totals from the first event.
+        observer = progress_observer(progress, observer, exact_totals=isinstance(orchestrator, SyncPipelineOrchestrator))
         # Every run reads its sources' current data (files, tables), pinned for the whole run.
         self.refresh(self.run_selection(nodes, include_upstream), sources_only=True)
         # Passed only when set, so orchestrators written before the option keep working.

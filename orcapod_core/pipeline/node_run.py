@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -162,11 +163,13 @@ def _project(found: pa.Table | None, schema: pa.Schema) -> pa.Table:
     return found.select(schema.names).cast(schema)
 
 
-def input_source_info(table: pa.Table, layout: StreamLayout) -> pa.Array:
-    """Input source info per row as a map ``{packet column: source info}`` (list-valued source
-    info, e.g. after a Batch, is stored as its JSON text)."""
+def input_source_info(table: pa.Table, layout: StreamLayout, columns: Sequence[str] | None = None) -> pa.Array:
+    """Input source info per row as a map ``{packet column: source info}`` over the input
+    packet's ``columns`` (default: every packet column; a function node passes the columns its
+    function reads). List-valued source info, e.g. after a Batch, is stored as its JSON text."""
     n = table.num_rows
-    cols = [c for c in layout.packet_columns if source_column(c) in table.column_names]
+    wanted = layout.packet_columns if columns is None else [c for c in layout.packet_columns if c in columns]
+    cols = [c for c in wanted if source_column(c) in table.column_names]
     if not cols or n == 0:
         return pa.array([[] for _ in range(n)], INPUT_SOURCE_TYPE)
     k = len(cols)

@@ -226,6 +226,8 @@ def describe_pipeline(pipeline: Pipeline, base_dir: str | os.PathLike[str] = "."
             entry["source"] = _source_description(node, base)
         elif isinstance(node, FunctionNode):
             entry["function"] = node.packet_function.to_config()
+            if node.pod.passthrough:  # (only when set: plain nodes are saved as before)
+                entry["passthrough"] = True
         elif isinstance(node, OperatorNode):
             entry["operator"] = {"class": _class_path(node.operator), "config": node.operator.config(), "cache_mode": node.cache_mode.value}
         nodes.append(entry)
@@ -493,7 +495,10 @@ def _build_node(
         pf = resolve_packet_function_from_config(
             config, fallback_to_proxy=True, allowed_modules=allowed, require_pod=allowed is None
         )
-        return pipeline._function_node(FunctionPod(pf), upstream, label)
+        passthrough = entry.get("passthrough", False)
+        if not isinstance(passthrough, bool):
+            raise reader.error(f"{where}: field 'passthrough' is {passthrough!r}, not true or false")
+        return pipeline._function_node(FunctionPod(pf, passthrough=passthrough), upstream, label)
     if kind == "operator":
         op_entry = reader.get(entry, "operator", dict, where)
         cls = _import_operator(reader.get(op_entry, "class", str, f"{where} operator"), reader, where, options.allowed_modules)

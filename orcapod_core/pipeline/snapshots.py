@@ -53,6 +53,7 @@ import pyarrow.compute as pc
 from orcapod_core.columns import source_column
 from orcapod_core.databases import RECORD_ID_COLUMN, ArrowDatabase, RecordPath, database_from_config, validate_record_path
 from orcapod_core.errors import CorruptStoreError, NotMaterializedError, SchemaMismatchError
+from orcapod_core.function_pods import pod_output_table
 from orcapod_core.hashing import ContentHash, digests_to_hex, hash_object, hash_rows
 from orcapod_core.keysets import is_in
 from orcapod_core.operators import Join, Operator
@@ -180,7 +181,8 @@ def _function_plan(node: Any) -> _Plan:
     ids = node.output_entry_ids()
     inputs = [save_snapshot(up) for up in node.upstream_nodes]
     results = node.result_cache
-    recipe = {
+    stream = node.join_inputs(node.upstream_nodes)
+    recipe: dict[str, Any] = {
         "inputs": [_input_ref(up, snap) for up, snap in zip(node.upstream_nodes, inputs)],
         "results": list(results.record_path),
         "result_database": None if results.database is node.database else _database_ref(results.database),
@@ -190,7 +192,17 @@ def _function_plan(node: Any) -> _Plan:
         # Packets without a result then (they failed): left out on read even once computed.
         "missing_packets": node.missing_packets(),
     }
-    return _Plan("function", _version_of("function", _sorted_ids(ids)), len(ids), recipe)
+    # Written only when they differ from the defaults, so a plain node's recipe is as before.
+    read = list(node.pod_stream.read_columns)
+    if read != list(stream.layout.packet_columns):  # the input packet hash covers these only
+        recipe["input_columns"] = read
+    parts = _sorted_ids(ids)
+    if node.pod.passthrough:
+        # The rows carry input columns their entry ids do not cover (unread ones): the
+        # version covers the inputs' versions too, so a changed unread value is a new version.
+        recipe["passthrough"] = True
+        parts += json.dumps([s.data_version for s in inputs]).encode()
+    return _Plan("function", _version_of("function", parts), len(ids), recipe)
 
 
 def _operator_plan(node: Any) -> _Plan:
@@ -388,7 +400,8 @@ def _positioned(table: pa.Table | None, version_rows: int, where: str, what: str
 def _function_rows(database: ArrowDatabase, recipe: Mapping[str, Any], layout: StreamLayout, where: str) -> pa.Table:
     stream = _pinned_inputs(database, recipe["inputs"])
     table, in_layout = stream._table(), stream.layout
-    digests = stream.packet_hashes()
+    read = recipe.get("input_columns")  # (absent: the function reads every packet column)
+    digests = stream.packet_hashes() if read is None else hash_rows(table, read)
     hexes = digests_to_hex(digests)
     if recipe.get("missing_packets"):
         keep = pc.invert(is_in(hexes, pa.array(recipe["missing_packets"], pa.large_string())))
@@ -400,12 +413,7 @@ def _function_rows(database: ArrowDatabase, recipe: Mapping[str, Any], layout: S
     if at.null_count:
         raise CorruptStoreError(f"{where}: the results of {at.null_count} of its rows are missing from {'/'.join(recipe['results'])!r}")
     outputs = found.take(at)
-    out = table.select([*in_layout.tag_columns, *in_layout.system_tag_columns])
-    for key in keys:
-        out = out.append_column(key, outputs[key])
-    uri, sep = pa.scalar(recipe["uri"], pa.large_string()), pa.scalar("::", pa.large_string())
-    for key in keys:
-        out = out.append_column(source_column(key), pc.binary_join_element_wise(uri, hexes, pa.scalar(key, pa.large_string()), sep))
+    out = pod_output_table(table, in_layout, outputs, hexes, recipe["uri"], keys, bool(recipe.get("passthrough")))
     return conform(out, layout)
 
 

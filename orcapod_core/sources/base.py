@@ -28,6 +28,7 @@ from orcapod_core.errors import DuplicateTagError, InputValidationError
 from orcapod_core.hashing import ContentHash, hash_object, hash_table
 from orcapod_core.streams import Stream, StreamLayout, shape_identity
 from orcapod_core.types import arrow_field, arrow_to_python, canonicalize_table, check_map_keys, type_to_string
+from orcapod_core.value_types import PATH_TYPE, value_type_for_arrow
 
 __all__ = ["Source", "RootSource", "LiveSource", "fit_layout"]
 
@@ -85,7 +86,7 @@ class RootSource(Source):
             table.schema,
             tag_columns,
             record_id_column=record_id_column,
-            source_id=source_id if source_id is not None else hash_table(table).to_hex(16),
+            source_id=source_id if source_id is not None else hash_table(_by_path(table)).to_hex(16),
             label=label,
         )
         self._user_table = table.select(list(self._user_layout.schema.names))
@@ -244,6 +245,16 @@ def _apply_schema(table: pa.Table, schema: Mapping[str, Any] | None, name: str) 
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         bad = [f.name for f in fields if f.name in schema]
         raise InputValidationError(f"{name}: data does not fit the declared schema for columns {bad}: {exc}") from exc
+
+
+def _by_path(table: pa.Table) -> pa.Table:
+    """``table`` with its file columns as their path strings: a source's default id names which
+    files it lists (editing one changes that row's packet, not the source), and building it
+    reads no file."""
+    for i, f in enumerate(table.schema):
+        if value_type_for_arrow(f.type) is PATH_TYPE:
+            table = table.set_column(i, pa.field(f.name, pa.large_string(), f.nullable), pc.struct_field(table.column(i), "path"))
+    return table
 
 
 def _record_ids(table: pa.Table, record_id_column: str | None, name: str) -> pa.Array:

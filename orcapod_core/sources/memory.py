@@ -10,7 +10,9 @@ import pyarrow as pa
 
 from orcapod_core.errors import InputValidationError, UnsupportedTypeError
 from orcapod_core.sources.base import RootSource
-from orcapod_core.types import arrow_field, strict_array, type_to_string
+from orcapod_core.types import arrow_field, type_to_string
+from orcapod_core.values import strict_array
+from orcapod_core.value_types import value_type_of
 
 __all__ = ["DictSource", "ListSource", "ArrowTableSource", "DataFrameSource"]
 
@@ -46,6 +48,10 @@ def _table_from_python(data: Any, schema: Mapping[str, Any] | None, name: str) -
         try:
             if col in schema:
                 field = arrow_field(col, schema[col])
+                arrays.append(strict_array(values, field))
+                fields.append(field)
+            elif (vt := value_type_of(type(next((v for v in values if v is not None), None)))) is not None:
+                field = pa.field(col, vt.arrow_type, nullable=any(v is None for v in values))  # Path, arrays...
                 arrays.append(strict_array(values, field))
                 fields.append(field)
             else:

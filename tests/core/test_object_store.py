@@ -14,7 +14,7 @@ import time
 
 import pyarrow as pa
 import pytest
-from deltalake import DeltaTable, write_deltalake
+from deltalake import write_deltalake
 
 from orcapod_core import DeltaTableDatabase, DeltaTableSource, DictSource, Pipeline, function_pod
 from orcapod_core.databases import RECORD_ID_COLUMN

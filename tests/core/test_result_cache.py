@@ -247,14 +247,17 @@ def test_cached_packet_function_computes_once_then_serves_from_the_cache(db):
 def test_call_checks_the_packet_like_the_uncached_function(db):
     from orcapod_core.errors import SchemaMismatchError
 
-    pf = counted([])
+    calls: list[int] = []
+    pf = counted(calls)
     cached = CachedPacketFunction(pf, ResultCache(db, result_record_path(pf)))
-    for bad in ({"x": 1, "junk": 2}, {}):
-        with pytest.raises(SchemaMismatchError) as cached_error:
-            cached.call(bad)
-        with pytest.raises(SchemaMismatchError) as plain_error:
-            pf.call(bad)
-        assert str(cached_error.value) == str(plain_error.value)
+    with pytest.raises(SchemaMismatchError) as cached_error:
+        cached.call({})
+    with pytest.raises(SchemaMismatchError) as plain_error:
+        pf.call({})
+    assert str(cached_error.value) == str(plain_error.value) and "'x'" in str(cached_error.value)
+    # A key that is not a parameter is not read, nor part of the key: one computation for both.
+    assert cached.call({"x": 1, "junk": 2}) == pf.call({"x": 1, "junk": 3}) == {"y": 2}
+    assert cached.call({"x": 1}) == {"y": 2} and calls == [1, 1]
 
 
 def test_call_raises_the_users_exception_and_stores_nothing_for_it(db):

@@ -5,7 +5,6 @@ hits across executors, per-node executors, and what each records as its executio
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import signal
@@ -16,7 +15,6 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 
 from orcapod_core import (
@@ -25,7 +23,6 @@ from orcapod_core import (
     DictSource,
     LocalProcessExecutor,
     LocalPythonFunctionExecutor,
-    LoggingObserver,
     NoOpObserver,
     Pipeline,
     RayExecutor,

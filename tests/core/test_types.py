@@ -142,7 +142,8 @@ def test_type_strings_are_canonical():
 
 
 from orcapod_core.errors import InputValidationError  # noqa: E402
-from orcapod_core.types import MAX_NESTING_DEPTH, check_map_keys, strict_array, value_problem  # noqa: E402
+from orcapod_core.types import MAX_NESTING_DEPTH, check_map_keys  # noqa: E402
+from orcapod_core.values import strict_array, value_problem  # noqa: E402
 
 _INT = pa.field("x", pa.int64(), nullable=False)
 

@@ -12,7 +12,7 @@ import dagster as dg
 import polars as pl
 import pyarrow as pa
 import pytest
-from conftest import load_module, materializations
+from conftest import materializations
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 from deltalake import write_deltalake
 
