@@ -175,7 +175,7 @@ def test_graph_formats_match_the_pipeline_pictures(tmp_path: Path):
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout == text + "\n"
     proc = orcapod(tmp_path, "graph", "example_project.pipeline:build_pipeline")
-    assert proc.stdout.splitlines()[0] == "water_quality: 13 nodes"
+    assert proc.stdout.splitlines()[0] == "water_quality: 17 nodes"
     assert re.search(r"^  saturation\s+function: oxygen_saturation\s+<- calibrated, temperatures, elevations$", proc.stdout, re.M)
     assert not (tmp_path / ".orcapod").exists()  # the builder's default store was never written
 

@@ -30,6 +30,10 @@ flowchart LR
     n10["scored<br/>function: water_quality_index"]
     n11(["survey<br/>operator: Batch"])
     n12["network_summary<br/>function: network_summary"]
+    n13(["by_station<br/>operator: GroupBy"])
+    n14["station_summary<br/>function: network_summary"]
+    n15(["rivers<br/>operator: SelectPacketColumns"])
+    n16["station_reports<br/>function: station_report"]
     n0 --> n2
     n1 --> n2
     n2 --> n3
@@ -44,6 +48,11 @@ flowchart LR
     n9 --> n10
     n10 --> n11
     n11 --> n12
+    n10 --> n13
+    n13 --> n14
+    n6 --> n15
+    n14 --> n16
+    n15 --> n16
 """
 
 EXAMPLE_DOT = r"""
@@ -63,6 +72,10 @@ digraph "water_quality" {
     "scored" [label="scored\nfunction: water_quality_index", shape=box];
     "survey" [label="survey\noperator: Batch", shape=box, style=rounded];
     "network_summary" [label="network_summary\nfunction: network_summary", shape=box];
+    "by_station" [label="by_station\noperator: GroupBy", shape=box, style=rounded];
+    "station_summary" [label="station_summary\nfunction: network_summary", shape=box];
+    "rivers" [label="rivers\noperator: SelectPacketColumns", shape=box, style=rounded];
+    "station_reports" [label="station_reports\nfunction: station_report", shape=box];
     "samples" -> "readings";
     "calibration" -> "readings";
     "readings" -> "oxygen_readings";
@@ -77,6 +90,11 @@ digraph "water_quality" {
     "chemistry" -> "scored";
     "scored" -> "survey";
     "survey" -> "network_summary";
+    "scored" -> "by_station";
+    "by_station" -> "station_summary";
+    "stations" -> "rivers";
+    "station_summary" -> "station_reports";
+    "rivers" -> "station_reports";
 }
 """
 
@@ -134,7 +152,7 @@ def test_text_lists_nodes_with_their_inputs():
 def test_pipeline_html_is_mermaid_without_graphviz(example: Pipeline, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("PATH", "")  # no `dot` executable to be found
     html = example._repr_html_()
-    assert "<b>Pipeline water_quality</b>: 13 nodes" in html
+    assert "<b>Pipeline water_quality</b>: 17 nodes" in html
     block = re.search(r'<pre class="mermaid orcapod-mermaid">(.*?)</pre>', html, re.S).group(1)
     assert block == example.to_mermaid().replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;").replace("'", "&#x27;")
     assert "<br/>" not in block  # escaped: the browser's text content is the Mermaid source
@@ -154,7 +172,7 @@ def test_pipeline_html_is_svg_when_graphviz_is_installed(example: Pipeline, tmp_
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ.get('PATH', '')}")
     html = example._repr_html_()
     assert (tmp_path / "given.dot").read_text() == example.to_dot()
-    assert html == "<div><p><b>Pipeline water_quality</b>: 13 nodes</p><svg><g>drawn</g></svg>\n</div>"
+    assert html == "<div><p><b>Pipeline water_quality</b>: 17 nodes</p><svg><g>drawn</g></svg>\n</div>"
     assert "mermaid" not in graph_html(example) and "mermaid" in graph_html(example, use_graphviz=False)
 
 
