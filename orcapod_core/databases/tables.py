@@ -103,9 +103,9 @@ def conform(where: str, existing: pa.Schema | None, table: pa.Table) -> tuple[pa
         idx = incoming.get_field_index(stored.name)
         if idx < 0:
             if not stored.nullable:
-                raise SchemaMismatchError(
-                    f"table {where} requires non-nullable column {stored.name!r}; the new records lack it"
-                )
+                error = SchemaMismatchError(f"table {where} requires non-nullable column {stored.name!r}; the new records lack it")
+                error.missing_column = stored.name  # a writer that can derive it may retry with it
+                raise error
             arrays.append(pa.nulls(n, stored.type))
         else:
             new = incoming.field(idx)
