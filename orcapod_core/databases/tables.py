@@ -211,7 +211,12 @@ def filter_rows(table: pa.Table, conditions: Sequence[Condition]) -> pa.Table:
     """
     mask = None
     for column, values in conditions:
-        cond = pc.is_null(table[column]) if values is None else is_in(table[column], values)
+        if values is None:
+            cond = pc.is_null(table[column])
+        elif len(values) == 1 and values.null_count == 0:  # one value: a comparison, no hash table
+            cond = pc.fill_null(pc.equal(table[column], values[0]), False)
+        else:
+            cond = is_in(table[column], values)
         mask = cond if mask is None else pc.and_(mask, cond)
     if mask is None or pc.all(mask).as_py():  # (a bulk lookup often wants every row: no copy then)
         return table
