@@ -64,10 +64,6 @@ print(json.dumps({{
     "paths": {{"square_records": list(p.slow_square.record_path), "plus_records": list(p.plus_one.record_path)}},
 }}), flush=True)
 p.flush()
-# Skip interpreter teardown: pyarrow datasets over deltalake's Python filesystem can abort the
-# process at exit ("terminate called without an active exception", reported separately);
-# everything was flushed above.
-os._exit(0)
 """
 
 
