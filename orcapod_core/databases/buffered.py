@@ -136,7 +136,8 @@ class BufferedArrowDatabase:
 
     def _scan(self, key: RecordPath, columns: list[str] | None, conds: Sequence[Condition]) -> pa.Table | None:
         """Committed rows satisfying every condition (as
-        :func:`~orcapod_core.databases.tables.filter_rows`) in commit order, normalized; ``None`` without a table. Called right after ``_committed_schema(key)``."""
+        :func:`~orcapod_core.databases.tables.filter_rows`) in commit order, normalized; ``None``
+        without a table. Called right after ``_committed_schema(key)``."""
         raise NotImplementedError
 
     def _write(self, key: RecordPath, table: pa.Table, ids: set[str], evolve: bool) -> None:
