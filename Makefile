@@ -68,6 +68,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_scale.py
 	$(BIN)/python benchmarks/bench_progress.py
 	$(BIN)/python benchmarks/bench_cli.py
+	$(BIN)/python benchmarks/bench_exit.py
 
 clean:
 	rm -rf $(VENV) .orcapod .dagster

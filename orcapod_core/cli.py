@@ -29,7 +29,6 @@ flowchart LR
 from __future__ import annotations
 
 import argparse
-import atexit
 import datetime
 import importlib
 import importlib.util
@@ -269,17 +268,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
 
 def console_main() -> NoReturn:
     """The console script (and ``python -m orcapod_core.cli``): :func:`main`, then exit with its
-    code, running the exit handlers (databases flush what is pending; the target's own handlers)
-    but skipping interpreter teardown, in which a few percent of processes that read Delta
-    tables abort ("terminate called without an active exception", SIGABRT) after all work is
-    done — which would turn a clean exit code into -6."""
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    code through the interpreter's ordinary shutdown (exit handlers commit what databases hold
+    pending)."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":

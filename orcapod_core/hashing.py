@@ -59,6 +59,8 @@ __all__ = [
     "hash_table",
     "encode_value",
     "digests_to_hex",
+    "digests_array",
+    "arrow_buffer",
     "sha256_each",
     "hex_problem",
     "hex_to_bytes",
@@ -355,7 +357,37 @@ def hash_rows(table: pa.Table, columns: Sequence[str] | None = None) -> pa.Fixed
         else:  # no columns (e.g. a stream without packet columns): every message is the bare prefix
             messages = pa.repeat(prefix, size)
         digests.append(sha256_each(messages))
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), n, [None, pa.py_buffer(b"".join(digests))])
+    return digests_array(b"".join(digests))
+
+
+def arrow_buffer(data: bytes | bytearray | memoryview) -> pa.Buffer:
+    """``data`` copied into Arrow's memory pool.
+
+    Not ``pa.py_buffer(data)``, which wraps the Python object: whichever thread releases the
+    last reference must then take the GIL, and Arrow and deltalake release buffers on their
+    own threads (an Acero plan may be dropped by a pool thread after the call that ran it has
+    returned, apache/arrow#36389); during interpreter shutdown such a thread cannot take the
+    GIL and the process aborts ("terminate called without an active exception"). Arrays
+    orcapod makes hold Arrow-owned memory only.
+
+    >>> arrow_buffer(b"abc").to_pybytes()
+    b'abc'
+    """
+    buf = pa.allocate_buffer(len(data))
+    pa.FixedSizeBufferWriter(buf).write(data)
+    return buf
+
+
+def digests_array(data: bytes) -> pa.FixedSizeBinaryArray:
+    """Concatenated 32-byte digests as a ``fixed_size_binary(32)`` array (in Arrow's memory,
+    see :func:`arrow_buffer`).
+
+    >>> digests_array(bytes(64)).type, len(digests_array(bytes(64)))
+    (FixedSizeBinaryType(fixed_size_binary[32]), 2)
+    """
+    if len(data) % 32:
+        raise ValueError(f"digests_array: {len(data)} bytes is not a whole number of 32-byte digests")
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), len(data) // 32, [None, arrow_buffer(data)])
 
 
 def _encode_named(name: str, arr: pa.Array, first_row: int) -> pa.Array:
@@ -419,7 +451,7 @@ def digests_to_hex(digests: pa.FixedSizeBinaryArray) -> pa.Array:
     data = memoryview(digests.buffers()[1])[digests.offset * width : (digests.offset + n) * width]
     step = pa.scalar(2 * width, pa.int64())
     offsets = pc.subtract(pc.cumulative_sum(pa.repeat(step, n + 1)), step)
-    return pa.LargeStringArray.from_buffers(n, offsets.buffers()[1], pa.py_buffer(binascii.hexlify(data)))
+    return pa.LargeStringArray.from_buffers(n, offsets.buffers()[1], arrow_buffer(binascii.hexlify(data)))
 
 
 def hex_problem(hexes: pa.Array | pa.ChunkedArray) -> str | None:

@@ -81,7 +81,7 @@ from deltalake.fs import DeltaStorageHandler
 from orcapod_core.databases.buffered import BufferedArrowDatabase
 from orcapod_core.databases.file_store import FILE_AREA, FileStore
 from orcapod_core.databases.delta_format import DIGEST_METADATA, is_digest, StoredSchema, stored_schema, table_writer, writer_for
-from orcapod_core.databases.tables import Condition, _expression, normalize_type
+from orcapod_core.databases.tables import Condition, _expression, filter_rows, normalize_type
 from orcapod_core.databases.maintenance import DEFAULT_RETENTION_HOURS, MaintenanceReport, compact_store, vacuum_store
 from orcapod_core.databases.protocol import (
     MAX_PATH_DEPTH,
@@ -428,8 +428,7 @@ class DeltaTableDatabase(BufferedArrowDatabase):
             return None
         whole = self._small_table(key, dt, stored)
         if whole is not None:
-            expr = _expression(conds)
-            rows = whole if expr is None else whole.filter(expr)
+            rows = filter_rows(whole, conds)
             return rows if columns is None else rows.select(columns)
         return self._read(key, dt, stored, columns, conds)
 

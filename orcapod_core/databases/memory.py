@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from orcapod_core.databases.buffered import BufferedArrowDatabase
 from orcapod_core.databases.file_store import FileStore
-from orcapod_core.databases.tables import Condition, _align, _expression
+from orcapod_core.databases.tables import Condition, _align, filter_rows
 from orcapod_core.databases.maintenance import DEFAULT_RETENTION_HOURS, MaintenanceReport, _prefix, no_maintenance
 from orcapod_core.databases.protocol import RecordPath, TableStats, validate_record_path
 
@@ -115,10 +115,7 @@ class InMemoryArrowDatabase(BufferedArrowDatabase):
         table = self._tables.get(key)
         if table is None:
             return None
-        rows = table.rows()
-        expr = _expression(conds)
-        if expr is not None:
-            rows = rows.filter(expr)
+        rows = filter_rows(table.rows(), conds)
         return rows if columns is None else rows.select(columns)
 
     def _write(self, key: RecordPath, table: pa.Table, ids: set[str], evolve: bool) -> None:

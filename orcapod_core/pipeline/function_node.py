@@ -39,7 +39,7 @@ from orcapod_core.executors import plan_chunks
 from orcapod_core.files import save_digests
 from orcapod_core.interrupts import check_stop, stop_requested
 from orcapod_core.function_pods import FunctionPod, FunctionPodStream, input_packet_hashes, pod_output_table
-from orcapod_core.hashing import ContentHash, digests_to_hex
+from orcapod_core.hashing import ContentHash, digests_array, digests_to_hex
 from orcapod_core.keysets import distinct, index_in, is_in
 from orcapod_core.operators import Join
 from orcapod_core.pipeline.node_run import INPUT_SOURCE_TYPE, NodeRun, entry_ids_of, entry_records, input_source_info
@@ -189,9 +189,7 @@ class FunctionNode(Node):
         if table.num_rows == 0:
             return pa.array([], pa.large_string())
         hexes = self._output_packet_hexes(table)
-        digests = pa.FixedSizeBinaryArray.from_buffers(
-            pa.binary(32), table.num_rows, [None, pa.py_buffer(binascii.unhexlify("".join(hexes.to_pylist())))]
-        )
+        digests = digests_array(binascii.unhexlify("".join(hexes.to_pylist())))
         ids = self._entry_ids(table, self._stream.input_stream.layout, digests)
         self.__dict__["_output_entry_ids"] = ids
         return ids

@@ -1193,11 +1193,6 @@ out["calls"] = CALLS
 out["identity"] = transform.pod.identity_hash().to_string()
 p.flush()
 print(json.dumps(out), flush=True)
-# Skip interpreter teardown: pyarrow datasets over deltalake's Python filesystem can abort the
-# process at exit ("terminate called without an active exception", reported separately);
-# everything was flushed above.
-import os
-os._exit(0)
 """
 
 

@@ -360,11 +360,6 @@ xs = json.loads(sys.argv[2])
 result = cached.call_batch(pa.table({"x": pa.array(xs, pa.int64())}))
 cached.result_cache.flush()
 print(json.dumps({"calls": calls, "y": result.table["y"].to_pylist(), "uri": pf.uri}), flush=True)
-# Skip interpreter teardown: pyarrow datasets over deltalake's Python filesystem can abort the
-# process at exit ("terminate called without an active exception", reported separately);
-# everything was flushed above.
-import os
-os._exit(0)
 """
 
 _SHARED_FN = '''
