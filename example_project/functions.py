@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
+import tempfile
+from pathlib import Path
 
 from orcapod_core import function_pod
 
@@ -48,3 +51,19 @@ def network_summary(wqi: list[float], category: list[str]) -> tuple[int, float, 
     """Summarise one batch of scored samples."""
     good = sum(c in ("good", "excellent") for c in category)
     return len(wqi), round(sum(wqi) / len(wqi), 2), min(wqi), round(good / len(wqi), 3)
+
+
+@function_pod(output_keys="report", version="v1")
+def station_report(
+    river: str, n_samples: int, mean_wqi: float, worst_wqi: float, share_good_or_better: float
+) -> Path:
+    """A station's report card, as a markdown file. It is written to a scratch folder; orcapod
+    keeps the file in the result store (content-addressed), so the scratch copy may go."""
+    slug = re.sub(r"[^a-z0-9]+", "-", river.lower()).strip("-")
+    path = Path(tempfile.mkdtemp(prefix="water-quality-")) / f"{slug}-report.md"
+    path.write_text(
+        f"# {river}\n\n"
+        f"| samples | mean WQI | worst WQI | good or better |\n| --- | --- | --- | --- |\n"
+        f"| {n_samples} | {mean_wqi} | {worst_wqi} | {share_good_or_better:.0%} |\n"
+    )
+    return path

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from example_project import sources
-from example_project.functions import calibrate_oxygen, network_summary, oxygen_saturation, water_quality_index
+from example_project.functions import calibrate_oxygen, network_summary, oxygen_saturation, station_report, water_quality_index
 from orcapod_core.databases import ArrowDatabase, DeltaTableDatabase
 from orcapod_core.pipeline import DEFAULT_STORE, Pipeline
 
@@ -46,4 +46,10 @@ def build_pipeline(
             label="scored",
         )
         network_summary.pod(scored.batch(label="survey"), label="network_summary")
+        # The same summary per station (one group per station, its samples in date order), and a
+        # report card file per station with its river's name.
+        per_station = network_summary.pod(scored.group_by("station_id", label="by_station"), label="station_summary")
+        station_report.pod(
+            per_station, stations.select_packet_columns(["river"], label="rivers"), label="station_reports"
+        )
     return pipeline

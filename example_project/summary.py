@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from orcapod_core.pipeline.observers import text_table
+
 __all__ = ["AssetSummary", "summarize", "format_table"]
 
 
@@ -82,13 +84,8 @@ def format_table(summaries: list[AssetSummary]) -> str:
     ]
     functions = [s for s in summaries if s.node_type == "function" and s.run_id]
     total = ("total (function nodes)", "", "", *(str(sum(getattr(s, f) or 0 for s in functions)) for f in ("computed", "cached", "failed")), "", "")
-    widths = [max(len(r[i]) for r in [header, *rows, total]) for i in range(len(header))]
-
-    def line(r: tuple[str, ...]) -> str:
-        return "  ".join(c.ljust(w) if i < 2 or i == 7 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(header), rule, *map(line, rows), rule, line(total)])
+    # The layout of orcapod's own run summary (RunResult.summary()), plus the run column.
+    return text_table(header, rows, left=(0, 1, 7), footer=total)
 
 
 def main() -> int:

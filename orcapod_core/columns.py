@@ -3,7 +3,8 @@
 A stream's Arrow table holds, besides the user's tag and packet columns, hidden groups
 recognised by name:
 
-* **system tags** ``_tag_<kind>::<hash>[::<input hash>:<pos>...]`` — provenance of the tag;
+* **system tags** ``_tag_<kind>::<hash>[:<n>]`` — provenance of the tag (``<n>`` tells apart
+  the columns a join gathers from several inputs of one origin; see :func:`system_tag_origin`);
 * **source info** ``_source_<packet column>`` — where each packet value came from;
 * **meta** ``__<name>`` — bookkeeping attached by nodes;
 * **content hash** ``_content_hash`` — computed on demand, never stored.
@@ -33,6 +34,7 @@ __all__ = [
     "is_meta",
     "is_hidden",
     "source_column",
+    "system_tag_origin",
     "check_user_column",
 ]
 
@@ -63,6 +65,26 @@ def is_hidden(name: str) -> bool:
 def source_column(packet_column: str) -> str:
     """Name of the source-info column of a packet column."""
     return SOURCE_PREFIX + packet_column
+
+
+def system_tag_origin(name: str) -> str:
+    """The origin of a system-tag column: ``_tag_<kind>::<hash>`` (the name a root source gave
+    it), without the ``:<n>`` a join may have added — or, for a store written before that rule,
+    without the ``::<input hash>:<pos>`` suffixes each join appended.
+
+    >>> system_tag_origin("_tag_source_id::3f2a9c1b7d4e:1")
+    '_tag_source_id::3f2a9c1b7d4e'
+    >>> system_tag_origin("_tag_record_id::3f2a9c1b7d4e::9a8b7c6d5e4f:0::0badc0ffee00:1")
+    '_tag_record_id::3f2a9c1b7d4e'
+    """
+    kind, sep, rest = name.partition("::")
+    if not sep:
+        return name
+    origin = rest.split("::", 1)[0]
+    head, colon, tail = origin.rpartition(":")
+    if colon and tail.isdigit():
+        origin = head
+    return f"{kind}::{origin}"
 
 
 def check_user_column(name: str, where: str = "column") -> str:

@@ -15,11 +15,29 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["digests_to_hex", "hex_problem", "hex_to_bytes", "bytes_to_hex"]
+__all__ = ["arrow_buffer", "digests_to_hex", "hex_problem", "hex_to_bytes", "bytes_to_hex"]
 
 _LB = pa.large_binary()
 #: Offsets buffers are made for at least this many values (a row-hashing slice).
 _OFFSETS_ROWS = 65_536
+
+
+def arrow_buffer(data: bytes | bytearray | memoryview) -> pa.Buffer:
+    """``data`` copied into Arrow's memory pool.
+
+    Not ``pa.py_buffer(data)``, which wraps the Python object: whichever thread releases the
+    last reference must then take the GIL, and Arrow and deltalake release buffers on their
+    own threads (an Acero plan may be dropped by a pool thread after the call that ran it has
+    returned, apache/arrow#36389); during interpreter shutdown such a thread cannot take the
+    GIL and the process aborts ("terminate called without an active exception"). Arrays
+    orcapod makes hold Arrow-owned memory only.
+
+    >>> arrow_buffer(b"abc").to_pybytes()
+    b'abc'
+    """
+    buf = pa.allocate_buffer(len(data))
+    pa.FixedSizeBufferWriter(buf).write(data)
+    return buf
 
 
 def _fixed_bytes(arr: pa.Array, width: int) -> pa.Array:
@@ -54,7 +72,7 @@ def digests_to_hex(digests: pa.FixedSizeBinaryArray) -> pa.Array:
     if n == 0:
         return pa.array([], pa.large_string())
     data = memoryview(digests.buffers()[1])[digests.offset * width : (digests.offset + n) * width]
-    return pa.LargeStringArray.from_buffers(n, _step_offsets(2 * width, n), pa.py_buffer(binascii.hexlify(data)))
+    return pa.LargeStringArray.from_buffers(n, _step_offsets(2 * width, n), arrow_buffer(binascii.hexlify(data)))
 
 
 def _chunks(values: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
@@ -141,7 +159,7 @@ def hex_to_bytes(hexes: pa.Array | pa.ChunkedArray) -> pa.Array:
         if fixed is None or fixed[2] % 2 or not fixed[2]:
             return _polars_hex_to_bytes(chunk)
         data, n, width = fixed  # digests: one unhexlify of the whole text
-        raw = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width // 2), n, [None, pa.py_buffer(binascii.unhexlify(data))])
+        raw = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width // 2), n, [None, arrow_buffer(binascii.unhexlify(data))])
         return _fixed_bytes(raw, width // 2)
 
     return _per_chunk(one, hexes, pa.large_binary())
@@ -166,7 +184,7 @@ def bytes_to_hex(values: pa.Array | pa.ChunkedArray) -> pa.Array:
         if fixed is None or not fixed[2]:
             return _polars_bytes_to_hex(chunk)
         data, n, width = fixed  # digests: one hexlify of the whole buffer
-        return pa.LargeStringArray.from_buffers(n, _step_offsets(2 * width, n), pa.py_buffer(binascii.hexlify(data)))
+        return pa.LargeStringArray.from_buffers(n, _step_offsets(2 * width, n), arrow_buffer(binascii.hexlify(data)))
 
     return _per_chunk(one, values, pa.large_string())
 

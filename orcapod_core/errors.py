@@ -89,6 +89,13 @@ class PipelineLoadError(OrcapodError):
     """A saved pipeline description cannot be loaded (corrupt file, wrong version, bad field)."""
 
 
+class TargetLoadError(InputValidationError):
+    """A ``pkg.module:attr`` / ``path/to/file.py:attr`` target (the ``orcapod`` command's) that
+    does not give a pipeline: an unknown module or file, a missing attribute, something that is
+    not a Pipeline or a zero-argument builder of one, a builder that raised. The message names
+    the target and the reason."""
+
+
 class PacketComputationError(OrcapodError):
     """A user function raised while computing one packet (the original is the ``__cause__``)."""
 

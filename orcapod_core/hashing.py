@@ -44,7 +44,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orcapod_core.digest_columns import _fixed_bytes, bytes_to_hex, digests_to_hex, hex_problem, hex_to_bytes
+from orcapod_core.digest_columns import _fixed_bytes, arrow_buffer, bytes_to_hex, digests_to_hex, hex_problem, hex_to_bytes
 from orcapod_core.errors import MissingFileError, UnsupportedTypeError
 from orcapod_core.types import Schema, arrow_to_python, type_to_string
 from orcapod_core.files import content_digest
@@ -60,6 +60,8 @@ __all__ = [
     "hash_table",
     "encode_value",
     "digests_to_hex",
+    "digests_array",
+    "arrow_buffer",
     "sha256_each",
     "hex_problem",
     "hex_to_bytes",
@@ -365,7 +367,19 @@ def hash_rows(
         else:  # no column varies (e.g. a stream without packet columns): every message is the same
             messages = pa.repeat(pa.scalar(b"".join(p.as_py() for p in parts), _LB), size)
         digests.append(sha256_each(messages))
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), n, [None, pa.py_buffer(b"".join(digests))])
+    return digests_array(b"".join(digests))
+
+
+def digests_array(data: bytes) -> pa.FixedSizeBinaryArray:
+    """Concatenated 32-byte digests as a ``fixed_size_binary(32)`` array (in Arrow's memory,
+    see :func:`arrow_buffer`).
+
+    >>> digests_array(bytes(64)).type, len(digests_array(bytes(64)))
+    (FixedSizeBinaryType(fixed_size_binary[32]), 2)
+    """
+    if len(data) % 32:
+        raise ValueError(f"digests_array: {len(data)} bytes is not a whole number of 32-byte digests")
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), len(data) // 32, [None, arrow_buffer(data)])
 
 
 def _merge_scalars(parts: list[pa.Array | pa.Scalar]) -> list[pa.Array | pa.Scalar]:

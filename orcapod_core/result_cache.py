@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from orcapod_core.databases import RECORD_ID_COLUMN, ArrowDatabase
+from orcapod_core.errors import SchemaMismatchError
 from orcapod_core.function_pods import FunctionPod
 from orcapod_core.packet_function import BatchResult, PythonPacketFunction
 from orcapod_core.hashing import digests_to_hex, hash_rows
@@ -195,7 +196,15 @@ class ResultCache:
         table = table.append_column(
             pa.field(STORED_AT_COLUMN, pa.timestamp("us"), False), _constant_column(now, pa.field("t", pa.timestamp("us")), n)
         )
-        return self.database.add_records(self.record_path, table, flush=flush, digest_columns=(RECORD_ID_COLUMN,))
+        try:
+            return self.database.add_records(self.record_path, table, flush=flush, digest_columns=(RECORD_ID_COLUMN,))
+        except SchemaMismatchError as exc:
+            if getattr(exc, "missing_column", None) != PACKET_HASH_COLUMN:
+                raise
+            # A results table from before packet hashes were kept as record ids only (orcapod
+            # stores of the first wave): it requires the column, so it keeps getting it.
+            legacy = table.append_column(pa.field(PACKET_HASH_COLUMN, pa.large_string(), False), table[RECORD_ID_COLUMN])
+            return self.database.add_records(self.record_path, legacy, flush=flush, digest_columns=(RECORD_ID_COLUMN,))
 
     def get_all_records(self, columns: Sequence[str] | None = None) -> pa.Table | None:
         """Every stored result (most recent per hash), or ``None`` if nothing was stored;

@@ -14,7 +14,7 @@ first access, and cached.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -111,7 +111,13 @@ def conform(table: pa.Table, layout: StreamLayout) -> pa.Table:
 
 class Stream:
     """Base of every stream. Subclasses provide ``_predict_layout``, ``_compute_table`` and
-    ``_identity_hashes``; everything a user calls is implemented here once."""
+    ``_identity_hashes``; everything a user calls is implemented here once.
+
+    The operator methods (``join``, ``semi_join``, ``map_tags``, ``map_packets``, ``batch``,
+    ``group_by``, ``polars_filter``, ``select_*_columns``, ``drop_*_columns``) are added by
+    :mod:`orcapod_core.operators.sugar`: operators are built on streams, so this module cannot
+    import them; importing sources, function pods or pipelines brings them.
+    """
 
     label: str | None = None
 
@@ -246,62 +252,11 @@ class Stream:
         name = f" {self.label!r}" if self.label else ""
         return f"<{type(self).__name__}{name} tags={dict(tags.to_strings())} packets={dict(packets.to_strings())}>"
 
-    # -- operator sugar -----------------------------------------------------------
-    def join(self, *others: Stream, label: str | None = None) -> Stream:
-        """Inner join on shared tag columns (see :class:`~orcapod_core.operators.Join`)."""
-        from orcapod_core.operators import Join
+    def _repr_html_(self) -> str:
+        """A notebook's table preview (see :mod:`orcapod_core.previews`)."""
+        from orcapod_core.previews import stream_html
 
-        return Join()(self, *others, label=label)
-
-    def semi_join(self, other: Stream, label: str | None = None) -> Stream:
-        """Rows of this stream that match ``other`` on common columns."""
-        from orcapod_core.operators import SemiJoin
-
-        return SemiJoin()(self, other, label=label)
-
-    def map_tags(self, name_map: Mapping[str, str], drop_unmapped: bool = False, label: str | None = None) -> Stream:
-        """Rename tag columns."""
-        from orcapod_core.operators import MapTags
-
-        return MapTags(name_map, drop_unmapped=drop_unmapped)(self, label=label)
-
-    def map_packets(self, name_map: Mapping[str, str], drop_unmapped: bool = False, label: str | None = None) -> Stream:
-        """Rename packet columns (their source info follows)."""
-        from orcapod_core.operators import MapPackets
-
-        return MapPackets(name_map, drop_unmapped=drop_unmapped)(self, label=label)
-
-    def batch(self, batch_size: int = 0, drop_partial_batch: bool = False, label: str | None = None) -> Stream:
-        """Group rows into batches; every column becomes ``list[T]``."""
-        from orcapod_core.operators import Batch
-
-        return Batch(batch_size=batch_size, drop_partial_batch=drop_partial_batch)(self, label=label)
-
-    def polars_filter(self, *predicates: Any, label: str | None = None, **equals: Any) -> Stream:
-        """Keep rows matching polars predicates and ``column=value`` equalities."""
-        from orcapod_core.operators import PolarsFilter
-
-        return PolarsFilter(*predicates, **equals)(self, label=label)
-
-    def select_tag_columns(self, columns: str | Sequence[str], strict: bool = True, label: str | None = None) -> Stream:
-        from orcapod_core.operators import SelectTagColumns
-
-        return SelectTagColumns(columns, strict=strict)(self, label=label)
-
-    def select_packet_columns(self, columns: str | Sequence[str], strict: bool = True, label: str | None = None) -> Stream:
-        from orcapod_core.operators import SelectPacketColumns
-
-        return SelectPacketColumns(columns, strict=strict)(self, label=label)
-
-    def drop_tag_columns(self, columns: str | Sequence[str], strict: bool = True, label: str | None = None) -> Stream:
-        from orcapod_core.operators import DropTagColumns
-
-        return DropTagColumns(columns, strict=strict)(self, label=label)
-
-    def drop_packet_columns(self, columns: str | Sequence[str], strict: bool = True, label: str | None = None) -> Stream:
-        from orcapod_core.operators import DropPacketColumns
-
-        return DropPacketColumns(columns, strict=strict)(self, label=label)
+        return stream_html(self)
 
 
 class TableStream(Stream):

@@ -177,6 +177,9 @@ class PipelineAssets:
                     error_policy="continue",
                     nodes=list(labels),
                     include_upstream=False,
+                    # The step log has its own lines (DagsterLogObserver); a step's stderr may
+                    # still be a terminal (`dagster asset materialize` run in one).
+                    progress=False,
                 ),
                 context.log,
                 report.observers(),

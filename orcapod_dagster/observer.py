@@ -88,7 +88,7 @@ class DagsterLogObserver(NoOpObserver):
             self._last[node.label] = now
             elapsed = max(now - self._started.get(node.label, now), 1e-9)
         if first:
-            self._line("info", f"orcapod: {node.label} [{node.kind}] computing {total - done} new packets")
+            self._line("info", f"orcapod: {node.label} [{node.kind}] computing {total} new packets")  # (after its first chunk)
         else:
             self._line("info", f"orcapod: {node.label}: computed {done}/{total} new packets ({done / elapsed:,.1f}/s)")
 

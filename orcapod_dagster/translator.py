@@ -414,6 +414,8 @@ def operator_summary(node: Node) -> str:
             return f"Batch of all rows of {first} in one row (every column becomes a list)."
         partial = ", the last partial batch dropped" if config.get("drop_partial_batch") else ""
         return f"Batches of {size} rows of {first}{partial} (every column becomes a list)."
+    if name == "GroupBy":
+        return f"Rows of {first} grouped by {_columns(config.get('by', []))}: one row per distinct value, in sorted order (other columns become lists)."
     choices = {
         "SelectTagColumns": "with only the tag columns",
         "SelectPacketColumns": "with only the packet columns",

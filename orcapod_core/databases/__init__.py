@@ -23,6 +23,7 @@ from orcapod_core.databases.protocol import (
     RECORD_ID_COLUMN,
     ArrowDatabase,
     RecordPath,
+    TableStats,
     validate_record_path,
 )
 from orcapod_core.errors import InputValidationError
@@ -37,6 +38,7 @@ __all__ = [
     "RECORD_ID_COLUMN",
     "MAX_PATH_DEPTH",
     "RecordPath",
+    "TableStats",
     "validate_record_path",
     "database_from_config",
 ]

@@ -49,16 +49,15 @@ from orcapod_core.databases.tables import (
     Condition,
     _align,
     _as_array,
-    _expression,
     _union,
     conform,
     drop_repeated_ids,
+    filter_rows,
     normalize_schema,
     normalize_table,
     normalize_type,
 )
 from orcapod_core.hashing import hex_problem
-from orcapod_core.keysets import is_in
 
 # (the storage types are defined in databases.tables; still importable from here)
 __all__ = ["BufferedArrowDatabase", "normalize_type", "normalize_schema", "normalize_table"]
@@ -146,8 +145,9 @@ class BufferedArrowDatabase:
         return pa.array([rid in committed for rid in ids.to_pylist()], pa.bool_())
 
     def _scan(self, key: RecordPath, columns: list[str] | None, conds: Sequence[Condition]) -> pa.Table | None:
-        """Committed rows satisfying every condition (see :func:`_expression`) in commit order,
-        normalized; ``None`` without a table. Called right after ``_committed_schema(key)``."""
+        """Committed rows satisfying every condition (as
+        :func:`~orcapod_core.databases.tables.filter_rows`) in commit order, normalized; ``None``
+        without a table. Called right after ``_committed_schema(key)``."""
         raise NotImplementedError
 
     def _write(self, key: RecordPath, table: pa.Table, ids: set[str], evolve: bool) -> None:
@@ -435,10 +435,7 @@ class BufferedArrowDatabase:
                 if committed is not None and committed.num_rows:
                     parts.append(_align(committed, out_schema))
             if pending is not None:
-                rows = pending.table()
-                expr = _expression(conds)
-                if expr is not None:
-                    rows = rows.filter(expr)
+                rows = filter_rows(pending.table(), conds)
                 if rows.num_rows:
                     parts.append(_align(rows if read is None else rows.select(read), out_schema))
         if not parts:
@@ -466,12 +463,7 @@ class BufferedArrowDatabase:
             table = self._scan(key, wanted, [])
             if table is None:
                 return None
-            mask = None
-            for column, values in kept:
-                cond = pc.is_null(table[column]) if values is None else is_in(table[column], values)
-                mask = cond if mask is None else pc.and_(mask, cond)
-            if not pc.all(mask).as_py():  # (a bulk lookup often wants every row: no copy then)
-                table = table.filter(mask)
+            table = filter_rows(table, kept)
             return table if columns is None else table.select(columns)
         return self._scan(key, columns, kept)
 

@@ -59,6 +59,7 @@ Maintenance: :meth:`DeltaTableDatabase.compact` merges the small files of many b
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import os
 import threading
@@ -79,12 +80,13 @@ from deltalake.fs import DeltaStorageHandler
 from orcapod_core.databases.buffered import BufferedArrowDatabase
 from orcapod_core.databases.file_store import FILE_AREA, FileStore
 from orcapod_core.databases.delta_format import DIGEST_METADATA, is_digest, StoredSchema, stored_schema, table_writer, writer_for
-from orcapod_core.databases.tables import Condition, _expression, _IdIndex, normalize_type
+from orcapod_core.databases.tables import Condition, _expression, _IdIndex, filter_rows, normalize_type
 from orcapod_core.databases.maintenance import DEFAULT_RETENTION_HOURS, MaintenanceReport, compact_store, vacuum_store
 from orcapod_core.databases.protocol import (
     MAX_PATH_DEPTH,
     RECORD_ID_COLUMN,
     RecordPath,
+    TableStats,
     _component_problem,
     validate_record_path,
 )
@@ -198,6 +200,26 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         if self._root is not None:
             return os.path.join(self._root, *key)
         return self.base_uri.rstrip("/") + "/" + "/".join(key)
+
+    def table_stats(self, record_path: tuple[str, ...]) -> TableStats | None:
+        """Rows, bytes, version and commit time of a committed table (``None`` when there is
+        none), from the Delta log alone: the same call on a local path and on object storage.
+
+        >>> db.table_stats(("pipe", "scores"))     # doctest: +SKIP
+        TableStats(rows=72, bytes=5210, version=3, modified=datetime.datetime(...))
+        """
+        key = validate_record_path(record_path)
+        dt = self._open(key)
+        if dt is None:
+            return None
+        actions = pa.table(dt.get_add_actions(flatten=False))
+        counts = actions["num_records"]
+        # Files written without statistics have no record count: count those tables' rows.
+        rows = (pc.sum(counts).as_py() or 0) if counts.null_count == 0 else dt.to_pyarrow_dataset().count_rows()
+        history = dt.history(1)
+        stamp = history[0].get("timestamp") if history else None
+        modified = datetime.datetime.fromtimestamp(stamp / 1000, datetime.UTC) if stamp is not None else None
+        return TableStats(rows=int(rows), bytes=int(pc.sum(actions["size_bytes"]).as_py() or 0), version=dt.version(), modified=modified)
 
     # ---- maintenance ---------------------------------------------------------------------------
 
@@ -406,8 +428,7 @@ class DeltaTableDatabase(BufferedArrowDatabase):
             return None
         whole = self._small_table(key, dt, stored)
         if whole is not None:
-            expr = _expression(conds)
-            rows = whole if expr is None else whole.filter(expr)
+            rows = filter_rows(whole, conds)
             return rows if columns is None else rows.select(columns)
         return self._read(key, dt, stored, columns, conds)
 

@@ -144,7 +144,7 @@ class FileStore:
             if fs.get_file_info(key).type != pafs.FileType.NotFound:
                 return
             # A file or a whole tree; objects appear whole (an object-store put is atomic).
-            pafs.copy_files(source, key, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+            pafs.copy_files(source, key, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs, use_threads=False)
         except OSError as exc:
             raise StoreAccessError(f"cannot copy {source!r} into the file store {self.root!r}: {exc}") from exc
 
@@ -161,7 +161,7 @@ class FileStore:
             info = fs.get_file_info(key)
             if info.type == pafs.FileType.NotFound:
                 raise MissingFileError(f"the stored file {REF_PREFIX + key!r} is not in {self.root!r}", path=REF_PREFIX + key)
-            pafs.copy_files(key, staged, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+            pafs.copy_files(key, staged, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem(), use_threads=False)
             try:
                 os.rename(staged, target)
             except OSError:

@@ -19,9 +19,9 @@ import pyarrow as pa
 
 from orcapod_core.databases.buffered import BufferedArrowDatabase
 from orcapod_core.databases.file_store import FileStore
-from orcapod_core.databases.tables import Condition, _align, _expression
+from orcapod_core.databases.tables import Condition, _align, filter_rows
 from orcapod_core.databases.maintenance import DEFAULT_RETENTION_HOURS, MaintenanceReport, _prefix, no_maintenance
-from orcapod_core.databases.protocol import RecordPath
+from orcapod_core.databases.protocol import RecordPath, TableStats, validate_record_path
 
 __all__ = ["InMemoryArrowDatabase"]
 
@@ -71,6 +71,15 @@ class InMemoryArrowDatabase(BufferedArrowDatabase):
         """Config of an *empty* in-memory database of the same settings (data is not saved)."""
         return {"type": "memory", "batch_size": self.batch_size, "max_batch_age_s": self.max_batch_age_s}
 
+    def table_stats(self, record_path: tuple[str, ...]) -> TableStats | None:
+        """Rows, in-memory bytes and version of a committed table (``None`` when there is none);
+        commit times are not kept (``modified`` is ``None``)."""
+        stored = self._tables.get(validate_record_path(record_path))
+        if stored is None:
+            return None
+        rows = stored.rows()
+        return TableStats(rows=rows.num_rows, bytes=rows.nbytes, version=stored.version)
+
     # ---- maintenance (nothing to do: no files, no old versions) --------------------------------
 
     def compact(
@@ -106,10 +115,7 @@ class InMemoryArrowDatabase(BufferedArrowDatabase):
         table = self._tables.get(key)
         if table is None:
             return None
-        rows = table.rows()
-        expr = _expression(conds)
-        if expr is not None:
-            rows = rows.filter(expr)
+        rows = filter_rows(table.rows(), conds)
         return rows if columns is None else rows.select(columns)
 
     def _write(self, key: RecordPath, table: pa.Table, ids: set[str], evolve: bool) -> None:

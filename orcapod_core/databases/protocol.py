@@ -21,8 +21,10 @@ this handle and everything committed by any handle or process.
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import pyarrow as pa
@@ -34,6 +36,7 @@ __all__ = [
     "RECORD_ID_COLUMN",
     "MAX_PATH_DEPTH",
     "RecordPath",
+    "TableStats",
     "validate_record_path",
 ]
 
@@ -45,6 +48,24 @@ MAX_PATH_DEPTH = 10
 MAX_COMPONENT_LENGTH = 255
 
 RecordPath = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TableStats:
+    """What one stored table holds, read from the store's metadata (no rows are read):
+    committed ``rows``, the ``bytes`` of the data its current version consists of (older
+    versions' files, until vacuumed, are not counted), its ``version`` and when that version
+    was committed (``modified``, UTC; ``None`` when the store does not record it). Pending,
+    uncommitted records are not counted.
+
+    >>> TableStats(rows=3, bytes=1024, version=0).rows
+    3
+    """
+
+    rows: int
+    bytes: int
+    version: int
+    modified: datetime.datetime | None = None
 
 _COMPONENT_RE = re.compile(r"[A-Za-z0-9_.:=-]+")
 # Names a storage backend uses inside a table's directory; a component equal to one of them

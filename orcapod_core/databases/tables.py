@@ -14,9 +14,9 @@ import pyarrow.compute as pc
 
 from orcapod_core.databases.protocol import RECORD_ID_COLUMN
 from orcapod_core.errors import InputValidationError, SchemaMismatchError, UnsupportedTypeError
-from orcapod_core.keysets import all_distinct
+from orcapod_core.keysets import all_distinct, is_in
 
-__all__ = ["normalize_type", "normalize_schema", "normalize_table", "conform", "drop_repeated_ids", "Condition"]
+__all__ = ["normalize_type", "normalize_schema", "normalize_table", "conform", "drop_repeated_ids", "filter_rows", "Condition"]
 
 # A lookup condition on one column: values it must be one of, or ``None`` for "is null".
 Condition = tuple[str, pa.Array | None]
@@ -104,9 +104,9 @@ def conform(where: str, existing: pa.Schema | None, table: pa.Table) -> tuple[pa
         idx = incoming.get_field_index(stored.name)
         if idx < 0:
             if not stored.nullable:
-                raise SchemaMismatchError(
-                    f"table {where} requires non-nullable column {stored.name!r}; the new records lack it"
-                )
+                error = SchemaMismatchError(f"table {where} requires non-nullable column {stored.name!r}; the new records lack it")
+                error.missing_column = stored.name  # a writer that can derive it may retry with it
+                raise error
             arrays.append(pa.nulls(n, stored.type))
         else:
             new = incoming.field(idx)
@@ -171,16 +171,57 @@ _PUSHDOWN_MAX_VALUES = 1000
 
 
 def _expression(conditions: Sequence[Condition]) -> pc.Expression | None:
+    """The conditions as one filter expression, for a scan of stored files (a Delta read),
+    where it prunes files and row groups; in-memory rows are filtered by :func:`filter_rows`.
+
+    The values are copied into Arrow's own memory first: the scan runs as an Acero plan whose
+    last reference (with this expression) may be dropped on an Arrow thread after the read has
+    returned (apache/arrow#36389). Values in Python-owned memory (``pa.py_buffer``, NumPy) would
+    then need the GIL on that thread, and during interpreter shutdown that aborts the process
+    ("terminate called without an active exception")."""
     expr = None
     for column, values in conditions:
         if values is None:
             term = pc.field(column).is_null()
-        elif len(values) == 1 and values.null_count == 0:
-            term = pc.field(column) == values[0]  # equality prunes row groups/files by statistics
         else:
-            term = pc.field(column).isin(values)
+            values = values.copy_to(pa.default_cpu_memory_manager())
+            if len(values) == 1 and values.null_count == 0:
+                term = pc.field(column) == values[0]  # equality prunes row groups/files by statistics
+            else:
+                term = pc.field(column).isin(values)
         expr = term if expr is None else expr & term
     return expr
+
+
+def filter_rows(table: pa.Table, conditions: Sequence[Condition]) -> pa.Table:
+    """The rows of the in-memory ``table`` meeting every condition (``(column, None)``: the
+    column is null; ``(column, values)``: it is one of ``values``, a null matching a null), in
+    their order — ``table`` itself when every row does.
+
+    One boolean mask over whole columns, computed on the calling thread. Not
+    ``table.filter(expression)``: pyarrow runs that as an Acero plan on its thread pool, and a
+    pool thread may release the plan — and the values it holds — after the call returned; at
+    interpreter exit that thread cannot take the GIL a Python-owned buffer needs, and the
+    process aborts (see :func:`_expression`).
+
+    >>> t = pa.table({"k": ["a", "b", None]})
+    >>> filter_rows(t, [("k", pa.array(["b", "c"]))])["k"].to_pylist()
+    ['b']
+    >>> filter_rows(t, [("k", None)]).num_rows
+    1
+    """
+    mask = None
+    for column, values in conditions:
+        if values is None:
+            cond = pc.is_null(table[column])
+        elif len(values) == 1 and values.null_count == 0:  # one value: a comparison, no hash table
+            cond = pc.fill_null(pc.equal(table[column], values[0]), False)
+        else:
+            cond = is_in(table[column], values)
+        mask = cond if mask is None else pc.and_(mask, cond)
+    if mask is None or pc.all(mask).as_py():  # (a bulk lookup often wants every row: no copy then)
+        return table
+    return table.filter(mask)
 
 
 def drop_repeated_ids(table: pa.Table) -> pa.Table:

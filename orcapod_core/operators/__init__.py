@@ -1,5 +1,5 @@
 """Operators: structural transformations of streams (joins, column selection and
-renaming, filtering, batching). They never invent values, predict their output
+renaming, filtering, batching, grouping). They never invent values, predict their output
 layout without computing, and run on Arrow/Polars over whole columns.
 
 >>> from orcapod_core.sources import DictSource
@@ -13,6 +13,7 @@ layout without computing, and run on Arrow/Polars over whole columns.
 from orcapod_core.operators.base import Operator, OperatorStream
 from orcapod_core.operators.batch import Batch
 from orcapod_core.operators.filter import PolarsFilter
+from orcapod_core.operators.group_by import GroupBy
 from orcapod_core.operators.join import Join, MergeJoin, SemiJoin
 from orcapod_core.operators.selection import (
     DropPacketColumns,
@@ -23,6 +24,9 @@ from orcapod_core.operators.selection import (
     SelectTagColumns,
 )
 
+# last: adds .join(), .batch(), .group_by()... to every Stream (see sugar.py for why there)
+from orcapod_core.operators import sugar  # noqa: E402, F401
+
 __all__ = [
     "Operator",
     "OperatorStream",
@@ -30,6 +34,7 @@ __all__ = [
     "MergeJoin",
     "SemiJoin",
     "Batch",
+    "GroupBy",
     "SelectTagColumns",
     "SelectPacketColumns",
     "DropTagColumns",

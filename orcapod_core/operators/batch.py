@@ -17,10 +17,11 @@ from orcapod_core.errors import InputValidationError
 from orcapod_core.operators.base import Operator
 from orcapod_core.streams import Stream, StreamLayout
 
-__all__ = ["Batch"]
+__all__ = ["Batch", "list_field"]
 
 
-def _list_field(field: pa.Field) -> pa.Field:
+def list_field(field: pa.Field) -> pa.Field:
+    """``field`` as a list of its values (what Batch and GroupBy make of every column they gather)."""
     # the item keeps the column's nullability; the list itself is never null
     return pa.field(field.name, pa.large_list(pa.field("item", field.type, field.nullable)), nullable=False)
 
@@ -45,7 +46,7 @@ class Batch(Operator):
 
     def output_layout(self, stream: Stream) -> StreamLayout:
         layout = stream.layout
-        return StreamLayout(pa.schema([_list_field(f) for f in layout.schema]), layout.tag_columns)
+        return StreamLayout(pa.schema([list_field(f) for f in layout.schema]), layout.tag_columns)
 
     def _offsets(self, n: int) -> pa.Array:
         """List offsets of the batches: 0, size, 2·size, ..., then n for a kept partial batch."""

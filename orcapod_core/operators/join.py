@@ -5,11 +5,15 @@ of each input (``maintain_order`` keeps the order deterministic), then each inpu
 full Arrow table is ``take``-n by its row indices. Every Arrow type (maps, nested
 lists) and every declared nullability survives exactly, and no Python code runs per row.
 
-System tags of multi-input operators (spec A1): inputs are put in a canonical order
-(by pipeline hash, ties by content hash); each input's system-tag columns get the
-suffix ``::<input pipeline hash[:12]>:<position>``; for inputs whose pipeline hashes
-tie, the per-input tuples of system-tag values are sorted per row. So
-``Join()(a, b)`` and ``Join()(b, a)`` agree in rows, order, columns and hashes.
+System tags of multi-input operators: inputs are put in a canonical order (by
+pipeline hash, ties by content hash). A system-tag column keeps its origin name
+``_tag_<kind>::<h>`` (``<h>``: the root source's shape hash) when no other input brings
+a column of the same origin; columns of one origin from several inputs are numbered
+``_tag_<kind>::<h>:0``, ``:1``, ... in canonical order. Names stay this short after any
+number of joins. For inputs whose pipeline hashes tie, the per-input tuples of
+system-tag values are sorted per row. So ``Join()(a, b)`` and ``Join()(b, a)`` agree in
+rows, row order, hidden columns and hashes; the output's tag columns come in the order
+the inputs were given (the first input's tags, then each next input's new ones).
 
 >>> from orcapod_core.sources import DictSource
 >>> a = DictSource({"id": [1, 2], "x": [10, 20]}, tag_columns="id", source_id="a")
@@ -21,22 +25,24 @@ tie, the per-input tuples of system-tag values are sorted per row. So
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orcapod_core.columns import SOURCE_PREFIX, source_column
+from orcapod_core.columns import SOURCE_PREFIX, source_column, system_tag_origin
 from orcapod_core.errors import InputValidationError, SchemaMismatchError
 from orcapod_core.hashing import hash_rows
 from orcapod_core.operators.base import Operator
 from orcapod_core.streams import Stream, StreamLayout
 from orcapod_core.types import arrow_to_python, type_to_string
 
-__all__ = ["Join", "MergeJoin", "SemiJoin", "canonical_order", "suffix_system_tags", "sort_tied_system_tags", "join_indices"]
+__all__ = ["Join", "MergeJoin", "SemiJoin", "canonical_order", "system_tag_names", "sort_tied_system_tags", "join_indices", "take_columns"]
 
 _ROW = "__orcapod_row_{}"
 
@@ -54,17 +60,30 @@ def canonical_order(streams: Sequence[Stream]) -> list[Stream]:
     return [streams[i] for i in sorted(range(len(streams)), key=keys.__getitem__)]
 
 
-def suffix_system_tags(ordered: Sequence[Stream]) -> list[dict[str, str]]:
-    """Per input (already in canonical order): ``{system-tag column: suffixed name}``."""
-    return [
-        {c: f"{c}::{s.pipeline_hash().to_hex(12)}:{pos}" for c in s.layout.system_tag_columns}
-        for pos, s in enumerate(ordered)
-    ]
+def system_tag_names(ordered: Sequence[Stream]) -> list[dict[str, str]]:
+    """Per input (already in canonical order): ``{system-tag column: its name in the output}``.
+
+    A column's output name is its origin (:func:`~orcapod_core.columns.system_tag_origin`)
+    when it is the only one of that origin among all inputs, else the origin plus ``:<n>``,
+    ``n`` counting that origin's columns in canonical order — unique, deterministic, and no
+    longer than the input's own names.
+    """
+    origins = [[(c, system_tag_origin(c)) for c in s.layout.system_tag_columns] for s in ordered]
+    total = Counter(o for columns in origins for _, o in columns)
+    seen: Counter[str] = Counter()
+    names: list[dict[str, str]] = []
+    for columns in origins:
+        mine = {}
+        for c, o in columns:
+            mine[c] = o if total[o] == 1 else f"{o}:{seen[o]}"
+            seen[o] += 1
+        names.append(mine)
+    return names
 
 
 def _tied_groups(ordered: Sequence[Stream], renames: Sequence[dict[str, str]]) -> list[list[list[str]]]:
     """For each run of inputs sharing a pipeline hash (and system-tag columns): the
-    suffixed system-tag column names of each member, member by member."""
+    output system-tag column names of each member, member by member."""
     groups: list[list[list[str]]] = []
     start = 0
     for end in range(1, len(ordered) + 1):
@@ -171,7 +190,7 @@ def _is_identity(indices: pa.Array, n: int) -> bool:
     return indices[0].as_py() == 0 and pc.all(pc.equal(steps, 1)).as_py() in (True, None)
 
 
-def _take(columns: Sequence[pa.ChunkedArray], indices: pa.Array) -> list[pa.ChunkedArray]:
+def take_columns(columns: Sequence[pa.ChunkedArray], indices: pa.Array) -> list[pa.ChunkedArray]:
     """Each column gathered at ``indices``: zero-copy when they are 0..n-1 (typical for
     the first input of a one-to-one join); otherwise one Arrow ``take`` per column, on
     a thread pool (Arrow releases the GIL; string gathers dominate large joins)."""
@@ -195,7 +214,7 @@ def _py_type(f: pa.Field) -> str:
 @dataclass(frozen=True)
 class _JoinPlan:
     ordered: list[Stream]  # the inputs in canonical order
-    renames: list[dict[str, str]]  # per input: system-tag column → suffixed name
+    renames: list[dict[str, str]]  # per input: system-tag column → its output name
     layout: StreamLayout
     copied: list[list[str]]  # per input: columns gathered into the output as they are
     merged: list[str]  # MergeJoin: packet columns present in both inputs
@@ -203,7 +222,7 @@ class _JoinPlan:
 
 def _plan_join(name: str, inputs: Sequence[Stream], merge: bool) -> _JoinPlan:
     ordered = canonical_order(inputs)
-    renames = suffix_system_tags(ordered)
+    renames = system_tag_names(ordered)
 
     tags: dict[str, pa.Field] = {}
     tag_owner: dict[str, int] = {}
@@ -278,7 +297,9 @@ def _plan_join(name: str, inputs: Sequence[Stream], merge: bool) -> _JoinPlan:
         mine += unique_meta
         copied.append(mine)
 
-    layout = StreamLayout.build(list(tags.values()), sys_fields, packet_fields, source_fields, meta_fields)
+    # tags in the order the inputs were given (rows and hidden columns follow the canonical order)
+    given = list(dict.fromkeys(c for s in inputs for c in s.tag_columns))
+    layout = StreamLayout.build([tags[c] for c in given], sys_fields, packet_fields, source_fields, meta_fields)
     return _JoinPlan(ordered, renames, layout, copied, list(merged_fields))
 
 
@@ -297,16 +318,16 @@ def _execute_join(plan: _JoinPlan) -> pa.Table:
     indices = join_indices([t.select(list(s.tag_columns)) for t, s in zip(tables, plan.ordered)])
     columns: dict[str, pa.ChunkedArray | pa.Array] = {}
     for t, ix, cols, renames in zip(tables, indices, plan.copied, plan.renames):
-        for c, values in zip(cols, _take([t.column(c) for c in cols], ix)):
+        for c, values in zip(cols, take_columns([t.column(c) for c in cols], ix)):
             columns[renames.get(c, c)] = values
     schema = plan.layout.schema
     for c in plan.merged:
-        a, b = (_take([t.column(c)], ix)[0].combine_chunks() for t, ix in zip(tables, indices))
+        a, b = (take_columns([t.column(c)], ix)[0].combine_chunks() for t, ix in zip(tables, indices))
         swap = _greater([a], [b])  # sort each row's pair; source info is permuted the same way
         columns[c] = _interleave(pc.if_else(swap, b, a), pc.if_else(swap, a, b), schema.field(c).type.value_field)
         src = source_column(c)
         if src in schema.names:
-            sa, sb = (_take([t.column(src)], ix)[0].combine_chunks() for t, ix in zip(tables, indices))
+            sa, sb = (take_columns([t.column(src)], ix)[0].combine_chunks() for t, ix in zip(tables, indices))
             columns[src] = _interleave(pc.if_else(swap, sb, sa), pc.if_else(swap, sa, sb), schema.field(src).type.value_field)
     table = pa.Table.from_arrays([columns[n] for n in schema.names], schema=schema)
     return sort_tied_system_tags(table, plan.ordered, plan.renames)
@@ -317,7 +338,19 @@ def _execute_join(plan: _JoinPlan) -> pa.Table:
 # --------------------------------------------------------------------------------------
 
 
-class Join(Operator):
+class _SystemTagNaming:
+    """Part of a join's identity: how it names its inputs' system tags. Joins named them by
+    appending ``::<input pipeline hash[:12]>:<position>`` once (stores written then hold those
+    names in non-nullable columns); since names are origin-based (:func:`system_tag_names`)
+    the join is a different producer, so everything below it is stored at fresh paths instead
+    of being appended, with other columns, to the old tables. Results are still reused: the
+    result cache is keyed by the function and the input packet only."""
+
+    def identity_structure(self) -> dict[str, Any]:
+        return {**super().identity_structure(), "system_tag_names": "origin:n"}  # type: ignore[misc]
+
+
+class Join(_SystemTagNaming, Operator):
     """Inner join of two or more streams on their shared tag columns.
 
     No shared tag columns gives the cartesian product. Output tags are the union of
@@ -337,7 +370,7 @@ class Join(Operator):
         return _execute_join(_plan_join(type(self).__name__, inputs, merge=False))
 
 
-class MergeJoin(Operator):
+class MergeJoin(_SystemTagNaming, Operator):
     """Join two streams; a packet column present in both becomes a sorted ``list[T]``.
 
     Colliding columns must have the same type (else ``SchemaMismatchError``); their
@@ -392,4 +425,4 @@ class SemiJoin(Operator):
         others = pl.from_arrow(right._table().select(common))
         matched = keys.join(others, on=common, how="semi", maintain_order="left")
         rows = matched.get_column(_ROW.format(0)).to_arrow()
-        return pa.Table.from_arrays(_take(table.columns, rows), schema=table.schema)
+        return pa.Table.from_arrays(take_columns(table.columns, rows), schema=table.schema)

@@ -33,6 +33,7 @@ from orcapod_core.pipeline.observers import (
     StatusObserver,
 )
 from orcapod_core.pipeline.orchestrators import AsyncPipelineOrchestrator, SyncPipelineOrchestrator
+from orcapod_core.pipeline.progress import LiveProgress
 from orcapod_core.pipeline.snapshots import (
     Snapshot,
     data_version,
@@ -65,6 +66,7 @@ __all__ = [
     "CompositeObserver",
     "StatusObserver",
     "ProgressObserver",
+    "LiveProgress",
     "LoggingObserver",
     "NodeStats",
     "SyncPipelineOrchestrator",

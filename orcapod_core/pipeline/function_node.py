@@ -39,12 +39,12 @@ from orcapod_core.executors import plan_chunks
 from orcapod_core.files import save_digests
 from orcapod_core.interrupts import check_stop, stop_requested
 from orcapod_core.function_pods import FunctionPod, FunctionPodStream, input_packet_hashes, pod_output_table
-from orcapod_core.hashing import ContentHash, digests_to_hex
+from orcapod_core.hashing import ContentHash, digests_array, digests_to_hex
 from orcapod_core.keysets import index_in, is_in
 from orcapod_core.operators import Join
 from orcapod_core.pipeline.node_run import INPUT_SOURCE_TYPE, NodeRun, entry_ids_of, entry_records, input_source_info
 from orcapod_core.pipeline.nodes import ENTRY_ID_COLUMN, INPUT_SOURCE_COLUMN, LoadStatus, Node
-from orcapod_core.pipeline.observers import ExecutionObserver, NodeStats, NoOpObserver
+from orcapod_core.pipeline.observers import ExecutionObserver, NodeStats, NoOpObserver, wants_failures
 from orcapod_core.result_cache import PACKET_HASH_COLUMN, CachedPacketFunction, ResultCache
 from orcapod_core.streams import Stream, StreamLayout, TableStream, conform
 from orcapod_core.tracking import untracked
@@ -189,9 +189,7 @@ class FunctionNode(Node):
         if table.num_rows == 0:
             return pa.array([], pa.large_string())
         hexes = self._output_packet_hexes(table)
-        digests = pa.FixedSizeBinaryArray.from_buffers(
-            pa.binary(32), table.num_rows, [None, pa.py_buffer(binascii.unhexlify("".join(hexes.to_pylist())))]
-        )
+        digests = digests_array(binascii.unhexlify("".join(hexes.to_pylist())))
         ids = self._entry_ids(table, self._stream.input_stream.layout, digests)
         self.__dict__["_output_entry_ids"] = ids
         return ids
@@ -423,6 +421,8 @@ class FunctionNode(Node):
             {"row": pc.indices_nonzero(needs_record).cast(pa.int64()), "pos": position.filter(needs_record).cast(pa.int64())}
         ).sort("pos")
         wants_events = getattr(observer, "wants_packet_events", True)
+        # Failures only (a display counting them): objects are built for the failed packets alone.
+        crash_events = wants_failures(observer)
         capture = getattr(observer, "wants_captured_output", False)
         fail_fast = error_policy == "fail_fast"
         total = len(missing)
@@ -471,8 +471,12 @@ class FunctionNode(Node):
                 for i, exc in result.errors.items():
                     failed_hashes.add(missing[start + i].as_py())
                     stats.errors.append(f"{type(exc).__name__}: {exc}")
-                    if wants_events:
-                        observer.on_packet_crash(self, tags[i], packets_objs[i], exc, result.captured.get(i))
+                    if crash_events:
+                        if wants_events:
+                            tag, packet = tags[i], packets_objs[i]
+                        else:
+                            (tag,), (packet,) = self._objects(table, layout, first_rows.slice(start + i, 1))
+                        observer.on_packet_crash(self, tag, packet, exc, result.captured.get(i))
                     if fail_fast:
                         tag = table.slice(first_rows[start + i].as_py(), 1).select(list(layout.tag_columns)).to_pylist()[0]
                         exc.add_note(f"orcapod: node {self.label!r} ({pf.uri}) failed on the packet with tag {tag}")

@@ -38,6 +38,7 @@ from orcapod_core.pipeline.function_node import FunctionNode
 from orcapod_core.pipeline.nodes import CacheMode, Node, OperatorNode, SourceNode
 from orcapod_core.pipeline.observers import ExecutionObserver, RunResult
 from orcapod_core.pipeline.orchestrators import SyncPipelineOrchestrator
+from orcapod_core.pipeline.progress import progress_observer
 from orcapod_core.pipeline.serialization import load_pipeline, save_pipeline
 from orcapod_core.result_cache import ResultCache, result_record_path
 from orcapod_core.streams import Stream
@@ -217,6 +218,37 @@ class Pipeline:
     def __repr__(self) -> str:
         return f"Pipeline({'/'.join(self.name)!r}, nodes={list(self._nodes)})"
 
+    # -- pictures (rendered in orcapod_core.pipeline.pictures) ------------------------------
+    def to_mermaid(self, direction: str = "LR") -> str:
+        """The compiled graph as a Mermaid flowchart: one shape per node (label, kind, and the
+        source class, operator class or function name), arrows from inputs. Deterministic.
+
+        >>> print(pipeline.to_mermaid())          # doctest: +SKIP
+        flowchart LR
+            n0[("samples<br/>source: CSVSource")]
+            ...
+        """
+        from orcapod_core.pipeline.pictures import to_mermaid
+
+        return to_mermaid(self, direction)
+
+    def to_dot(self, direction: str = "LR") -> str:
+        """The compiled graph in Graphviz DOT (``dot -Tsvg``), nodes named by their labels.
+
+        >>> print(pipeline.to_dot())              # doctest: +SKIP
+        digraph "water_quality" {
+        ...
+        """
+        from orcapod_core.pipeline.pictures import to_dot
+
+        return to_dot(self, direction)
+
+    def _repr_html_(self) -> str:
+        # A notebook shows the graph: SVG when Graphviz is installed, else a Mermaid block.
+        from orcapod_core.pipeline.pictures import graph_html
+
+        return graph_html(self)
+
     def upstream_closure(self, labels: Sequence[str]) -> list[str]:
         """``labels`` plus every node they depend on, in topological order."""
         wanted: set[str] = set()
@@ -240,8 +272,14 @@ class Pipeline:
         *,
         nodes: Sequence[str] | None = None,
         include_upstream: bool = True,
+        progress: bool | str = "auto",
     ) -> RunResult:
         """Run the pipeline (or the ``nodes`` given): compute only what is missing.
+
+        ``progress="auto"`` shows a live per-node display and a closing summary on stderr when
+        it is a terminal and no ``observer`` is given (nothing otherwise); ``True`` shows it
+        next to the ``observer`` (plain lines when stderr is not a terminal); ``False`` never
+        (see :mod:`orcapod_core.pipeline.progress`). ``RunResult.summary()`` is the summary as text.
 
         ``error_policy="continue"`` reports failing packets (observer + ``failed`` count) and
         stores everything else; ``"fail_fast"`` raises the first error after committing what
@@ -269,6 +307,8 @@ class Pipeline:
         if self._tracking is not None:
             raise RuntimeError("run the pipeline after its `with` block has closed")
         orchestrator = orchestrator or SyncPipelineOrchestrator()
+        # Only the sync orchestrator hands a node its whole input: exact totals from the first event.
+        observer = progress_observer(progress, observer, exact_totals=isinstance(orchestrator, SyncPipelineOrchestrator))
         # Every run reads its sources' current data (files, tables), pinned for the whole run.
         self.refresh(self.run_selection(nodes, include_upstream), sources_only=True)
         # Passed only when set, so orchestrators written before the option keep working.

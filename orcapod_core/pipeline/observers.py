@@ -5,7 +5,9 @@ Per-packet hooks (start/end/crash, with Tag and Packet objects) fire for packets
 computed, and only for observers that want them (``wants_packet_events``: true when a
 subclass overrides a packet hook). Packets served from the store are reported in bulk
 through ``on_node_end``'s stats — a warm run over a million rows builds no per-row
-objects.
+objects. An observer that needs failures only (a live display counting them) sets
+``wants_packet_events = False`` and keeps ``wants_failure_events``: ``on_packet_crash`` then
+fires for failed packets alone, and no object is built for the packets that succeed.
 
 Counts:
 
@@ -29,7 +31,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO, runtime_checkable
 
@@ -43,7 +45,9 @@ __all__ = [
     "ProgressObserver",
     "LoggingObserver",
     "format_summary",
+    "text_table",
     "count_text",
+    "wants_failures",
 ]
 
 
@@ -126,6 +130,12 @@ class ExecutionObserver(Protocol):
 _PACKET_HOOKS = ("on_packet_start", "on_packet_end", "on_packet_crash")
 
 
+def wants_failures(observer: Any) -> bool:
+    """Whether ``observer`` takes ``on_packet_crash`` events (every packet's events, or failures
+    only); observers written before ``wants_failure_events`` existed follow ``wants_packet_events``."""
+    return bool(getattr(observer, "wants_packet_events", True) or getattr(observer, "wants_failure_events", False))
+
+
 class NoOpObserver:
     """Ignores everything; the base to subclass (override only the hooks you need)."""
 
@@ -135,6 +145,11 @@ class NoOpObserver:
     def wants_packet_events(self) -> bool:
         """True when a subclass overrides a per-packet hook."""
         return any(getattr(type(self), h) is not getattr(NoOpObserver, h) for h in _PACKET_HOOKS)
+
+    @property
+    def wants_failure_events(self) -> bool:
+        """True when a subclass overrides ``on_packet_crash`` (or wants every packet event)."""
+        return self.wants_packet_events or type(self).on_packet_crash is not NoOpObserver.on_packet_crash
 
     def on_run_start(self, pipeline: Any, run_id: str) -> None:
         pass
@@ -172,6 +187,10 @@ class CompositeObserver(NoOpObserver):
         return any(o.wants_packet_events for o in self.observers)
 
     @property
+    def wants_failure_events(self) -> bool:  # type: ignore[override]
+        return any(wants_failures(o) for o in self.observers)
+
+    @property
     def wants_captured_output(self) -> bool:  # type: ignore[override]
         return any(o.wants_captured_output for o in self.observers)
 
@@ -206,7 +225,9 @@ class CompositeObserver(NoOpObserver):
         self._packet_event("on_packet_end", *a)
 
     def on_packet_crash(self, *a: Any) -> None:
-        self._packet_event("on_packet_crash", *a)
+        for o in self.observers:
+            if wants_failures(o):
+                o.on_packet_crash(*a)
 
 
 class StatusObserver(NoOpObserver):
@@ -423,13 +444,47 @@ def count_text(stats: NodeStats) -> str:
 
 
 def format_summary(stats: Iterable[NodeStats]) -> str:
-    """A plain-text per-node summary table; computed/cached/failed are shown for function nodes
-    only (``-`` for the others: they make no calls and memoize nothing)."""
-    rows = [("node", "kind", "rows", "computed", "cached", "failed", "seconds")]
+    """A plain-text per-node summary table (what :meth:`RunResult.summary` returns and a run in a
+    terminal prints at its end); computed/cached/failed are shown for function nodes only (``-``
+    for the others: they make no calls and memoize nothing).
+
+    >>> print(format_summary([NodeStats("scored", "function", total=3, computed=2, cached=1, duration_s=0.5)]))
+    node    kind      rows  computed  cached  failed  seconds
+    ------  --------  ----  --------  ------  ------  -------
+    scored  function     3         2       1       0     0.50
+    """
+    rows = []
     for s in stats:
         counts = [str(s.computed), str(s.cached), str(s.failed)] if s.kind == "function" else ["-", "-", "-"]
         rows.append((s.label, s.kind, str(s.total), *counts, f"{s.duration_s:.2f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    return text_table(("node", "kind", "rows", "computed", "cached", "failed", "seconds"), rows)
+
+
+def text_table(
+    header: Sequence[str], rows: Iterable[Sequence[str]], *, left: Collection[int] = (0, 1), footer: Sequence[str] | None = None
+) -> str:
+    """A plain-text table with aligned columns — the columns numbered in ``left`` (names)
+    left-aligned, the others (numbers) right-aligned — a rule under the header and, with a
+    ``footer`` row, a rule above it. The layout of :func:`format_summary`, for other summaries
+    (``python -m example_project.summary``) to share.
+
+    >>> print(text_table(("node", "rows"), [("a", "10"), ("bb", "2")], left=(0,), footer=("total", "12")))
+    node   rows
+    -----  ----
+    a        10
+    bb        2
+    -----  ----
+    total    12
+    """
+    body = [tuple(r) for r in rows]
+    every = [tuple(header), *body, *([tuple(footer)] if footer is not None else [])]
+    widths = [max(len(r[i]) for r in every) for i in range(len(header))]
+
+    def line(r: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    lines = [line(header), rule, *map(line, body)]
+    if footer is not None:
+        lines += [rule, line(footer)]
     return "\n".join(lines)

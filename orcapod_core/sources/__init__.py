@@ -6,6 +6,9 @@
 (Schema({'id': int}), Schema({'x': float}))
 """
 
+# Streams get their operator methods (.join, .batch, .group_by...) from the operators package:
+# a source is where most streams start, so importing sources brings them.
+import orcapod_core.operators  # noqa: F401
 from orcapod_core.sources.base import LiveSource, RootSource, Source
 from orcapod_core.sources.files import CSVSource, DeltaTableSource, file_source_from_config
 from orcapod_core.sources.memory import ArrowTableSource, DataFrameSource, DictSource, ListSource

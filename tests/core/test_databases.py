@@ -148,6 +148,33 @@ def test_lookup_by_values_and_equalities(db):
         db.get_records_by_values(PATH, "v", ["not an int"])
 
 
+def test_filter_rows_keeps_the_rows_arrows_filter_expression_keeps():
+    from orcapod_core.databases.tables import _expression, filter_rows
+
+    # Two chunks, nulls in keys; value sets small (Arrow's kernels) and large (polars joins).
+    keys = [f"k{i % 7000}" if i % 11 else None for i in range(9000)]
+    table = pa.concat_tables([
+        pa.table({"k": pa.array(keys[:4000], pa.large_string()), "x": pa.array(range(4000), pa.int64())}),
+        pa.table({"k": pa.array(keys[4000:], pa.large_string()), "x": pa.array([None] * 5000, pa.int64())}),
+    ])
+    many = pa.array([f"k{i}" for i in range(0, 7000, 2)] + [None], pa.large_string())
+    cases = [
+        [("k", pa.array(["k5"], pa.large_string()))],
+        [("k", pa.array([None], pa.large_string()))],
+        [("k", pa.array(["k5", None, "absent"], pa.large_string()))],
+        [("k", many)],
+        [("k", many.slice(0, 3000))],
+        [("x", None)],
+        [("x", None), ("k", pa.array(["k3", "k4"], pa.large_string()))],
+        [("x", pa.array([3], pa.int64())), ("k", pa.array(["k3"], pa.large_string()))],
+        [("k", pa.array([], pa.large_string()))],
+        [],
+    ]
+    for conds in cases:
+        expected = table if not conds else table.filter(_expression(conds))
+        assert filter_rows(table, conds).to_pylist() == expected.to_pylist(), conds
+
+
 def spy_on_scans(db) -> list:
     """The column lists of every committed-data scan ``db`` makes from now on."""
     scanned = []

@@ -340,3 +340,19 @@ def test_constant_columns_hash_like_a_column_repeating_the_value(value, dtype):
     # the constant's name is part of the row's identity, as a column's is
     assert not hash_rows(t, constants={"n": (value, dtype)}).equals(hash_rows(repeated))
     assert hash_rows(t.select([]), constants={"m": (value, dtype)}).equals(hash_rows(repeated.select(["m"])))
+
+
+def test_digest_and_hex_arrays_live_in_arrows_memory_pool():
+    # Arrays over Python-owned memory (pa.py_buffer) need the GIL wherever they are freed, and
+    # Arrow frees them on its own threads too: at interpreter exit that aborted the process.
+    # Allocated in Arrow's pool, they are counted by it (a py_buffer over bytes would not be).
+    n = 20_000
+    table = pa.table({"x": list(range(n))})
+    before = pa.total_allocated_bytes()
+    digests = hash_rows(table)
+    hexes = hashing.digests_to_hex(digests)
+    assert pa.total_allocated_bytes() - before >= n * 32 + n * 64
+    assert hexes[0].as_py() == digests[0].as_py().hex()  # the same values as before
+    assert hashing.digests_array(digests.buffers()[1].to_pybytes()).equals(digests)
+    with pytest.raises(ValueError, match="33 bytes"):
+        hashing.digests_array(bytes(33))

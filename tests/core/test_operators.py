@@ -60,9 +60,11 @@ def all_rows(stream):
     return stream.as_table(all_info=True).to_pylist()
 
 
-def sys_tag_name(kind, source, upstream, position):
+def sys_tag_name(kind, source, number=None):
+    """A system-tag column's name: its origin ``_tag_<kind>::<source shape hash>``, plus
+    ``:<n>`` when a join gathered several columns of that origin."""
     h = source.pipeline_hash().to_hex(12)
-    return f"_tag_{kind}::{h}::{upstream.pipeline_hash().to_hex(12)}:{position}"
+    return f"_tag_{kind}::{h}" + ("" if number is None else f":{number}")
 
 
 def canonical_positions(*streams):
@@ -168,6 +170,22 @@ def test_stream_sugar_methods_build_the_same_operators():
     assert a.drop_packet_columns("age").keys() == (("id",), ())
 
 
+def test_streams_do_not_import_operators_and_sources_bring_the_sugar():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import orcapod_core.streams\n"
+        "print('orcapod_core.operators' in sys.modules, hasattr(orcapod_core.streams.Stream, 'group_by'))\n"
+        "from orcapod_core.sources import DictSource\n"
+        "s = DictSource({'id': [1]}, tag_columns='id', source_id='s')\n"
+        "print(all(hasattr(s, m) for m in ('join', 'semi_join', 'batch', 'group_by', 'polars_filter', 'map_tags')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split() == ["False", "False", "True"]
+
+
 # --------------------------------------------------------------------------------------
 # Join
 # --------------------------------------------------------------------------------------
@@ -181,20 +199,17 @@ def test_join_inner_joins_on_shared_tags():
     assert rows == [(1, 30, 0.1), (1, 30, 0.15), (3, 50, 0.3)]
 
 
-def test_join_system_tags_are_suffixed_by_input_pipeline_hash_and_position():
+def test_join_keeps_system_tag_names_of_inputs_of_distinct_origin():
     a, b = subjects(), scores()
     out = Join()(a, b)
-    pos = canonical_positions(a, b)
-    expected = {
-        sys_tag_name(kind, s, s, pos[id(s)]) for s in (a, b) for kind in ("source_id", "record_id")
-    }
+    expected = {sys_tag_name(kind, s) for s in (a, b) for kind in ("source_id", "record_id")}
     names = out.keys(columns={"system_tags": True})[0]
     assert names[0] == "id" and set(names[1:]) == expected
     table = out.as_table(all_info=True)
     for row in table.to_pylist():
-        assert row[sys_tag_name("source_id", a, a, pos[id(a)])] == "subjects"
-        assert row[sys_tag_name("source_id", b, b, pos[id(b)])] == "scores"
-        assert row[sys_tag_name("record_id", a, a, pos[id(a)])] == f"row_{row['id'] - 1}"
+        assert row[sys_tag_name("source_id", a)] == "subjects"
+        assert row[sys_tag_name("source_id", b)] == "scores"
+        assert row[sys_tag_name("record_id", a)] == f"row_{row['id'] - 1}"
     # source info is carried unchanged
     assert sorted(table.column("_source_score").to_pylist()) == ["scores::row_0::score", "scores::row_1::score", "scores::row_3::score"]
     assert sorted(table.column("_source_age").to_pylist()) == ["subjects::row_0::age", "subjects::row_0::age", "subjects::row_2::age"]
@@ -214,6 +229,90 @@ def test_join_is_commutative_in_rows_order_names_and_hashes():
         assert out.pipeline_hash() == outs[0].pipeline_hash()
 
 
+def test_join_output_tags_follow_the_given_input_order():
+    visits = DictSource(
+        {"subject": ["s1", "s1", "s2"], "visit": [1, 2, 1], "score": [0.5, 0.7, 0.9]},
+        tag_columns=["subject", "visit"],
+        source_id="visits",
+    )
+    rooms = DictSource({"visit": [1, 2], "site": ["n", "s"], "room": ["r1", "r2"]}, tag_columns=["visit", "site"], source_id="rooms")
+    ages = DictSource({"subject": ["s1", "s2"], "age": [31, 45]}, tag_columns="subject", source_id="ages")
+    for inputs, expected in [
+        ((visits, rooms), ("subject", "visit", "site")),
+        ((rooms, visits), ("visit", "site", "subject")),
+        ((ages, rooms, visits), ("subject", "visit", "site")),
+        ((rooms, ages, visits), ("visit", "site", "subject")),
+    ]:
+        out = Join()(*inputs)
+        assert out.keys()[0] == expected
+        assert out.as_table().column_names[: len(expected)] == list(expected)
+        assert_prediction_matches(Join(), *inputs)
+    # only the tag order differs: rows, row order, hidden columns and hashes do not
+    ab, ba = Join()(visits, rooms), Join()(rooms, visits)
+    names = ab.as_table(all_info=True).column_names
+    assert ba.as_table(all_info=True).select(names).equals(ab.as_table(all_info=True))
+    assert ab.content_hash() == ba.content_hash() and ab.pipeline_hash() == ba.pipeline_hash()
+    assert ab.packet_hashes() == ba.packet_hashes()
+
+
+def test_system_tag_names_stay_short_after_many_joins():
+    # four sources of one shape: every join gathers columns of the same origin
+    parts = [DictSource({"id": [1, 2], f"x{i}": [i, i + 1]}, tag_columns="id", source_id=f"part{i}") for i in range(4)]
+    same = [DictSource({"id": [1, 2]}, tag_columns="id", source_id=f"same{i}") for i in range(4)]
+    origin = same[0].layout.system_tag_columns
+    chained = same[0].join(same[1]).join(same[2]).join(same[3])
+    names = chained.layout.system_tag_columns
+    assert sorted(names) == sorted(f"{o}:{n}" for o in origin for n in range(4))
+    assert max(map(len, names)) <= max(map(len, origin)) + 2
+    # distinct origins keep their sources' own names, however deep the chain
+    deep = parts[0].join(parts[1]).join(parts[2]).join(parts[3])
+    assert sorted(deep.layout.system_tag_columns) == sorted(c for p in parts for c in p.layout.system_tag_columns)
+    # the values still say which source each row came from
+    row = deep.as_table(columns="system_tags").to_pylist()[0]
+    assert sorted(v for k, v in row.items() if k.startswith("_tag_source_id")) == ["part0", "part1", "part2", "part3"]
+
+
+def test_system_tags_of_one_origin_are_numbered_in_canonical_order():
+    a = subjects()
+    older = a.polars_filter(pl.col("age") > 30).map_packets({"age": "age2"})  # same origin, another pipeline hash
+    out = Join()(a, older)
+    pos = canonical_positions(a, older)
+    row = sorted(out.as_table(all_info=True).to_pylist(), key=lambda r: r["id"])[0]
+    assert row["id"] == 2
+    assert row[sys_tag_name("record_id", a, pos[id(a)])] == "row_1"
+    assert set(out.layout.system_tag_columns) == {sys_tag_name(k, a, n) for k in ("source_id", "record_id") for n in (0, 1)}
+    assert Join()(older, a).as_table(all_info=True).equals(out.as_table(all_info=True))
+
+
+def test_join_renames_system_tags_of_a_store_written_with_the_old_long_names():
+    legacy = pa.table(
+        {
+            "id": [1],
+            "_tag_source_id::abc::0123456789ab:0": ["s"],
+            "_tag_source_id::abc::0123456789ab:1": ["t"],
+            "y": [2],
+        }
+    )
+    out = Join()(TableStream(legacy, tag_columns=["id"]), subjects())
+    assert sorted(c for c in out.layout.system_tag_columns if "::abc" in c) == ["_tag_source_id::abc:0", "_tag_source_id::abc:1"]
+    assert_prediction_matches(Join(), TableStream(legacy, tag_columns=["id"]), subjects())
+
+
+def test_system_tag_names_are_the_same_in_another_process():
+    import subprocess
+    import sys
+
+    code = (
+        "from orcapod_core.sources import DictSource\n"
+        "s = [DictSource({'id': [1, 2]}, tag_columns='id', source_id=f'same{i}') for i in range(3)]\n"
+        "print(sorted(s[0].join(s[1]).join(s[2]).as_table(columns='system_tags').to_pylist()[0].items()))\n"
+    )
+    here = [DictSource({"id": [1, 2]}, tag_columns="id", source_id=f"same{i}") for i in range(3)]
+    expected = sorted(here[0].join(here[1]).join(here[2]).as_table(columns="system_tags").to_pylist()[0].items())
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == str(expected)
+
+
 def test_join_of_same_schema_sources_is_commutative_and_sorts_system_tags():
     # same schema => same pipeline hash: the tie is broken by content hash and the
     # per-row system-tag tuples are sorted
@@ -228,10 +327,10 @@ def test_join_of_same_schema_sources_is_commutative_and_sorts_system_tags():
     assert {r["id"] for r in rows} == {1, 2, 3}
     for r in rows:
         # position 0 holds the smaller (source_id, record_id) tuple, and pairs stay together
-        assert r[f"_tag_source_id::{h}::{h}:0"] == "alpha"
-        assert r[f"_tag_source_id::{h}::{h}:1"] == "zeta"
-        assert r[f"_tag_record_id::{h}::{h}:0"] == f"row_{3 - r['id']}"
-        assert r[f"_tag_record_id::{h}::{h}:1"] == f"row_{r['id'] - 1}"
+        assert r[f"_tag_source_id::{h}:0"] == "alpha"
+        assert r[f"_tag_source_id::{h}:1"] == "zeta"
+        assert r[f"_tag_record_id::{h}:0"] == f"row_{3 - r['id']}"
+        assert r[f"_tag_record_id::{h}:1"] == f"row_{r['id'] - 1}"
 
 
 def test_join_sorts_system_tag_tuples_per_row_keeping_pairs_together():
@@ -241,8 +340,7 @@ def test_join_sorts_system_tag_tuples_per_row_keeping_pairs_together():
     b = DictSource({"id": [1, 2], "rid": ["q", "a"]}, tag_columns=["id", "rid"], source_id="s", record_id_column="rid")
     left, right = a.drop_tag_columns("rid"), b.drop_tag_columns("rid")
     h = a.pipeline_hash().to_hex(12)
-    up = left.pipeline_hash().to_hex(12)
-    rec0, rec1 = f"_tag_record_id::{h}::{up}:0", f"_tag_record_id::{h}::{up}:1"
+    rec0, rec1 = f"_tag_record_id::{h}:0", f"_tag_record_id::{h}:1"
 
     def by_id(stream):
         return sorted(stream.as_table(all_info=True).to_pylist(), key=lambda r: r["id"])
@@ -364,7 +462,7 @@ def test_merge_join_sorts_system_tag_pairs_per_row():
     h = a.pipeline_hash().to_hex(12)
     out = MergeJoin()(a, b)
     rows = sorted(out.as_table(all_info=True).to_pylist(), key=lambda r: r["id"])
-    pairs = [(r[f"_tag_record_id::{h}::{h}:0"], r[f"_tag_record_id::{h}::{h}:1"]) for r in rows]
+    pairs = [(r[f"_tag_record_id::{h}:0"], r[f"_tag_record_id::{h}:1"]) for r in rows]
     assert pairs == [("rid=p", "rid=q"), ("rid=a", "rid=z")]
     assert [r["rid"] for r in rows] == [["p", "q"], ["a", "z"]]
     assert sorted(MergeJoin()(b, a).as_table(all_info=True).to_pylist(), key=lambda r: r["id"]) == rows

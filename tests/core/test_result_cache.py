@@ -360,11 +360,6 @@ xs = json.loads(sys.argv[2])
 result = cached.call_batch(pa.table({"x": pa.array(xs, pa.int64())}))
 cached.result_cache.flush()
 print(json.dumps({"calls": calls, "y": result.table["y"].to_pylist(), "uri": pf.uri}), flush=True)
-# Skip interpreter teardown: pyarrow datasets over deltalake's Python filesystem can abort the
-# process at exit ("terminate called without an active exception", reported separately);
-# everything was flushed above.
-import os
-os._exit(0)
 """
 
 _SHARED_FN = '''
@@ -407,3 +402,34 @@ def test_cache_is_shared_by_two_processes_on_one_delta_store(tmp_path):
     assert pf.uri == first["uri"]
     records = ResultCache(DeltaTableDatabase(store), result_record_path(pf)).get_all_records()
     assert sorted(records["y"].to_pylist()) == [1, 4, 9, 16]
+
+
+def test_a_results_table_of_the_first_wave_keeps_taking_new_results(tmp_path):
+    """Stores written before packet hashes were kept as record ids only have a non-nullable
+    ``__packet_hash`` column: new results are still stored there (with it) and read back."""
+    from deltalake import write_deltalake
+
+    path = ("results", "f", "v0", "abc")
+    old = pa.table(
+        {
+            RECORD_ID_COLUMN: pa.array(["aa" * 32], pa.large_string()),
+            "__packet_hash": pa.array(["aa" * 32], pa.large_string()),
+            "y": pa.array([1], pa.int64()),
+            "__stored_at": pa.array([datetime.datetime(2026, 1, 1)], pa.timestamp("us")),
+        },
+        schema=pa.schema(
+            [
+                pa.field(RECORD_ID_COLUMN, pa.large_string(), False),
+                pa.field("__packet_hash", pa.large_string(), False),
+                pa.field("y", pa.int64(), False),
+                pa.field("__stored_at", pa.timestamp("us"), False),
+            ]
+        ),
+    )
+    database = DeltaTableDatabase(tmp_path / "store")
+    write_deltalake(database.table_uri(path), old)
+    cache = ResultCache(database, path)
+    assert cache.store(pa.array(["bb" * 32], pa.large_string()), pa.table({"y": pa.array([2], pa.int64())}), flush=True) == 1
+    fresh = ResultCache(DeltaTableDatabase(tmp_path / "store"), path)
+    found = fresh.lookup(pa.array(["aa" * 32, "bb" * 32], pa.large_string()), columns=["y"])
+    assert dict(zip(found.column(PACKET_HASH_COLUMN).to_pylist(), found.column("y").to_pylist())) == {"aa" * 32: 1, "bb" * 32: 2}

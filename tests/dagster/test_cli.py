@@ -65,6 +65,11 @@ def test_cli_materializes_every_asset_and_the_second_run_is_all_cached(dagster_h
         assert any(first[label][1]["orcapod/cached"] for label in functions)  # the example repeats packets
 
     assert (store / "water_quality").is_dir()  # results went to ORCAPOD_STORE
+    # The file-valued step: one report card per station (a group_by group), kept in the store.
+    reports = build_pipeline(store).station_reports
+    cards = {tag["station_id"]: packet["report"] for tag, packet in reports}
+    assert sorted(cards) == ["ST01", "ST02", "ST03", "ST04", "ST05", "ST06"]
+    assert all(str(p).startswith(str(store / "_orcapod_files")) and p.read_text().startswith("# ") for p in cards.values())
     assert not (dagster_home / ".orcapod").exists()
 
     materialize_with_cli(dagster_home, store)

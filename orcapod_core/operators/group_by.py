@@ -1,0 +1,161 @@
+"""GroupBy: one row per distinct value of some tag columns; every other column becomes a list.
+
+How it is computed: polars groups *only the key columns plus a row-index column* (a hash
+group-by, then a sort of the groups — far fewer than the rows), which gives, per group in key
+order, the input rows in input order. Every other column is then gathered once by those row
+indices (Arrow ``take``) and cut into lists at the group boundaries, so every Arrow type and
+nullability survives exactly and no Python code runs per row.
+
+Keys follow the rules of the canonical encoding (:mod:`orcapod_core.hashing`): every NaN is one
+group, ``-0.0`` and ``0.0`` are two groups (``-0.0`` first). Null keys form one group, sorted
+after every value (as polars' ``nulls_last``).
+
+>>> from orcapod_core.sources import DictSource
+>>> s = DictSource({"penguin": [1, 2, 3], "species": ["gentoo", "adelie", "gentoo"], "mass": [5.0, 3.7, 5.4]},
+...                tag_columns=["penguin", "species"], source_id="demo")
+>>> GroupBy("species")(s).as_table().to_pylist()
+[{'species': 'adelie', 'penguin': [2], 'mass': [3.7]}, {'species': 'gentoo', 'penguin': [1, 3], 'mass': [5.0, 5.4]}]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from orcapod_core.errors import InputValidationError, SchemaMismatchError
+from orcapod_core.operators.base import Operator
+from orcapod_core.operators.batch import list_field
+from orcapod_core.operators.join import take_columns
+from orcapod_core.streams import Stream, StreamLayout
+from orcapod_core.types import arrow_to_python, type_to_string
+
+__all__ = ["GroupBy"]
+
+_ROW = "__orcapod_row"
+_BITS = "__orcapod_bits_{}"
+#: Integer type of the same width as each float type, to group floats by their bits.
+_BITS_TYPE = {16: pa.int16(), 32: pa.int32(), 64: pa.int64()}
+
+
+def _one_array(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """``values`` as one array — without the copy ``combine_chunks`` makes even of a single chunk."""
+    if isinstance(values, pa.ChunkedArray):
+        return values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
+    return values
+
+
+def _canonical_bits(values: pa.ChunkedArray) -> pa.Array:
+    """A float column's values as integers whose equality is the canonical encoding's: the
+    IEEE bits (so ``-0.0`` differs from ``0.0``), every NaN one value, nulls kept."""
+    width = values.type.bit_width
+    floats = _one_array(values)
+    bits = floats.view(_BITS_TYPE[width])
+    quiet_nan = pa.array([float("nan")], values.type).view(_BITS_TYPE[width])[0]
+    return pc.if_else(pc.is_nan(floats), quiet_nan, bits)
+
+
+class GroupBy(Operator):
+    """One row per distinct value of the ``by`` tag columns.
+
+    Groups come in sorted key order (by the first ``by`` column, then the next...; strings by
+    code point, null keys last); inside a group, rows keep their input order. The ``by``
+    columns stay as they are and come first; every other tag column, every packet column and
+    the hidden columns (system tags, source info, meta) become ``list[T]``, one item per input
+    row, as :class:`~orcapod_core.operators.Batch` does. An empty stream gives an empty stream.
+
+    >>> GroupBy("species")(penguins)                       # doctest: +SKIP
+    >>> penguins.group_by(["island", "species"])           # doctest: +SKIP
+    """
+
+    def __init__(self, by: str | Sequence[str]):
+        if isinstance(by, str):
+            names = [by]
+        elif isinstance(by, Sequence) and not isinstance(by, (bytes, bytearray)):
+            names = list(by)
+        else:
+            raise InputValidationError(f"GroupBy: by must be a tag column name or a list of them, got {by!r}")
+        if not names:
+            raise InputValidationError("GroupBy: by needs at least one tag column")
+        bad = [n for n in names if not isinstance(n, str) or not n]
+        if bad:
+            raise InputValidationError(f"GroupBy: by must name tag columns (non-empty strings), got {bad!r}")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise InputValidationError(f"GroupBy: by names column(s) {repeated} more than once")
+        self.by: tuple[str, ...] = tuple(names)
+
+    def config(self) -> dict[str, Any]:
+        # always a list: GroupBy("k") and GroupBy(["k"]) are the same operator
+        return {"by": list(self.by)}
+
+    def _check(self, stream: Stream) -> None:
+        layout = stream.layout
+        for name in self.by:
+            if name in layout.tag_columns:
+                field = layout.schema.field(name)
+                if pa.types.is_nested(field.type):
+                    shown = type_to_string(arrow_to_python(field.type, field.nullable, f"column {name!r}"))
+                    raise SchemaMismatchError(
+                        f"GroupBy: tag column {name!r} has type {shown}; group keys must be single values, not lists, maps or structs"
+                    )
+                continue
+            what = "a packet column" if name in layout.packet_columns else "not a column of the stream"
+            raise InputValidationError(
+                f"GroupBy: {name!r} is {what}, not a tag column (tag columns: {list(layout.tag_columns)})"
+            )
+
+    def output_layout(self, stream: Stream) -> StreamLayout:
+        self._check(stream)
+        layout = stream.layout
+        keys = [layout.schema.field(c) for c in self.by]
+        tags = [list_field(layout.schema.field(c)) for c in layout.tag_columns if c not in self.by]
+        lists = lambda names: [list_field(layout.schema.field(c)) for c in names]  # noqa: E731
+        return StreamLayout.build(
+            [*keys, *tags],
+            lists(layout.system_tag_columns),
+            lists(layout.packet_columns),
+            lists(layout.source_columns),
+            lists(layout.meta_columns),
+        )
+
+    def _groups(self, table: pa.Table) -> tuple[pa.Array, pa.Array]:
+        """(row order, list offsets): the input rows group by group in key order, each group's
+        rows in input order, and where each group starts (then the total)."""
+        n = table.num_rows
+        frame = pl.from_arrow(table.select(list(self.by)))
+        group_on, sort_on, firsts = [], [], []
+        for i, name in enumerate(self.by):
+            column = table.column(name)
+            if pa.types.is_floating(column.type):
+                # polars groups -0.0 with 0.0; orcapod's values keep them apart (hashing.py)
+                frame = frame.with_columns(pl.from_arrow(_canonical_bits(column)).alias(_BITS.format(i)))
+                group_on.append(_BITS.format(i))
+                sort_on += [name, _BITS.format(i)]
+                firsts.append(pl.col(name).first())
+            else:
+                group_on.append(name)
+                sort_on.append(name)
+        frame = frame.with_columns(pl.int_range(0, n, dtype=pl.UInt32 if n < 2**32 else pl.UInt64).alias(_ROW))
+        groups = frame.group_by(group_on).agg(pl.col(_ROW), *firsts).sort(sort_on, nulls_last=True)
+        rows = groups.get_column(_ROW)
+        offsets = pl.concat([pl.Series([0], dtype=pl.Int64), rows.list.len().cast(pl.Int64).cum_sum()])
+        return rows.explode().to_arrow(), offsets.to_arrow()
+
+    def compute(self, stream: Stream) -> pa.Table:
+        table = stream._table()
+        schema = self.output_layout(stream).schema
+        if table.num_rows == 0:
+            return schema.empty_table()
+        order, offsets = self._groups(table)
+        first_rows = order.take(offsets.slice(0, len(offsets) - 1))  # each group's first row
+        keys = set(self.by)
+        listed = [f for f in schema if f.name not in keys]
+        gathered = take_columns([table.column(f.name) for f in listed], order)
+        columns = {k: table.column(k).take(first_rows) for k in self.by}
+        for field, values in zip(listed, gathered):
+            columns[field.name] = pa.LargeListArray.from_arrays(offsets, _one_array(values), type=field.type)
+        return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
