@@ -16,19 +16,16 @@ Run: ``.venv/bin/python benchmarks/bench_cli.py [--quick]``; writes ``benchmarks
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from bench_common import ROOT, timed
+from bench_common import ROOT, timed, write_results
 from bench_many_nodes import write_location
 
-RESULTS = Path(__file__).parent / "results"
 
 TARGET = '''
 from {module} import build_pipeline
@@ -83,10 +80,7 @@ def main() -> None:
         print(f"{name:<20} {r['graph']:7.2f} {r['status']:7.2f} {r['run_warm']:9.2f} {r['plain_run_warm']:10.2f} {r['run_added_s']:7.2f}")
     print("plain run: `python -c` building the pipeline and calling pipeline.run(); added: orcapod run - plain run.")
     if not args.quick:
-        RESULTS.mkdir(exist_ok=True)
-        meta = {"python": sys.version.split()[0], "machine": platform.machine(), "cpus": os.cpu_count(), "repeats": repeats}
-        (RESULTS / "cli.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-        print(f"\nwrote {RESULTS / 'cli.json'}")
+        write_results("cli", results, repeats=repeats)
 
 
 if __name__ == "__main__":

@@ -48,3 +48,16 @@ def median(values) -> float | None:
     """Median of the values that are not ``None`` (``None`` if there are none)."""
     known = [v for v in values if v is not None]
     return statistics.median(known) if known else None
+
+
+def write_results(name: str, results: dict, **meta) -> Path:
+    """Write ``benchmarks/results/<name>.json``: ``{"meta": {python, machine, cpus, **meta}, "results": ...}``."""
+    import json
+    import platform
+
+    out = Path(__file__).parent / "results" / f"{name}.json"
+    out.parent.mkdir(exist_ok=True)
+    info = {"python": sys.version.split()[0], "machine": platform.machine(), "cpus": os.cpu_count(), **meta}
+    out.write_text(json.dumps({"meta": info, "results": results}, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return out

@@ -19,9 +19,7 @@ Run: ``.venv/bin/python benchmarks/bench_exit.py [--quick] [--runs N] [--root PA
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -29,9 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import ROOT
+from bench_common import ROOT, write_results
 
-RESULTS = Path(__file__).parent / "results"
 LANES = 2
 
 TARGET = '''
@@ -121,10 +118,7 @@ def main() -> None:
     for name, r in results.items():
         print(f"{name:<18} {r['aborted']:>8} {r['runs']:>6} {r['wall_s']:>8.1f}")
     if not args.quick and root == ROOT:
-        RESULTS.mkdir(exist_ok=True)
-        meta = {"python": sys.version.split()[0], "machine": platform.machine(), "cpus": os.cpu_count(), "lanes": LANES}
-        (RESULTS / "exit.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-        print(f"\nwrote {RESULTS / 'exit.json'}")
+        write_results("exit", results, lanes=LANES)
 
 
 if __name__ == "__main__":
