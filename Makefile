@@ -60,6 +60,8 @@ ui: install $(INSTANCE)
 bench: install
 	$(BIN)/python benchmarks/bench_core.py
 	$(BIN)/python benchmarks/bench_group_by.py
+	$(BIN)/python benchmarks/bench_files.py
+	$(BIN)/python benchmarks/bench_passthrough.py
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/bench_dagster.py
 	$(BIN)/python benchmarks/bench_many_nodes.py
