@@ -193,13 +193,16 @@ def register_type(
         fields.append(f.with_type(plain if not pa.types.is_nested(plain) else f.type))
     vt = ValueType(name, python_type, pa.struct(fields), to_arrow, from_arrow, content, wrapped)
     key = _arrow_key(vt.arrow_type)
-    for registry, k in ((_BY_NAME, name), (_BY_ARROW, key), (_BY_CLASS, vt.qualified_name)):
+    taken = (
+        (_BY_NAME, name, "the name"),
+        (_BY_ARROW, key, f"the Arrow type {vt.arrow_type}"),
+        (_BY_CLASS, vt.qualified_name, f"the class {vt.qualified_name}"),
+    )
+    for registry, k, what in taken:
         other = registry.get(k)
+        # the same name and Arrow type again (a module reloaded) replaces the converters
         if other is not None and (other.name != name or _arrow_key(other.arrow_type) != key):
-            raise UnsupportedTypeError(
-                f"register_type {name!r}: {'the name' if registry is _BY_NAME else 'the Arrow type ' + str(vt.arrow_type) if registry is _BY_ARROW else 'the class ' + vt.qualified_name} "
-                f"is already registered as {other.name!r}"
-            )
+            raise UnsupportedTypeError(f"register_type {name!r}: {what} is already registered as {other.name!r}")
     _BY_NAME[name] = _BY_ARROW[key] = _BY_CLASS[vt.qualified_name] = vt
     return vt
 
