@@ -59,7 +59,7 @@ _CACHE = _Cache()
 def use_digest_store(key: Any, store: DigestStore) -> None:
     """Attach ``store`` (once per ``key``): its digests are loaded into this process's cache when
     a digest is first not known (a pipeline without files never reads it), and digests computed
-    from now on are saved to every attached store by :func:`save_digests`."""
+    from now on are saved by :func:`save_digests` to the store of the run that needed them."""
     with _CACHE.lock:
         if key in _CACHE.stores:
             return
@@ -78,14 +78,16 @@ def _load_attached() -> bool:
     return bool(pending)
 
 
-def save_digests() -> None:
-    """Write the digests computed since the last save to the attached stores."""
+def save_digests(key: Any) -> None:
+    """Write the digests computed since the last save to the store attached as ``key`` (the
+    store of the run that needed them; ``None``: nowhere, they stay in this process)."""
     with _CACHE.lock:
+        store = _CACHE.stores.get(key)
+        if store is None:
+            return
         new, _CACHE.new = _CACHE.new, []
-        stores = list(_CACHE.stores.values())
     if new:
-        for store in stores:
-            store.save(new)
+        store.save(new)
 
 
 def digest_cache_info() -> dict[str, int]:

@@ -238,7 +238,13 @@ class DatabaseDigestStore:
         self.database.add_records(DIGEST_RECORDS, table, flush=True, digest_columns=("digest",))
 
 
-def attach_digest_store(database: Any) -> None:
-    """Let this process's file digest cache load from and save to ``database`` (once per store)."""
-    key = getattr(database, "base_uri", None) or id(database)
-    use_digest_store((type(database).__name__, key), DatabaseDigestStore(database))
+def attach_digest_store(database: Any) -> Any:
+    """Let this process's file digest cache load from and save to ``database`` (once per store);
+    returns the key to :func:`~orcapod_core.files.save_digests` to. A store that does not outlive
+    the process (in memory) is not attached: the process's own cache is all it would hold."""
+    uri = getattr(database, "base_uri", None)
+    if uri is None:
+        return None
+    key = (type(database).__name__, uri)
+    use_digest_store(key, DatabaseDigestStore(database))
+    return key

@@ -262,7 +262,7 @@ class FunctionNode(Node):
         state = run_state if run_state is not None else NodeRun(self, run_id)
         files = any(has_paths(f.type) for f in table.schema)
         if files:  # input files' digests: known ones from the store, new ones saved to it
-            attach_digest_store(self.database)
+            digest_store = attach_digest_store(self.database)
         try:
             return self._assemble_rows(
                 stream, table, state, compute=compute, observer=observer, error_policy=error_policy, executor=executor,
@@ -274,7 +274,7 @@ class FunctionNode(Node):
             raise
         finally:
             if files:
-                save_digests()
+                save_digests(digest_store)
 
     def _assemble_rows(
         self,
