@@ -295,7 +295,7 @@ def _encode_struct_column(arr: pa.StructArray) -> pa.Array:
     if vt is PATH_TYPE:  # the hot case: straight from the path strings, each distinct path once
         seen: dict[str, bytes] = {}
         out = []
-        for path in arr.field("path").to_pylist() if arr.offset == 0 else arr.flatten()[0].to_pylist():
+        for path in pc.struct_field(arr, "path").to_pylist():  # null where the Path is null
             if path is None:
                 out.append(_NULL)
                 continue

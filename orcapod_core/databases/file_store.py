@@ -187,8 +187,8 @@ def _map_path_columns(table: pa.Table, fn: Callable[[str], str]) -> pa.Table:
 def _map_paths(arr: pa.Array, fn: Callable[[str], str]) -> pa.Array:
     dtype = arr.type
     if pa.types.is_struct(dtype):
-        paths = arr.field("path") if arr.offset == 0 else arr.flatten()[0]
-        values = [None if p is None else fn(p) for p in paths.to_pylist()]
+        paths = pc.struct_field(arr, "path")  # null where the Path is null (.field would show the slot's filler)
+        values = ["" if p is None else fn(p) for p in paths.to_pylist()]  # a null Path keeps its mask
         mask = pc.is_null(arr) if arr.null_count else None
         return pa.StructArray.from_arrays([pa.array(values, pa.large_string())], fields=list(dtype), mask=mask)
     if pa.types.is_large_list(dtype) or pa.types.is_list(dtype):

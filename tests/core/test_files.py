@@ -293,3 +293,30 @@ def test_two_processes_sharing_a_store_keep_one_copy_of_each_file(tmp_path):
     assert [o[0].split() for o in outputs] == [["6", "0", "1", "characters"]] * 2
     stored = sorted(f.name for f in (tmp_path / "store" / FILE_AREA).rglob("*") if f.is_file())
     assert stored == sorted(f"report_{i}.txt" for i in range(1, 7))  # each content once, no leftovers
+
+
+def test_a_null_path_is_no_file(tmp_path):
+    """A ``Path | None`` output that is None stores nothing and reads back as None; a null Path
+    hashes as null whatever its slot holds underneath (it is not read as a path)."""
+
+    @function_pod(output_keys="out")
+    def sometimes(x: int) -> Path | None:
+        if x == 2:
+            return None
+        path = tmp_path / "work" / f"{x}.txt"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(str(x))
+        return path
+
+    with Pipeline("nulls", DeltaTableDatabase(tmp_path / "store")) as pipeline:
+        sometimes.pod(DictSource({"id": [1, 2, 3], "x": [1, 2, 3]}, tag_columns="id"), label="outs")
+    assert pipeline.run().stats["outs"].computed == 3
+    served = {t["id"]: p["out"] for t, p in pipeline.outs}
+    assert served[2] is None and served[1].read_text() == "1" and served[3].read_text() == "3"
+    assert sorted(f.name for f in (tmp_path / "store" / FILE_AREA).rglob("*") if f.is_file()) == ["1.txt", "3.txt"]
+
+    dtype = python_to_arrow(Path)
+    hidden = pa.StructArray.from_arrays(
+        [pa.array(["/does/not/exist", "/does/not/exist"], pa.large_string())], fields=list(dtype), mask=pa.array([True, True])
+    )
+    assert hash_rows(pa.table({"f": hidden})) == hash_rows(pa.table({"f": pa.nulls(2, dtype)}))
