@@ -48,7 +48,7 @@ from orcapod_core.digest_columns import _fixed_bytes, arrow_buffer, bytes_to_hex
 from orcapod_core.errors import MissingFileError, UnsupportedTypeError
 from orcapod_core.types import Schema, arrow_to_python, type_to_string
 from orcapod_core.files import content_digest
-from orcapod_core.value_types import PATH_TYPE, ValueType, value_type_for_arrow
+from orcapod_core.value_types import PATH_TYPE, ValueType, missing_path, to_python, value_type_for_arrow
 
 __all__ = [
     "HASH_METHOD",
@@ -421,14 +421,9 @@ def _encode_named(name: str, arr: pa.Array, first_row: int) -> list[pa.Array | p
 
 
 def _row_naming(arr: pa.Array, path: str) -> int | None:
-    import os
-
-    target = os.path.abspath(path)
-    for i, value in enumerate(arr.to_pylist()):
-        text = repr(value)
-        if path in text or target in text:
-            return i
-    return None
+    """The first row with a file that does not exist (rows are digested in order, so the one
+    that raised); ``None`` when every path exists (a file inside a directory went missing)."""
+    return next((i for i, value in enumerate(to_python(arr)) if missing_path(value) is not None), None)
 
 
 #: Fewest messages per thread worth hashing on a thread of their own.

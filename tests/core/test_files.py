@@ -320,3 +320,12 @@ def test_a_null_path_is_no_file(tmp_path):
         [pa.array(["/does/not/exist", "/does/not/exist"], pa.large_string())], fields=list(dtype), mask=pa.array([True, True])
     )
     assert hash_rows(pa.table({"f": hidden})) == hash_rows(pa.table({"f": pa.nulls(2, dtype)}))
+
+
+def test_the_missing_file_row_is_exact_when_paths_share_a_prefix(tmp_path):
+    (tmp_path / "f10").write_text("here")
+    field = pa.field("f", python_to_arrow(Path))
+    table = pa.table({"f": strict_array([tmp_path / "f10", tmp_path / "f1"], field)})
+    with pytest.raises(MissingFileError) as info:
+        hash_rows(table)
+    assert info.value.row == 1 and info.value.path == str(tmp_path / "f1")
