@@ -38,6 +38,7 @@ that identify the value (a file's content digest, not its path).
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 from collections.abc import Callable, Mapping
@@ -90,15 +91,7 @@ class ValueType:
 
     def python_class(self) -> type:
         tp = self.python_type
-        if isinstance(tp, str):
-            import importlib
-
-            module, _, qualname = tp.partition(":")
-            obj: Any = importlib.import_module(module)
-            for part in qualname.split("."):
-                obj = getattr(obj, part)
-            return obj
-        return tp
+        return _resolve(tp) if isinstance(tp, str) else tp
 
     def storage_of(self, value: Any) -> dict[str, Any]:
         """The struct value (a dict) of one Python value; ``TypeError`` for a value of another type."""
@@ -109,6 +102,18 @@ class ValueType:
 
     def value_of(self, stored: Mapping[str, Any]) -> Any:
         return self.from_arrow(stored[self.wrapped] if self.wrapped else stored)
+
+
+@functools.cache
+def _resolve(target: str) -> type:
+    """The class named ``"module:qualname"`` (imported once: conversions ask per value)."""
+    import importlib
+
+    module, _, qualname = target.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 _BY_NAME: dict[str, ValueType] = {}
