@@ -18,6 +18,7 @@ into ``$ORCAPOD_FILE_CACHE`` (default ``~/.cache/orcapod/files``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -106,40 +107,22 @@ class FileStore:
         return _map_path_columns(table, self.local_path)
 
     # -- storage -------------------------------------------------------------------------------
-    def _filesystem(self) -> pafs.FileSystem:
+    def _remote(self) -> pafs.FileSystem:
+        """The object store (through deltalake's storage handler: the database's storage options)."""
         with self._lock:
             if self._fs is None:
-                if self._local is not None:
-                    self._fs = pafs.LocalFileSystem()
-                else:
-                    from deltalake.fs import DeltaStorageHandler
+                from deltalake.fs import DeltaStorageHandler
 
-                    self._fs = pafs.PyFileSystem(DeltaStorageHandler(self.root, self.storage_options))
+                self._fs = pafs.PyFileSystem(DeltaStorageHandler(self.root, self.storage_options))
             return self._fs
 
     def _copy_in(self, source: str, key: str) -> None:
         if self._local is not None:
             target = os.path.join(self._local, *key.split("/"))
-            if os.path.exists(target):
-                return
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            # Copy next to the target, then rename: a reader never sees half a file.
-            tmp = tempfile.mkdtemp(prefix=".incoming-", dir=os.path.dirname(target))
-            try:
-                staged = os.path.join(tmp, os.path.basename(target))
-                if os.path.isdir(source):
-                    shutil.copytree(source, staged, symlinks=False)
-                else:
-                    shutil.copyfile(source, staged)
-                try:
-                    os.rename(staged, target)
-                except OSError:
-                    if not os.path.exists(target):  # not a concurrent writer of the same content
-                        raise
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            if not os.path.exists(target):
+                _place(target, functools.partial(_copy_local, source))
             return
-        fs = self._filesystem()
+        fs = self._remote()
         try:
             if fs.get_file_info(key).type != pafs.FileType.NotFound:
                 return
@@ -153,26 +136,39 @@ class FileStore:
         return os.path.join(base, hashlib.sha256(self.root.encode()).hexdigest()[:16])
 
     def _fetch(self, key: str, target: str) -> None:
-        fs = self._filesystem()
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".incoming-", dir=os.path.dirname(target))
-        staged = os.path.join(tmp, os.path.basename(target))
+        fs = self._remote()
         try:
-            info = fs.get_file_info(key)
-            if info.type == pafs.FileType.NotFound:
+            if fs.get_file_info(key).type == pafs.FileType.NotFound:
                 raise MissingFileError(f"the stored file {REF_PREFIX + key!r} is not in {self.root!r}", path=REF_PREFIX + key)
-            pafs.copy_files(key, staged, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem(), use_threads=False)
-            try:
-                os.rename(staged, target)
-            except OSError:
-                if not os.path.exists(target):
-                    raise
+            _place(target, functools.partial(pafs.copy_files, key, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem(), use_threads=False))
+        except MissingFileError:
+            raise
         except OSError as exc:
-            if isinstance(exc, MissingFileError):
-                raise
             raise StoreAccessError(f"cannot fetch {REF_PREFIX + key!r} from the file store {self.root!r}: {exc}") from exc
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _copy_local(source: str, target: str) -> None:
+    if os.path.isdir(source):
+        shutil.copytree(source, target, symlinks=False)
+    else:
+        shutil.copyfile(source, target)
+
+
+def _place(target: str, write: Callable[[str], object]) -> None:
+    """``write(path)`` into a folder next to ``target``, then rename it there: a reader never sees
+    half a file or tree, and a concurrent writer of the same content is no error."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".incoming-", dir=os.path.dirname(target))
+    try:
+        staged = os.path.join(tmp, os.path.basename(target))
+        write(staged)
+        try:
+            os.rename(staged, target)
+        except OSError:
+            if not os.path.exists(target):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _map_path_columns(table: pa.Table, fn: Callable[[str], str]) -> pa.Table:
