@@ -41,9 +41,9 @@ class RunInterrupted(KeyboardInterrupt):
 in_user_code = [False]
 
 
-def stop_requested() -> bool:
-    """True once a stop signal arrived during the current run."""
-    return _stop.is_set()
+#: ``stop_requested()``: True once a stop signal arrived during the current run. (The event's
+#: own bound method: executors ask it before every call.)
+stop_requested = _stop.is_set
 
 
 def check_stop() -> None:

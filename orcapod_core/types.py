@@ -45,7 +45,7 @@ from typing import Any
 import pyarrow as pa
 
 from orcapod_core.errors import InputValidationError, UnsupportedTypeError
-from orcapod_core.value_types import value_type_for_arrow, value_type_named, value_type_of
+from orcapod_core.value_types import has_map, value_type_for_arrow, value_type_named, value_type_of
 
 __all__ = [
     "Schema",
@@ -424,17 +424,11 @@ def check_map_keys(values: pa.ChunkedArray | pa.Array, dtype: pa.DataType | None
     """Raise :class:`~orcapod_core.errors.InputValidationError` naming ``where`` when a map value
     (at any depth) repeats a key — Arrow stores such maps, but they are no ``dict[str, T]``."""
     dtype = values.type if dtype is None else dtype
-    if not _has_map(dtype):
+    if not has_map(dtype):
         return
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
     _check_keys(values, where)
-
-
-def _has_map(dtype: pa.DataType) -> bool:
-    if pa.types.is_map(dtype):
-        return True
-    return pa.types.is_nested(dtype) and any(_has_map(dtype.field(i).type) for i in range(dtype.num_fields))
 
 
 def _check_keys(arr: pa.Array, where: str) -> None:
@@ -451,7 +445,7 @@ def _check_keys(arr: pa.Array, where: str) -> None:
                 raise InputValidationError(f"{where}: row {row} holds a map with the key {key!r} more than once")
         _check_keys(arr.items, where)
     elif pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
-        if _has_map(arr.type.value_type):
+        if has_map(arr.type.value_type):
             _check_keys(arr.flatten(), where)
 
 

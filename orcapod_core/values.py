@@ -18,8 +18,8 @@ from typing import Any
 import pyarrow as pa
 
 from orcapod_core.errors import InputValidationError
-from orcapod_core.types import MAX_NESTING_DEPTH, _has_map, check_map_keys
-from orcapod_core.value_types import to_storage
+from orcapod_core.types import MAX_NESTING_DEPTH, check_map_keys
+from orcapod_core.value_types import has_map, pylist, to_storage
 
 __all__ = ["strict_array", "value_problem"]
 
@@ -81,12 +81,12 @@ def strict_array(values: Sequence[Any], field: pa.Field) -> pa.Array:
     if not field.nullable and arr.null_count:
         row = next(i for i, v in enumerate(values) if v is None)
         raise ValueError(f"row {row} is None (declare the type as T | None to allow nulls)")
-    if _has_map(field.type):
+    if has_map(field.type):
         try:
             check_map_keys(arr, field.type, "value")
         except InputValidationError as exc:
             raise ValueError(str(exc)) from None
-    back = arr.to_pylist(maps_as_pydicts="strict")
+    back = pylist(arr)
     try:
         equal = back == values
     except (TypeError, ValueError):  # e.g. NumPy arrays among the values

@@ -1130,9 +1130,11 @@ def test_node_start_totals_and_cumulative_progress(orchestrator):
 
 
 @pytest.mark.parametrize("orchestrator", ORCHESTRATORS, ids=ORCH_IDS)
-def test_pipeline_records_are_committed_during_the_run_in_step_with_their_results(orchestrator, tmp_path):
+def test_pipeline_records_are_committed_during_the_run_in_step_with_their_results(orchestrator, tmp_path, monkeypatch):
     store = tmp_path / "store"
     seen: dict = {}
+    # Chunks grow slowly here (1, 2, 4, ...), so several result batches are stored before x == 150.
+    monkeypatch.setattr(FunctionNode, "max_growth", 2)
 
     @function_pod(output_keys="y")
     def watched(x: int) -> int:
