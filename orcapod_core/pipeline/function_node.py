@@ -228,6 +228,27 @@ class FunctionNode(Node):
         """Input packet hash per row of ``stream``: the row hash of the columns the function reads."""
         return input_packet_hashes(stream, self._stream.read_columns)
 
+    def _entries(self, table: pa.Table, layout: StreamLayout, digests: pa.Array, hexes: pa.Array, state: NodeRun) -> tuple[pa.Array, pa.Array]:
+        """(entry id, is it recorded) per row. Rows the node's records already hold take their
+        stored entry ids (:meth:`NodeRun.stored_entries`): a warm run hashes no row a second
+        time, an incremental one only its new rows."""
+        content = self.content_hash()
+        known = None if state.spans_calls else state.stored_entries(table, layout, hexes, content.to_string())
+        if known is None:
+            entry_ids = self._entry_ids(table, layout, digests)
+            return entry_ids, state.recorded(entry_ids)
+        ids, stored = known
+        absent = pc.is_null(ids)
+        rows = pc.indices_nonzero(absent)
+        n = table.num_rows
+        if not len(rows):
+            return ids, pa.repeat(pa.scalar(True, pa.bool_()), n)
+        hashed = entry_ids_of(table.take(rows), layout, digests.take(rows), content.digest)
+        recorded = is_in(hashed, stored) if len(stored) else pa.repeat(pa.scalar(False, pa.bool_()), len(rows))
+        if len(rows) == n:
+            return hashed, recorded
+        return pc.replace_with_mask(ids, absent, hashed), pc.replace_with_mask(pa.repeat(pa.scalar(True, pa.bool_()), n), absent, recorded)
+
     def _entry_ids(self, table: pa.Table, layout: StreamLayout, packet_hashes: pa.Array) -> pa.Array:
         """Entry id per row = hash(tag + system tags + input packet hash + node content hash)."""
         return entry_ids_of(table, layout, packet_hashes, self.content_hash().digest)
@@ -297,13 +318,16 @@ class FunctionNode(Node):
         stats = NodeStats(self.label, self.kind, total=n)
         pf = self.packet_function
         keys = list(pf.output_keys)
+        content = self.content_hash().to_string()  # what records made now are for
 
         digests = self._packet_hashes(stream)
         hexes = digests_to_hex(digests)
         # Phase 1: which rows are already recorded (the entry-id column, read once per run;
         # only needed to compute and record, not to serve stored rows).
-        entry_ids = self._entry_ids(table, layout, digests) if n and compute else pa.array([], pa.large_string())
-        recorded = state.recorded(entry_ids)
+        if n and compute:
+            entry_ids, recorded = self._entries(table, layout, digests, hexes, state)
+        else:
+            entry_ids, recorded = pa.array([], pa.large_string()), pa.array([], pa.bool_())
 
         # Phase 2: one result lookup for the packet hashes of all rows; per row, the
         # position of its stored result (null: to compute).
@@ -322,7 +346,7 @@ class FunctionNode(Node):
         if compute and n:
             # Rows served from stored results: recorded with the next result commit.
             served = pc.indices_nonzero(pc.and_(pc.invert(recorded), stored))
-            state.stage(entry_records(table, layout, entry_ids, hexes, served, state.computed_mask(hexes.take(served)), state.run_id))
+            state.stage(entry_records(table, layout, entry_ids, hexes, served, state.computed_mask(hexes.take(served)), state.run_id, content))
         if compute and len(missing):
             first_error = self._compute_missing(
                 stream, table, hexes, missing, recorded, entry_ids, state, observer, error_policy, executor,
@@ -402,6 +426,7 @@ class FunctionNode(Node):
         which commits them once those results are committed."""
         layout = stream.layout
         pf = self.packet_function
+        content = self.content_hash().to_string()
         cached_fn = CachedPacketFunction(pf, self.result_cache)
         packets = table.select(list(self._stream.read_columns))
         if len(missing) == table.num_rows:  # every row a new, distinct packet: missing is hexes
@@ -463,7 +488,7 @@ class FunctionNode(Node):
                     chunk_records = to_record.slice(lo, hi - lo)
                     if len(result.rows) < size:  # failed packets get no record
                         chunk_records = chunk_records.filter(pl.col("pos").is_in(ok.to_pylist()))
-                    state.stage(entry_records(table, layout, entry_ids, hexes, chunk_records["row"].to_arrow(), True, state.run_id))
+                    state.stage(entry_records(table, layout, entry_ids, hexes, chunk_records["row"].to_arrow(), True, state.run_id, content))
                 state.release()  # commits the staged records if the results they link to are committed
                 tags, packets_objs = objects.pop(start, (None, None))
                 if wants_events:

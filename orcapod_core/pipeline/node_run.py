@@ -19,14 +19,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from orcapod_core.columns import source_column
+from orcapod_core.errors import InputValidationError
 from orcapod_core.hashing import digests_to_hex, hash_rows
 from orcapod_core.keysets import distinct, is_in
 from orcapod_core.pipeline.key_index import KeyIndex
-from orcapod_core.pipeline.nodes import COMPUTED_COLUMN, ENTRY_ID_COLUMN, RUN_ID_COLUMN
+from orcapod_core.pipeline.nodes import COMPUTED_COLUMN, ENTRY_ID_COLUMN, NODE_CONTENT_COLUMN, RUN_ID_COLUMN
 from orcapod_core.result_cache import PACKET_HASH_COLUMN
 from orcapod_core.streams import StreamLayout
 
 __all__ = ["NodeRun", "entry_records", "entry_ids_of", "input_source_info", "INPUT_SOURCE_TYPE"]
+
+_ROW = "__orcapod_row"
 
 #: A first-batch lookup of more packet hashes than this reads the node's result columns whole
 #: (as the store does for so many keys) and keeps them unfiltered when they are at most twice
@@ -92,6 +95,46 @@ class NodeRun:
         if self._stored_index is None:
             self._stored_index = KeyIndex(ENTRY_ID_COLUMN, pa.table({ENTRY_ID_COLUMN: stored}))
         return self._stored_index.contains(entry_ids)
+
+    def stored_entries(self, table: pa.Table, layout: StreamLayout, hexes: pa.Array, content: str) -> tuple[pa.Array, pa.Array] | None:
+        """The rows' entry ids as the node's pipeline records hold them: per row of ``table``
+        (input packet hashes ``hexes``), the entry id of the stored record with the same tags,
+        system tags and input packet, recorded for node content ``content`` (null: no such
+        record); and every stored entry id. An entry id is the hash of exactly those, so a
+        matched row's is the record's, with no hash computed. ``None`` when rows cannot be
+        matched exactly by value — a float tag (``-0.0`` and ``0.0`` hash apart but compare
+        equal), a file or other value type (hashed by content), records of an older orcapod
+        without the node content column: then every row is hashed.
+
+        Matching is positional when the records hold the rows in input order (a warm run of an
+        unchanged input; rows appended since are the unmatched tail), else one join."""
+        keys = [*layout.tag_columns, *layout.system_tag_columns]
+        if not all(_comparable(table.schema.field(k).type) for k in keys):
+            return None
+        node = self.node
+        try:
+            stored = node.database.get_all_records(node.record_path, columns=[*keys, PACKET_HASH_COLUMN, NODE_CONTENT_COLUMN])
+        except InputValidationError:  # records without the node content column (an older orcapod)
+            return None
+        n = table.num_rows
+        if stored is None or stored.num_rows == 0:
+            return pa.nulls(n, pa.large_string()), pa.array([], pa.large_string())
+        every = stored.column(ENTRY_ID_COLUMN)
+        mine = stored.filter(pc.fill_null(pc.equal(stored.column(NODE_CONTENT_COLUMN), pa.scalar(content, pa.large_string())), False))
+        k = min(n, mine.num_rows)
+        if any(mine.schema.field(c).type != table.schema.field(c).type for c in keys):
+            return None
+        columns = [(table.column(c), mine.column(c)) for c in keys] + [(pa.chunked_array([hexes]), mine.column(PACKET_HASH_COLUMN))]
+        if k and all(a.slice(0, k).equals(b.slice(0, k)) for a, b in columns):
+            ids = mine.column(ENTRY_ID_COLUMN).slice(0, k).combine_chunks()
+            return (ids if k == n else pa.concat_arrays([ids, pa.nulls(n - k, pa.large_string())])), every
+        if not all(_flat(table.schema.field(c).type) for c in keys):
+            return None
+        on = [*keys, PACKET_HASH_COLUMN]
+        rows = pl.from_arrow(table.select(keys).append_column(PACKET_HASH_COLUMN, hexes)).with_row_index(_ROW)
+        found = rows.join(pl.from_arrow(mine.select([*on, ENTRY_ID_COLUMN])), on=on, how="inner", nulls_equal=True)
+        ids = pl.Series(ENTRY_ID_COLUMN, [None] * n, dtype=pl.String).scatter(found[_ROW], found[ENTRY_ID_COLUMN])
+        return ids.to_arrow().cast(pa.large_string()), every
 
     def lookup(self, hashes: pa.Array) -> pa.Table:
         """Stored results of the packet hashes ``hashes`` (packet hash + outputs, in the node's
@@ -166,6 +209,22 @@ class NodeRun:
         node.database.flush_path(node.record_path)
 
 
+def _flat(dtype: pa.DataType) -> bool:
+    """Values of ``dtype`` are equal exactly when their canonical encodings are (no floats:
+    ``-0.0 == 0.0``; no value types: files are hashed by content)."""
+    return (
+        pa.types.is_integer(dtype) or pa.types.is_boolean(dtype) or pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
+        or pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype) or pa.types.is_temporal(dtype)
+    )
+
+
+def _comparable(dtype: pa.DataType) -> bool:
+    """:func:`_flat`, or lists of such values (a Batch's tags)."""
+    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
+        return _comparable(dtype.value_type)
+    return _flat(dtype)
+
+
 def _falses(n: int) -> pa.Array:
     return pa.repeat(pa.scalar(False, pa.bool_()), n)
 
@@ -213,9 +272,11 @@ def entry_records(
         rows: pa.Array,
         computed: bool | pa.Array,
         run_id: str,
+        content: str,
     ) -> pa.Table:
         """Pipeline records for ``rows`` of ``table`` (tags, system tags, entry id, packet hash
-        link, computed flag: one for all, or one per row of ``rows``). The input packets' source
+        link, computed flag: one for all, or one per row of ``rows``; the run, and the node
+        content ``content`` they were recorded for: see :meth:`NodeRun.stored_entries`). The input packets' source
         info is not stored: it follows from the system tags and the graph, and
         :meth:`~orcapod_core.pipeline.function_node.FunctionNode.get_pipeline_records` derives it
         (:func:`input_source_info`)."""
@@ -226,7 +287,9 @@ def entry_records(
             computed = pa.repeat(pa.scalar(computed, pa.bool_()), len(rows))
         records = records.append_column(pa.field(COMPUTED_COLUMN, pa.bool_(), False), computed)
         run = pa.scalar(run_id, pa.large_string())
-        return records.append_column(pa.field(RUN_ID_COLUMN, pa.large_string(), False), pa.repeat(run, len(rows)))
+        records = records.append_column(pa.field(RUN_ID_COLUMN, pa.large_string(), False), pa.repeat(run, len(rows)))
+        node = pa.scalar(content, pa.large_string())
+        return records.append_column(pa.field(NODE_CONTENT_COLUMN, pa.large_string(), False), pa.repeat(node, len(rows)))
 
 
 #: Bytes of an entry id: the first 128 bits of its SHA-256. An entry id only tells one node's

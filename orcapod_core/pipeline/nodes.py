@@ -48,7 +48,9 @@ ENTRY_ID_COLUMN = RECORD_ID_COLUMN
 COMPUTED_COLUMN = "__computed"
 INPUT_SOURCE_COLUMN = "__input_source_info"
 RUN_ID_COLUMN = "__run_id"
-NODE_CONTENT_COLUMN = "__node_content_hash"  # operator logs: which input a row was logged for
+#: Operator logs: which input a row was logged for; pipeline records: which node content (the
+#: input's data identity) a record was made for.
+NODE_CONTENT_COLUMN = "__node_content_hash"
 
 
 class CacheMode(enum.Enum):

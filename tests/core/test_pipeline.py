@@ -1054,8 +1054,8 @@ def test_a_warm_run_does_a_constant_number_of_database_reads(orchestrator):
 
     small, large = warm_reads(10), warm_reads(500)
     assert len(small) == len(large)
-    assert len(large) <= 4  # per function node: one entry-id column read + one result lookup
-    assert {name for name, _ in large} <= {"get_column", "get_records_by_ids"}
+    assert len(large) <= 4  # per function node: one read of its records (their keys and entry ids) + one result lookup
+    assert {name for name, _ in large} <= {"get_all_records", "get_column", "get_records_by_ids"}
 
 
 def test_an_async_run_reads_the_store_once_per_node_however_many_batches_its_input_arrives_in():
