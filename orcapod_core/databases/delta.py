@@ -450,7 +450,21 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         for name in stored.digests.intersection(table.column_names):
             i = table.schema.get_field_index(name)
             table = table.set_column(i, stored.logical.field(name), bytes_to_hex(table.column(i)))
+        if not conds and RECORD_ID_COLUMN in table.column_names:
+            self._seed_id_index(key, dt, table.column(RECORD_ID_COLUMN))
         return table
+
+    def _seed_id_index(self, key: RecordPath, dt: DeltaTable, ids: pa.ChunkedArray) -> None:
+        """A read of every row's id (a bulk lookup, a node's records) is the table's id index as of
+        that version: later writes check against it instead of reading the id column again."""
+        version = dt.version()
+        index = self._indexes.get(key)
+        if index is not None and index.version == version:
+            return
+        seeded = _IdIndex(version=version)
+        seeded.files = set(pa.table(dt.get_add_actions(flatten=False))["path"].to_pylist())
+        seeded.add_read(ids)
+        self._indexes[key] = seeded
 
     def _small_table(self, key: RecordPath, dt: DeltaTable, stored: StoredSchema) -> pa.Table | None:
         """Every row of the table at ``dt``'s version if its data files are small (read once per

@@ -254,10 +254,21 @@ class _IdIndex:
     runs: list[pl.DataFrame] = field(default_factory=list)  # columns h (hash, sorted), k (id)
     written: set[str] = field(default_factory=set)
 
+    # Ids added but not indexed yet: indexed when first asked about (a warm run that only reads a
+    # table, which seeds its index, never pays for sorting its ids).
+    waiting: list[pa.Array | pa.ChunkedArray] = field(default_factory=list)
+
     def add_read(self, ids: pa.Array | pa.ChunkedArray) -> None:
         """Ids read from the table's files."""
-        if not len(ids):
-            return
+        if len(ids):
+            self.waiting.append(ids)
+
+    def _index_waiting(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for ids in waiting:
+            self._add_run(ids)
+
+    def _add_run(self, ids: pa.Array | pa.ChunkedArray) -> None:
         keys = pl.from_arrow(ids).cast(pl.String).rechunk()
         run = pl.DataFrame({"h": _id_hashes(keys), "k": keys})
         while self.runs and self.runs[-1].height <= 2 * run.height:
@@ -270,6 +281,7 @@ class _IdIndex:
 
     def contains(self, ids: pa.Array | pa.ChunkedArray) -> pa.Array | None:
         """Per id: is it committed? ``None`` when nothing is."""
+        self._index_waiting()
         if not self.runs and not self.written:
             return None
         if self.written:
@@ -295,4 +307,5 @@ class _IdIndex:
 
     def as_set(self) -> set[str]:
         """Every committed id as a Python set (built from the read runs when asked)."""
+        self._index_waiting()
         return {rid for run in self.runs for rid in run["k"].to_list()} | self.written

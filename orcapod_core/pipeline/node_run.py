@@ -120,7 +120,8 @@ class NodeRun:
         if stored is None or stored.num_rows == 0:
             return pa.nulls(n, pa.large_string()), pa.array([], pa.large_string())
         every = stored.column(ENTRY_ID_COLUMN)
-        mine = stored.filter(pc.fill_null(pc.equal(stored.column(NODE_CONTENT_COLUMN), pa.scalar(content, pa.large_string())), False))
+        ours = pc.fill_null(pc.equal(stored.column(NODE_CONTENT_COLUMN), pa.scalar(content, pa.large_string())), False)
+        mine = stored if pc.all(ours).as_py() else stored.filter(ours)  # (usually every record is this content's: no copy)
         k = min(n, mine.num_rows)
         if any(mine.schema.field(c).type != table.schema.field(c).type for c in keys):
             return None
