@@ -46,6 +46,7 @@ import pyarrow.compute as pc
 
 from orcapod_core.digest_columns import _fixed_bytes, arrow_buffer, bytes_to_hex, digests_to_hex, hex_problem, hex_to_bytes
 from orcapod_core.errors import MissingFileError, UnsupportedTypeError
+from orcapod_core.keysets import one_array
 from orcapod_core.types import Schema, arrow_to_python, type_to_string
 from orcapod_core.files import content_digest
 from orcapod_core.value_types import PATH_TYPE, ValueType, missing_path, to_python, value_type_for_arrow
@@ -361,7 +362,7 @@ def hash_rows(
             if name in fixed:
                 parts.append(fixed[name])
             else:
-                parts.extend(_encode_named(name, chosen[name].slice(start, size).combine_chunks(), start))
+                parts.extend(_encode_named(name, one_array(chosen[name].slice(start, size)), start))
         if any(isinstance(p, pa.Array) for p in parts):
             messages = pc.binary_join_element_wise(*_merge_scalars(parts), _S_EMPTY)
         else:  # no column varies (e.g. a stream without packet columns): every message is the same

@@ -21,7 +21,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["all_distinct", "distinct", "is_in", "index_in", "same_values"]
+__all__ = ["all_distinct", "distinct", "is_in", "index_in", "one_array", "same_values"]
 
 Keys = pa.Array | pa.ChunkedArray
 
@@ -29,8 +29,19 @@ Keys = pa.Array | pa.ChunkedArray
 SMALL = 4096
 
 
-def _one(values: Keys) -> pa.Array:
-    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+def one_array(values: Keys) -> pa.Array:
+    """``values`` as one array: a chunked array's single chunk as it is (``combine_chunks``
+    copies even one chunk), several joined.
+
+    >>> one_array(pa.chunked_array([[1], [2]])).to_pylist()
+    [1, 2]
+    """
+    if isinstance(values, pa.ChunkedArray):
+        return values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
+    return values
+
+
+_one = one_array
 
 
 def _small(keys: Keys, value_set: Keys | None = None) -> bool:

@@ -30,7 +30,7 @@ from orcapod_core.errors import SchemaMismatchError
 from orcapod_core.function_pods import FunctionPod
 from orcapod_core.packet_function import BatchResult, PythonPacketFunction
 from orcapod_core.hashing import digests_to_hex, hash_rows
-from orcapod_core.keysets import all_distinct, index_in
+from orcapod_core.keysets import all_distinct, index_in, one_array
 from orcapod_core.types import Schema, arrow_field
 from orcapod_core.value_types import has_paths, rows_to_python, table_from_rows
 
@@ -68,7 +68,7 @@ def _path_component(text: str) -> str:
 
 def _as_hex_array(packet_hashes: Any) -> pa.Array:
     if isinstance(packet_hashes, pa.ChunkedArray):
-        packet_hashes = packet_hashes.combine_chunks()
+        packet_hashes = one_array(packet_hashes)
     if isinstance(packet_hashes, pa.Array):
         if pa.types.is_fixed_size_binary(packet_hashes.type):
             return digests_to_hex(packet_hashes)

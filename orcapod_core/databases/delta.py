@@ -455,8 +455,7 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         return table
 
     def _seed_id_index(self, key: RecordPath, dt: DeltaTable, ids: pa.ChunkedArray) -> None:
-        """A read of every row's id (a bulk lookup, a node's records) is the table's id index as of
-        that version: later writes check against it instead of reading the id column again."""
+        # A read of every row's id (a bulk lookup, a node's records) is the version's id index.
         version = dt.version()
         index = self._indexes.get(key)
         if index is not None and index.version == version:

@@ -22,11 +22,12 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from orcapod_core.keysets import one_array
+
 __all__ = ["KeyIndex"]
 
 
-def _as_array(keys: pa.Array | pa.ChunkedArray) -> pa.Array:
-    return keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+_as_array = one_array
 
 
 def _hashes(keys: pa.Array) -> pl.Series:

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from orcapod_core.columns import source_column
 from orcapod_core.errors import InputValidationError
 from orcapod_core.hashing import digests_to_hex, hash_rows
-from orcapod_core.keysets import distinct, is_in
+from orcapod_core.keysets import distinct, is_in, one_array
 from orcapod_core.pipeline.key_index import KeyIndex
 from orcapod_core.pipeline.nodes import COMPUTED_COLUMN, ENTRY_ID_COLUMN, NODE_CONTENT_COLUMN, RUN_ID_COLUMN
 from orcapod_core.result_cache import PACKET_HASH_COLUMN
@@ -127,7 +127,7 @@ class NodeRun:
             return None
         columns = [(table.column(c), mine.column(c)) for c in keys] + [(pa.chunked_array([hexes]), mine.column(PACKET_HASH_COLUMN))]
         if k and all(a.slice(0, k).equals(b.slice(0, k)) for a, b in columns):
-            ids = mine.column(ENTRY_ID_COLUMN).slice(0, k).combine_chunks()
+            ids = one_array(mine.column(ENTRY_ID_COLUMN).slice(0, k))
             return (ids if k == n else pa.concat_arrays([ids, pa.nulls(n - k, pa.large_string())])), every
         if not all(_flat(table.schema.field(c).type) for c in keys):
             return None
