@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["arrow_buffer", "digests_to_hex", "hex_problem", "hex_to_bytes", "bytes_to_hex"]
+__all__ = ["arrow_buffer", "digests_to_hex", "fixed_as_binary", "hex_problem", "hex_to_bytes", "bytes_to_hex"]
 
 _LB = pa.large_binary()
 #: Offsets buffers are made for at least this many values (a row-hashing slice).
@@ -50,6 +50,15 @@ def _fixed_bytes(arr: pa.Array, width: int) -> pa.Array:
         return pa.array([b""] * n, _LB)
     data = data.slice(arr.offset * width, n * width)
     return pa.LargeBinaryArray.from_buffers(_LB, n, [None, _step_offsets(width, n), data])
+
+
+def fixed_as_binary(digests: pa.FixedSizeBinaryArray) -> pa.Array:
+    """Fixed-width digests as ``large_binary`` values — a zero-copy view (a cast copies them).
+
+    >>> fixed_as_binary(pa.array([b"ab", b"cd"], pa.binary(2))).to_pylist()
+    [b'ab', b'cd']
+    """
+    return _fixed_bytes(digests, digests.type.byte_width)
 
 
 _OFFSETS: dict[int, tuple[int, pa.Buffer]] = {}

@@ -44,7 +44,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orcapod_core.digest_columns import _fixed_bytes, arrow_buffer, bytes_to_hex, digests_to_hex, hex_problem, hex_to_bytes
+from orcapod_core.digest_columns import _fixed_bytes, arrow_buffer, bytes_to_hex, digests_to_hex, fixed_as_binary, hex_problem, hex_to_bytes
 from orcapod_core.errors import MissingFileError, UnsupportedTypeError
 from orcapod_core.keysets import one_array
 from orcapod_core.types import Schema, arrow_to_python, type_to_string
@@ -62,6 +62,7 @@ __all__ = [
     "encode_value",
     "digests_to_hex",
     "digests_array",
+    "fixed_as_binary",
     "arrow_buffer",
     "sha256_each",
     "hex_problem",

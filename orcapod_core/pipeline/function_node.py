@@ -243,10 +243,11 @@ class FunctionNode(Node):
         n = table.num_rows
         if not len(rows):
             return ids, pa.repeat(pa.scalar(True, pa.bool_()), n)
+        if len(rows) == n:  # nothing recorded for these rows yet (a cold run): no copy of them
+            hashed = entry_ids_of(table, layout, digests, content.digest)
+            return hashed, is_in(hashed, stored) if len(stored) else pa.repeat(pa.scalar(False, pa.bool_()), n)
         hashed = entry_ids_of(table.take(rows), layout, digests.take(rows), content.digest)
         recorded = is_in(hashed, stored) if len(stored) else pa.repeat(pa.scalar(False, pa.bool_()), len(rows))
-        if len(rows) == n:
-            return hashed, recorded
         return pc.replace_with_mask(ids, absent, hashed), pc.replace_with_mask(pa.repeat(pa.scalar(True, pa.bool_()), n), absent, recorded)
 
     def _entry_ids(self, table: pa.Table, layout: StreamLayout, packet_hashes: pa.Array) -> pa.Array:

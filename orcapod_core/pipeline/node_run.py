@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from orcapod_core.columns import source_column
 from orcapod_core.errors import InputValidationError
-from orcapod_core.hashing import digests_to_hex, hash_rows
+from orcapod_core.hashing import digests_to_hex, fixed_as_binary, hash_rows
 from orcapod_core.keysets import distinct, is_in, one_array
 from orcapod_core.pipeline.key_index import KeyIndex
 from orcapod_core.pipeline.nodes import COMPUTED_COLUMN, ENTRY_ID_COLUMN, NODE_CONTENT_COLUMN, RUN_ID_COLUMN
@@ -306,7 +306,7 @@ def entry_ids_of(table: pa.Table, layout: StreamLayout, packet_digests: pa.Array
     >>> entry_ids_of(rows, rows_layout, digests, node.content_hash().digest)     # doctest: +SKIP
     """
     parts = table.select([*layout.tag_columns, *layout.system_tag_columns])
-    parts = parts.append_column("__packet_hash", packet_digests.cast(pa.large_binary()))
+    parts = parts.append_column("__packet_hash", fixed_as_binary(packet_digests))  # (a view: no copy)
     # The node's content hash is the same on every row: encoded once, not per row.
     digests = hash_rows(parts, constants={"__node_hash": (node_content, pa.large_binary())})
     # Only the first ENTRY_ID_BYTES of each digest are turned into hex: the digests viewed as
