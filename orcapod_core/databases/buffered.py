@@ -39,6 +39,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -47,6 +48,7 @@ from orcapod_core.errors import CorruptStoreError, DuplicateTagError, InputValid
 from orcapod_core.databases.tables import (
     _PUSHDOWN_MAX_VALUES,
     Condition,
+    _IdSet,
     _align,
     _as_array,
     _union,
@@ -58,6 +60,7 @@ from orcapod_core.databases.tables import (
     normalize_type,
 )
 from orcapod_core.hashing import hex_problem
+from orcapod_core.keysets import all_distinct
 
 # (the storage types are defined in databases.tables; still importable from here)
 __all__ = ["BufferedArrowDatabase", "normalize_type", "normalize_schema", "normalize_table"]
@@ -76,7 +79,7 @@ class _Pending:
     schema: pa.Schema
     since: float
     chunks: list[pa.Table] = field(default_factory=list)
-    ids: set[str] = field(default_factory=set)
+    ids: _IdSet = field(default_factory=_IdSet)
     rows: int = 0
 
     def table(self) -> pa.Table:
@@ -150,8 +153,8 @@ class BufferedArrowDatabase:
         without a table. Called right after ``_committed_schema(key)``."""
         raise NotImplementedError
 
-    def _write(self, key: RecordPath, table: pa.Table, ids: set[str], evolve: bool) -> None:
-        """Commit ``table`` (new ids only, already conformed) as ONE transaction."""
+    def _write(self, key: RecordPath, table: pa.Table, ids: pa.ChunkedArray, evolve: bool) -> None:
+        """Commit ``table`` (new ids only, already conformed; ``ids``: its id column) as ONE transaction."""
         raise NotImplementedError
 
     def _committed_version(self, key: RecordPath) -> int | None:
@@ -276,37 +279,32 @@ class BufferedArrowDatabase:
     def _buffer(self, key: RecordPath, where: str, table: pa.Table, schema: pa.Schema, skip_duplicates: bool) -> int:
         if table.num_rows == 0:
             return 0
-        committed = self._committed_membership(key, table[RECORD_ID_COLUMN], fresh=False)
-        stored = None if committed is None or not pc.any(committed).as_py() else committed.to_pylist()
+        ids = table[RECORD_ID_COLUMN]
+        # Columnar: ids already committed (as this handle last saw), already pending, or repeated
+        # in this call (the first copy kept). The usual batch repeats none of them.
+        repeated = self._committed_membership(key, ids, fresh=False)
         pending = self._pending.get(key)
-        pending_ids = pending.ids if pending is not None else set()
-        ids = table[RECORD_ID_COLUMN].to_pylist()
-        seen: set[str] = set(ids)
-        keep: list[bool] = []
-        repeated: list[str] = []
-        if len(seen) < len(ids) or not seen.isdisjoint(pending_ids) or stored is not None:
-            seen = set()  # some repeat: find which, keeping the first copy
-            for i, rid in enumerate(ids):
-                if rid in seen or rid in pending_ids or (stored is not None and stored[i]):
-                    keep.append(False)
-                    repeated.append(rid)
-                else:
-                    seen.add(rid)
-                    keep.append(True)
-        if repeated and not skip_duplicates:
-            shown = ", ".join(repr(r) for r in repeated[:5]) + (" ..." if len(repeated) > 5 else "")
-            raise DuplicateTagError(
-                f"{len(repeated)} record id(s) already in table {where} or repeated in the new records: {shown}"
-            )
-        if repeated:
-            table = table.filter(pa.array(keep, pa.bool_()))
-        if table.num_rows == 0:
-            return 0
+        in_pending = pending.ids.contains(ids) if pending is not None else None
+        if in_pending is not None and in_pending.any():
+            repeated = in_pending.to_arrow() if repeated is None else pc.or_(repeated, in_pending.to_arrow())
+        if not all_distinct(ids):
+            again = pc.invert(pl.from_arrow(ids).is_first_distinct().to_arrow())
+            repeated = again if repeated is None else pc.or_(repeated, again)
+        if repeated is not None and pc.any(repeated).as_py():
+            if not skip_duplicates:
+                shown_ids = pc.filter(ids, repeated).to_pylist()
+                shown = ", ".join(repr(r) for r in shown_ids[:5]) + (" ..." if len(shown_ids) > 5 else "")
+                raise DuplicateTagError(
+                    f"{len(shown_ids)} record id(s) already in table {where} or repeated in the new records: {shown}"
+                )
+            table = table.filter(pc.invert(repeated))
+            if table.num_rows == 0:
+                return 0
         if pending is None:
             pending = self._pending[key] = _Pending(schema=schema, since=time.monotonic())
         pending.schema = schema
         pending.chunks.append(table)
-        pending.ids.update(seen)
+        pending.ids.add(table[RECORD_ID_COLUMN])
         pending.rows += table.num_rows
         return table.num_rows
 
@@ -348,15 +346,14 @@ class BufferedArrowDatabase:
                     # Anti-join against what is committed *now* (other handles/processes may have
                     # committed some of these ids since they were buffered) and re-check the schema.
                     committed = self._committed_membership(key, table[RECORD_ID_COLUMN])
-                    batch, ids = table, pending.ids
+                    batch = table
                     if committed is not None and pc.any(committed).as_py():
-                        ids = ids - set(table.filter(committed)[RECORD_ID_COLUMN].to_pylist())
                         batch = table.filter(pc.invert(committed))
                     if batch.num_rows:
                         stored = self._committed_schema(key)
                         schema, batch = conform(where, stored, batch)
                         evolve = stored is not None and len(schema) != len(stored)
-                        self._write(key, batch, ids, evolve)
+                        self._write(key, batch, batch[RECORD_ID_COLUMN], evolve)
                 break
             except self._retryable:
                 if attempt == self._max_commit_attempts - 1:

@@ -483,7 +483,7 @@ class DeltaTableDatabase(BufferedArrowDatabase):
             held -= self._read_cache.pop(next(iter(self._read_cache)))[2]
         return table
 
-    def _write(self, key: RecordPath, table: pa.Table, ids: set[str], evolve: bool) -> None:
+    def _write(self, key: RecordPath, table: pa.Table, ids: pa.ChunkedArray, evolve: bool) -> None:
         dt = self._tables.get(key)  # brought up to date by _committed_ids under the commit lock
         index = self._indexes.get(key)
         before = dt.version() if dt is not None else -1

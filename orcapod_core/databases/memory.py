@@ -118,14 +118,14 @@ class InMemoryArrowDatabase(BufferedArrowDatabase):
         rows = filter_rows(table.rows(), conds)
         return rows if columns is None else rows.select(columns)
 
-    def _write(self, key: RecordPath, table: pa.Table, ids: set[str], evolve: bool) -> None:
+    def _write(self, key: RecordPath, table: pa.Table, ids: pa.ChunkedArray, evolve: bool) -> None:
         stored = self._tables.get(key)
         if stored is None:
-            self._tables[key] = _Table(schema=table.schema, chunks=[table], ids=set(ids))
+            self._tables[key] = _Table(schema=table.schema, chunks=[table], ids=set(ids.to_pylist()))
             return
         stored.schema = table.schema
         stored.chunks.append(table)
-        stored.ids.update(ids)
+        stored.ids.update(ids.to_pylist())
         stored.version += 1
 
     def _committed_version(self, key: RecordPath) -> int | None:

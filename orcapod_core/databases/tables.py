@@ -239,20 +239,55 @@ def _id_hashes(ids: pl.Series) -> pl.Series:
 
 
 @dataclass
-class _IdIndex:
-    """Committed ids of one table as of ``version`` (-1: the table did not exist).
+class _IdSet:
+    """Ids as Arrow data with their 64-bit hashes, unsorted: adding costs one hash pass, and a
+    membership test is one polars ``is_in`` over the hashes, confirmed by comparing the ids
+    only where a hash matches — no Python string per id (what a set of them cost: a third of a
+    cheap cold run's bookkeeping). For the ids of one run's batches (pending, just written);
+    many lookups against a large table's ids use the sorted runs of :class:`_IdIndex`."""
 
-    Ids this handle wrote are kept as the Python set they were written with (adding them costs
-    nothing more). Ids read from the table's files — a table another handle or process wrote,
-    e.g. the store of an earlier run — stay Arrow data: runs sorted by their polars 64-bit
-    hash, merged LSM-style (each run at least twice as long as the next, so a lookup visits
-    O(log N) runs), a lookup being an integer binary search per run confirmed by comparing the
-    ids. Hashing and sorting them costs a fraction of a Python set of a large table's ids."""
+    hashes: list[pl.Series] = field(default_factory=list)
+    ids: list[pa.Array | pa.ChunkedArray] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return sum(len(h) for h in self.hashes)
+
+    def add(self, ids: pa.Array | pa.ChunkedArray) -> None:
+        if len(ids):
+            self.hashes.append(_id_hashes(pl.from_arrow(ids).cast(pl.String)))
+            self.ids.append(ids)
+
+    def contains(self, ids: pa.Array | pa.ChunkedArray) -> pl.Series | None:
+        """Per id: is it one of them (a polars boolean series)? ``None`` when there are none."""
+        if not self.hashes:
+            return None
+        keys = pl.from_arrow(ids).cast(pl.String)
+        hit = _id_hashes(keys).is_in(pl.concat(self.hashes).implode())
+        if not hit.any():
+            return hit
+        rows = hit.arg_true()
+        known = pl.concat([pl.from_arrow(a).cast(pl.String) for a in self.ids])
+        return hit.scatter(rows, keys.gather(rows).is_in(known.implode()))
+
+    def to_list(self) -> list[str]:
+        return [rid for a in self.ids for rid in a.to_pylist()]
+
+
+@dataclass
+class _IdIndex:
+    """Committed ids of one table as of ``version`` (-1: the table did not exist), as Arrow data.
+
+    Ids this handle wrote are an :class:`_IdSet`. Ids read from the table's files — a table
+    another handle or process wrote, e.g. the store of an earlier run — are runs sorted by
+    their polars 64-bit hash, merged LSM-style (each run at least twice as long as the next, so
+    a lookup visits O(log N) runs), a lookup being an integer binary search per run confirmed
+    by comparing the ids. Hashing and sorting them costs a fraction of a Python set of a large
+    table's ids."""
 
     version: int = -1
     files: set[str] = field(default_factory=set)
     runs: list[pl.DataFrame] = field(default_factory=list)  # columns h (hash, sorted), k (id)
-    written: set[str] = field(default_factory=set)
+    written: _IdSet = field(default_factory=_IdSet)
 
     # Ids added but not indexed yet: indexed when first asked about (a warm run that only reads a
     # table, which seeds its index, never pays for sorting its ids).
@@ -275,21 +310,18 @@ class _IdIndex:
             run = pl.concat([self.runs.pop(), run])
         self.runs.append(run.sort("h"))
 
-    def add_written(self, ids: set[str]) -> None:
+    def add_written(self, ids: pa.Array | pa.ChunkedArray) -> None:
         """Ids this handle committed."""
-        self.written.update(ids)
+        self.written.add(ids)
 
     def contains(self, ids: pa.Array | pa.ChunkedArray) -> pa.Array | None:
         """Per id: is it committed? ``None`` when nothing is."""
         self._index_waiting()
-        if not self.runs and not self.written:
-            return None
-        if self.written:
-            hit = pl.Series([rid in self.written for rid in ids.to_pylist()], dtype=pl.Boolean)
-        else:
-            hit = pl.repeat(False, len(ids), dtype=pl.Boolean, eager=True)
+        hit = self.written.contains(ids)
         if not self.runs:
-            return hit.to_arrow()
+            return None if hit is None else hit.to_arrow()
+        if hit is None:
+            hit = pl.repeat(False, len(ids), dtype=pl.Boolean, eager=True)
         keys = pl.from_arrow(ids).cast(pl.String).rechunk()
         hashes = _id_hashes(keys)
         for run in self.runs:
@@ -308,4 +340,4 @@ class _IdIndex:
     def as_set(self) -> set[str]:
         """Every committed id as a Python set (built from the read runs when asked)."""
         self._index_waiting()
-        return {rid for run in self.runs for rid in run["k"].to_list()} | self.written
+        return {rid for run in self.runs for rid in run["k"].to_list()} | set(self.written.to_list())
