@@ -250,17 +250,18 @@ class _IdSet:
     ids: list[pa.Array | pa.ChunkedArray] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return sum(len(h) for h in self.hashes)
+        return sum(len(a) for a in self.ids)
 
     def add(self, ids: pa.Array | pa.ChunkedArray) -> None:
-        if len(ids):
-            self.hashes.append(_id_hashes(pl.from_arrow(ids).cast(pl.String)))
+        if len(ids):  # (hashed when first asked about)
             self.ids.append(ids)
 
     def contains(self, ids: pa.Array | pa.ChunkedArray) -> pl.Series | None:
         """Per id: is it one of them (a polars boolean series)? ``None`` when there are none."""
-        if not self.hashes:
+        if not self.ids:
             return None
+        for added in self.ids[len(self.hashes):]:
+            self.hashes.append(_id_hashes(pl.from_arrow(added).cast(pl.String)))
         keys = pl.from_arrow(ids).cast(pl.String)
         hit = _id_hashes(keys).is_in(pl.concat(self.hashes).implode())
         if not hit.any():
@@ -289,18 +290,21 @@ class _IdIndex:
     runs: list[pl.DataFrame] = field(default_factory=list)  # columns h (hash, sorted), k (id)
     written: _IdSet = field(default_factory=_IdSet)
 
-    # Ids added but not indexed yet: indexed when first asked about (a warm run that only reads a
-    # table, which seeds its index, never pays for sorting its ids).
-    waiting: list[pa.Array | pa.ChunkedArray] = field(default_factory=list)
+    # Ids read but not sorted into runs yet: asked about through their hashes (one is_in each,
+    # O(n)), and sorted once they have been asked about SORT_AFTER times — a run's few commit
+    # checks never pay for sorting a large table's ids, a long async run's many checks do once.
+    # (A warm run that only reads a table, which seeds its index, pays nothing.)
+    waiting: _IdSet = field(default_factory=_IdSet)
+    asked: int = 0
+    SORT_AFTER = 16
 
     def add_read(self, ids: pa.Array | pa.ChunkedArray) -> None:
         """Ids read from the table's files."""
-        if len(ids):
-            self.waiting.append(ids)
+        self.waiting.add(ids)
 
     def _index_waiting(self) -> None:
-        waiting, self.waiting = self.waiting, []
-        for ids in waiting:
+        waiting, self.waiting = self.waiting, _IdSet()
+        for ids in waiting.ids:
             self._add_run(ids)
 
     def _add_run(self, ids: pa.Array | pa.ChunkedArray) -> None:
@@ -316,8 +320,13 @@ class _IdIndex:
 
     def contains(self, ids: pa.Array | pa.ChunkedArray) -> pa.Array | None:
         """Per id: is it committed? ``None`` when nothing is."""
-        self._index_waiting()
+        self.asked += 1
+        if self.asked > self.SORT_AFTER:
+            self._index_waiting()
         hit = self.written.contains(ids)
+        waiting = self.waiting.contains(ids)
+        if waiting is not None:
+            hit = waiting if hit is None else hit | waiting
         if not self.runs:
             return None if hit is None else hit.to_arrow()
         if hit is None:
