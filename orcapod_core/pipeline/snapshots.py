@@ -108,9 +108,19 @@ def _version_of(kind: str, parts: Any) -> str:
     return hashlib.sha256(f"orcapod-data-version-v2:{kind}:".encode() + parts).hexdigest()[:32]
 
 
-def _sorted_ids(ids: pa.Array) -> bytes:
-    ordered = ids.take(pc.sort_indices(ids)) if len(ids) else ids
-    return "".join(ordered.to_pylist()).encode("ascii")
+def _sorted_ids(ids: pa.Array | pa.ChunkedArray) -> bytes:
+    """The (hex, non-null) ids sorted and concatenated, as ASCII bytes: what a data version hashes."""
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    if not len(ids):
+        return b""
+    if ids.null_count:
+        raise ValueError(f"{ids.null_count} of {len(ids)} ids are null")
+    ordered = ids.take(pc.sort_indices(ids)).cast(pa.large_string())
+    # Joined in Arrow (one list of every id, joined with ""): the same bytes as "".join of the
+    # Python strings, without a Python object per id.
+    everything = pa.LargeListArray.from_arrays(pa.array([0, len(ordered)], pa.int64()), ordered)
+    return pc.binary_join(everything, pa.scalar("", pa.large_string()))[0].as_buffer().to_pybytes()
 
 
 def data_version(table: pa.Table) -> str:
