@@ -14,7 +14,12 @@ synthetic data with the bundled files' shape: ``stations x dates`` samples (1,00
   location with one plain ``@dg.asset`` returning ``1``: Dagster's fixed cost (interpreter,
   imports, loading a code location, run and event bookkeeping, the step process);
 * **pipeline.run()** — a fresh ``python`` process building the same pipeline on the same store
-  and calling ``pipeline.run()``.
+  and calling ``pipeline.run()``;
+* **same shape (multiprocess)**, for information only — the same CLI on a plain Dagster
+  ``multi_asset`` with the pipeline's 17 asset keys, their deps and its 12 asset checks, one step
+  yielding a ``MaterializeResult`` with its check results per asset and nothing else: Dagster's
+  own cost for these assets and checks (planned events, outputs, materializations, check
+  evaluations), which the target counts as orcapod's (the trivial baseline has one asset).
 
 Every number is the wall time of a whole fresh process (interpreter start, imports, loading
 the definitions included), the median of ``--repeats`` runs, interleaved; ``step`` is the
@@ -24,6 +29,13 @@ what orcapod's assets cost under Dagster beyond Dagster's own fixed cost, per se
 ``pipeline.run()``; reported for both executors (the default, multiprocess, is the target).
 The rest splits the Dagster time as before: **fixed** = dagster process − step; **in-step** =
 step − run() (data versions, snapshots, metadata and checks of every node).
+
+**Phases** (median, from the event timestamps Dagster stores for each run): *load* — process
+start to the run's first event (interpreter, imports, loading the code location, creating the
+run); *planning* — the run's planned-materialization and planned-check events; *step process* —
+starting the step's process (multiprocess: a fresh interpreter importing Dagster); *step load* —
+that process loading the code location again (imports, building the pipeline and definitions)
+up to the step's resources; *step*; *exit* — after the step until the CLI process has exited.
 
 **Store size** (target ≤ 4×): the bytes of the orcapod Delta store right after the cold
 materialization, against the input files' bytes plus a plain Parquet file of every node's
@@ -50,6 +62,7 @@ import statistics
 import sys
 import tempfile
 import textwrap
+import time
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -115,7 +128,74 @@ PLAIN_PARQUET = textwrap.dedent(
     """
 )
 
+# Writes (to argv[2]) SAME_SHAPE_SOURCE (read from argv[3]) filled with the asset keys, deps and
+# checks of the code location argv[1].
+SAME_SHAPE = textwrap.dedent(
+    """
+    import runpy, sys
+
+    defs = runpy.run_path(sys.argv[1])["defs"]
+    specs = [(list(s.key.path), [list(d.asset_key.path) for d in s.deps]) for a in defs.assets for s in a.specs]
+    checks = [(list(c.asset_key.path), c.name) for a in defs.assets for c in a.check_specs]
+    with open(sys.argv[3]) as f:
+        source = f.read()
+    with open(sys.argv[2], "w") as f:
+        f.write(source.format(specs=specs, checks=checks))
+    """
+)
+
+SAME_SHAPE_SOURCE = textwrap.dedent(
+    """
+    import dagster as dg
+
+    SPECS = {specs!r}
+    CHECKS = {checks!r}
+
+
+    @dg.multi_asset(
+        name="same_shape",
+        specs=[dg.AssetSpec(dg.AssetKey(k), deps=[dg.AssetKey(d) for d in deps]) for k, deps in SPECS],
+        check_specs=[dg.AssetCheckSpec(name, asset=dg.AssetKey(k)) for k, name in CHECKS],
+    )
+    def same_shape():
+        for k, _ in SPECS:
+            key = dg.AssetKey(k)
+            checks = [dg.AssetCheckResult(asset_key=key, check_name=n, passed=True) for ck, n in CHECKS if ck == k]
+            yield dg.MaterializeResult(asset_key=key, metadata={{"dagster/row_count": 1}}, check_results=checks)
+
+
+    defs = dg.Definitions(assets=[same_shape])
+    """
+)
+
 IN_PROCESS = '{"execution": {"config": {"in_process": {}}}}'
+
+PHASES = ("load", "planning", "step_process", "step_load", "step", "exit")
+
+
+def run_phases(home: Path, started: float, wall: float) -> dict[str, float]:
+    """The phases of the latest run in ``home`` (see the module notes), from the timestamps of
+    its stored events; ``started``: the wall-clock time the CLI process was started."""
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        run = instance.get_runs(limit=1)[0]
+        first: dict[str, float] = {}
+        for record in instance.all_logs(run.run_id):
+            kind = record.dagster_event.event_type_value if record.dagster_event else "log"
+            first.setdefault(kind, record.timestamp)
+    start = min(first.values())
+    run_start = first["PIPELINE_START"]
+    worker = first.get("STEP_WORKER_STARTING", run_start)
+    worker_started = first.get("STEP_WORKER_STARTED", worker)
+    return {
+        "load": start - started,
+        "planning": run_start - start,
+        "step_process": worker_started - worker,
+        "step_load": first["RESOURCE_INIT_STARTED"] - worker_started,
+        "step": first["STEP_SUCCESS"] - first["STEP_START"],
+        "exit": started + wall - first["STEP_SUCCESS"],
+    }
 
 
 def write_data(data: Path, stations: int, dates: int, seed: int = 0) -> int:
@@ -196,6 +276,9 @@ def bench_size(scratch: Path, stations: int, dates: int, repeats: int) -> dict:
     plain = [sys.executable, "-c", PLAIN, str(store), str(work / "data")]
 
     cold_s, _ = timed([*materialize, str(defs)], env)
+    same_shape, template = work / "same_shape.py", work / "same_shape.template"
+    template.write_text(SAME_SHAPE_SOURCE)
+    timed([sys.executable, "-c", SAME_SHAPE, str(defs), str(same_shape), str(template)], env)
     # The store as one cold Dagster materialization leaves it, against inputs + plain Parquet outputs.
     cold_store = store_bytes(store)
     input_bytes = {f.name: f.stat().st_size for f in sorted((work / "data").iterdir())}
@@ -204,15 +287,18 @@ def bench_size(scratch: Path, stations: int, dates: int, repeats: int) -> dict:
     parquet_bytes = json.loads(proc.stdout.strip().splitlines()[-1])
     baseline_bytes = sum(input_bytes.values()) + sum(parquet_bytes.values())
 
-    variants = ("multiprocess", "in_process", "trivial_multiprocess", "trivial_in_process")
+    variants = ("multiprocess", "in_process", "trivial_multiprocess", "trivial_in_process", "same_shape_multiprocess")
     runs: dict[str, list[tuple[float, float | None]]] = {v: [] for v in (*variants, "plain")}
+    phases: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     builds: list[float] = []
     for _ in range(repeats):  # interleaved, so drift hits every variant alike
         for variant in variants:
-            location = trivial if variant.startswith("trivial") else defs
+            location = trivial if variant.startswith("trivial") else same_shape if variant.startswith("same_shape") else defs
             config = ["--config-json", IN_PROCESS] if variant.endswith("in_process") else []
+            started = time.time()
             wall, proc = timed([*materialize, str(location), *config], env)
             runs[variant].append((wall, step_seconds(proc)))
+            phases[variant].append(run_phases(home, started, wall))
         wall, proc = timed(plain, env)
         out = json.loads(proc.stdout.strip().splitlines()[-1])
         assert out["computed"] == 0, f"pipeline.run() was not warm: {out}"
@@ -254,6 +340,9 @@ def bench_size(scratch: Path, stations: int, dates: int, repeats: int) -> dict:
         "fixed_in_process_s": minus(med("in_process", 0), med("in_process", 1)),
         "in_step_overhead_s": minus(med("multiprocess", 1), run_s),
         "missing_step_lines": sum(r[1] is None for v in variants for r in runs[v]),
+        "same_shape_multiprocess_s": med("same_shape_multiprocess", 0),
+        "beyond_same_shape_multiprocess_ratio": (med("multiprocess", 0) - med("same_shape_multiprocess", 0)) / run_s,
+        "phases": {v: {p: statistics.median(r[p] for r in phases[v]) for p in PHASES} for v in variants},
         "store_bytes": cold_store["bytes"],
         "input_bytes": sum(input_bytes.values()),
         "plain_parquet_bytes": sum(parquet_bytes.values()),
@@ -308,6 +397,20 @@ def main() -> None:
             f"{r['beyond_trivial_in_process_ratio']:.2f} in-process (<= 1.5: {'yes' if r['beyond_trivial_met'] else 'NO'})"
         )
 
+    print("\nWhere the time goes (median seconds, from Dagster's event timestamps; see the module notes)")
+    names = {"multiprocess": "dagster mp", "trivial_multiprocess": "trivial mp", "same_shape_multiprocess": "same shape mp",
+             "in_process": "dagster ip", "trivial_in_process": "trivial ip"}
+    for r in sizes:
+        print(f"{r['rows']:>8,} rows  {'':14}" + " ".join(f"{p:>12}" for p in PHASES))
+        for variant, name in names.items():
+            row = r["phases"][variant]
+            print(f"{'':>8}  {name:>14}" + " ".join(f"{row[p]:12.2f}" for p in PHASES))
+        print(
+            f"{'':>8}  same shape: a plain Dagster multi_asset with the pipeline's assets and checks, "
+            f"{r['same_shape_multiprocess_s']:.2f} s; (dagster - same shape) / run() = {r['beyond_same_shape_multiprocess_ratio']:.2f} "
+            f"(for information; the target is against trivial)"
+        )
+
     mb = 1e6
     print("\nStore after one cold materialization (MB): total vs inputs + a plain Parquet of every node's output")
     print(f"{'rows':>8} {'store':>8} {'inputs':>8} {'parquet':>8} {'x':>6}  " + "  ".join(f"{f:>16}" for f in ("results", "pipeline_records", "snapshots", "logs")) + f"  {'after warm':>10}")
@@ -332,7 +435,13 @@ def main() -> None:
         print(f"{'':>8}   store <= 4x (inputs + parquet): {'yes' if r['store_met'] else 'NO'} ({r['store_ratio']:.2f}x)")
     if not args.quick:
         RESULTS.mkdir(exist_ok=True)
-        meta = {"python": sys.version.split()[0], "machine": platform.machine(), "cpus": os.cpu_count(), "repeats": args.repeats}
+        meta = {
+            "python": sys.version.split()[0], "machine": platform.machine(), "cpus": os.cpu_count(), "repeats": args.repeats,
+            # Set: no bytecode is written, so every process compiles orcapod's modules from source
+            # (the installed Dagster, polars, pyarrow load from their bytecode).
+            "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE"),
+            "load_average_at_end": os.getloadavg(),
+        }
         (RESULTS / "dagster.json").write_text(json.dumps({"meta": meta, "sizes": sizes}, indent=2) + "\n")
         print(f"\nwrote {RESULTS / 'dagster.json'}")
 

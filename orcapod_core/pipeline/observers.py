@@ -20,7 +20,9 @@ Counts:
   far. Under the sync orchestrator ``total`` is known from the first event; under the async
   one a streaming node finds missing packets batch by batch, so ``total`` may grow between
   events (it is exact once the input is complete). Both are cumulative over the whole run.
-* ``on_node_end(node, stats)``: the exact rows / computed / cached / failed counts.
+* ``on_node_end(node, stats)``: the exact rows / computed / cached / failed counts. Under
+  either orchestrator the node is done by then: its rows (and, for a function node, their
+  entry ids and missing packets) are the run's, so an observer may snapshot it right away.
 
 >>> pipeline.run(observer=CompositeObserver(ProgressObserver(), my_observer))  # doctest: +SKIP
 """

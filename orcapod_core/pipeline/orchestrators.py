@@ -104,6 +104,35 @@ class _Run:
         return RunResult(self.run_id, ordered, time.perf_counter() - self.start, error)
 
 
+class _EndAfterExecute:
+    """The observer one function node's ``execute`` reports to: every event goes straight
+    through to the run's observer, but the node's own end waits until ``execute`` has returned.
+    By then the node keeps its rows' entry ids and missing packets too (as the async
+    orchestrator's nodes do at their end), so an observer reading them at ``on_node_end`` — a
+    snapshot's data version, e.g. a Dagster step's, on its own thread — finds them rather than
+    hashing every output row again."""
+
+    def __init__(self, observer: ExecutionObserver, node: Any):
+        self._observer = observer
+        self._node = node
+        self._held: NodeStats | None = None
+
+    def __getattr__(self, name: str) -> Any:  # every other hook and flag: the run's observer's
+        return getattr(self._observer, name)
+
+    def on_node_end(self, node: Any, stats: NodeStats) -> None:
+        if node is self._node and self._held is None:
+            self._held = stats
+        else:
+            self._observer.on_node_end(node, stats)
+
+    def release(self) -> None:
+        """Report the held end (also when ``execute`` raised after it: e.g. ``fail_fast``)."""
+        if self._held is not None:
+            stats, self._held = self._held, None
+            self._observer.on_node_end(self._node, stats)
+
+
 class SyncPipelineOrchestrator:
     """Runs nodes one at a time in topological order."""
 
@@ -132,13 +161,15 @@ class SyncPipelineOrchestrator:
                     outputs[node.label] = node.execute(*inputs, observer=obs)
                 elif is_function_node(node):
                     stream = node.join_inputs(inputs)  # type: ignore[attr-defined]
+                    ending = _EndAfterExecute(obs, node)
                     try:
                         outputs[node.label] = node.execute(
-                            stream, obs, error_policy=error_policy, executor=run.executor_for(node), run_id=run.run_id
+                            stream, ending, error_policy=error_policy, executor=run.executor_for(node), run_id=run.run_id
                         )
                     finally:
                         if node.last_stats is not None:  # type: ignore[attr-defined]
                             run.stats[node.label] = node.last_stats  # type: ignore[attr-defined]
+                        ending.release()
                     continue
                 else:
                     raise TypeError(f"node {getattr(node, 'label', node)!r} implements no known node protocol")

@@ -1377,3 +1377,34 @@ def test_a_store_written_with_the_old_long_system_tag_names_keeps_working(tmp_pa
     # the old records are untouched
     reread = DeltaTableDatabase(tmp_path / "store").get_all_records(old.add.record_path)
     assert reread.num_rows == old_records.num_rows == 2
+
+
+@pytest.mark.parametrize("orchestrator", ORCHESTRATORS, ids=ORCH_IDS)
+def test_a_function_node_ends_with_the_entry_ids_and_missing_packets_of_its_run(orchestrator, monkeypatch):
+    # An observer reading them at on_node_end (a snapshot's data version, on a Dagster step's
+    # thread) gets the run's own: no output row is hashed again, nothing is derived again.
+    import orcapod_core.pipeline.function_node as function_node
+
+    hashed: list[str] = []
+    for name in ("entry_ids_of", "input_packet_hashes"):
+        real = getattr(function_node, name)
+        monkeypatch.setattr(function_node, name, lambda *a, _real=real, _name=name, **k: hashed.append(_name) or _real(*a, **k))
+
+    class AtTheEnd(NoOpObserver):
+        def __init__(self):
+            self.seen = {}
+
+        def on_node_end(self, node, stats):
+            if node.kind == "function":
+                before = len(hashed)
+                self.seen[node.label] = (node.output_entry_ids().to_pylist(), node.missing_packets(), hashed[before:])
+
+    with Pipeline("ends", pipeline_database=InMemoryArrowDatabase()) as p:
+        doubler([], fail_on=2).pod(source([1, 2, 3, 2]), label="doubled")
+    observer = AtTheEnd()
+    result = p.run(orchestrator=orchestrator, observer=observer)
+    assert result.failed == 1 and result.stats["doubled"].total == 4
+    ids, missing, hashed_at_end = observer.seen["doubled"]
+    assert hashed_at_end == []
+    assert len(ids) == 2 and ids == p.doubled.output_entry_ids().to_pylist()
+    assert len(missing) == 1 and missing == p.doubled.missing_packets()

@@ -131,3 +131,27 @@ def test_an_unchanged_file_is_pinned_by_its_fingerprint_without_hashing_its_rows
     new = save_snapshot(changed.xs)
     assert new.stored and new.data_version != pin.data_version and new.row_count == 3
     assert load_snapshot(db, pin.path, pin.data_version)._table().num_rows == 2
+
+
+def test_a_function_nodes_data_version_is_the_documented_hash_of_its_sorted_entry_ids(tmp_path):
+    # concepts.md: sha256("orcapod-data-version-v2:function:" + the sorted hex entry ids, concatenated)[:32]
+    # — the ids are joined in Arrow now; the versions of stored data must not change.
+    import hashlib
+    import random
+
+    from orcapod_core.pipeline.snapshots import _sorted_ids
+
+    xs = list(range(300))
+    random.Random(1).shuffle(xs)
+    with Pipeline("documented", DeltaTableDatabase(tmp_path / "store")) as p:
+        triple.pod(DictSource({"id": list(range(len(xs))), "x": xs}, "id", source_id="xs"), label="tripled")
+    p.run()
+    ids = p.tripled.output_entry_ids().to_pylist()
+    expected = hashlib.sha256(b"orcapod-data-version-v2:function:" + "".join(sorted(ids)).encode("ascii")).hexdigest()[:32]
+    assert save_snapshot(p.tripled).data_version == expected
+    # Chunked, sliced and empty id arrays join to the same bytes as the Python strings do.
+    hexes = pa.array(ids, pa.large_string())
+    for arr in (hexes.slice(7, 50), pa.chunked_array([hexes.slice(0, 3), hexes.slice(3)]), hexes.slice(0, 0), pa.array(ids[:5])):
+        assert _sorted_ids(arr) == "".join(sorted(arr.to_pylist())).encode("ascii")
+    with pytest.raises(ValueError, match="1 of 2 ids are null"):
+        _sorted_ids(pa.array(["a", None]))
