@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 from orcapod_core.errors import InputValidationError, SchemaMismatchError
 from orcapod_core.operators.base import Operator
 from orcapod_core.operators.batch import list_field
-from orcapod_core.operators.join import take_columns
+from orcapod_core.operators.join import is_identity
 from orcapod_core.streams import Stream, StreamLayout
 from orcapod_core.types import arrow_to_python, type_to_string
 
@@ -48,6 +48,8 @@ _BITS = "__orcapod_bits_{}"
 _BITS_TYPE = {16: pa.int16(), 32: pa.int32(), 64: pa.int64()}
 #: Most groups sorted by counting: Arrow's ``sort_indices`` counts integers spanning <= 4096.
 _COUNTING_GROUPS = 4096
+#: How many rows of a long key column are looked at first, to see whether it has too many values.
+_SAMPLE_ROWS = 16_384
 #: Columns at least this long are hashed on several threads (shorter ones: not worth a pool).
 _PARALLEL_ROWS = 100_000
 
@@ -67,6 +69,19 @@ def _canonical_bits(values: pa.ChunkedArray) -> pa.Array:
     bits = floats.view(_BITS_TYPE[width])
     quiet_nan = pa.array([float("nan")], values.type).view(_BITS_TYPE[width])[0]
     return pc.if_else(pc.is_nan(floats), quiet_nan, bits)
+
+
+def _surely_many(values: pa.Array) -> bool:
+    """Whether evenly spaced rows of a long column already hold more than
+    :data:`_COUNTING_GROUPS` values — then hashing the whole column for counting would be wasted."""
+    n = len(values)
+    if n <= 4 * _SAMPLE_ROWS:
+        return False
+    sample = values.take(pl.int_range(0, n, n // _SAMPLE_ROWS, dtype=pl.Int64, eager=True).to_arrow())
+    try:
+        return pc.count_distinct(sample, mode="all").as_py() > _COUNTING_GROUPS
+    except pa.ArrowNotImplementedError:  # a key type Arrow cannot hash: found out by the caller
+        return False
 
 
 def _dictionary_encode(values: pa.Array) -> tuple[pa.Array, pa.Array]:
@@ -101,8 +116,11 @@ def _group_numbers(table: pa.Table, by: Sequence[str]) -> pa.Array | None:
     for name in by:
         column = _one_array(table.column(name))
         floating = pa.types.is_floating(column.type)
+        values = _canonical_bits(column) if floating else column
+        if _surely_many(values):
+            return None
         try:
-            dictionary, indices = _dictionary_encode(_canonical_bits(column) if floating else column)
+            dictionary, indices = _dictionary_encode(values)
         except pa.ArrowNotImplementedError:  # a key type Arrow cannot hash: polars can
             return None
         width = len(dictionary)
@@ -204,18 +222,10 @@ class GroupBy(Operator):
             lists(layout.meta_columns),
         )
 
-    def _groups(self, table: pa.Table) -> tuple[pa.Array, pa.Array]:
-        """(row order, list offsets): the input rows group by group in key order, each group's
-        rows in input order, and where each group starts (then the total)."""
-        codes = _group_numbers(table, self.by)
-        if codes is None:
-            return self._groups_by_polars(table)
-        order = pc.sort_indices(codes)  # stable, and a counting sort for this few groups
-        ends = pc.run_end_encode(codes.take(order), run_end_type=pa.int64()).run_ends
-        return order, pa.concat_arrays([pa.array([0], pa.int64()), ends])
-
     def _groups_by_polars(self, table: pa.Table) -> tuple[pa.Array, pa.Array]:
-        """:meth:`_groups` for many groups: a polars hash group-by of the keys and a row index."""
+        """(row order, list offsets) for many groups: the input rows group by group in key order,
+        each group's rows in input order, and where each group starts (then the total) — from a
+        polars hash group-by of the keys and a row index, then a sort of the groups."""
         n = table.num_rows
         frame = pl.from_arrow(table.select(list(self.by)))
         group_on, sort_on, firsts = [], [], []
@@ -241,14 +251,26 @@ class GroupBy(Operator):
         schema = self.output_layout(stream).schema
         if table.num_rows == 0:
             return schema.empty_table()
-        order, offsets = self._groups(table)
-        first_rows = order.take(offsets.slice(0, len(offsets) - 1))  # each group's first row
         keys = set(self.by)
         listed = [f.name for f in schema if f.name not in keys]
-        constant = {c for c in listed if _is_constant(table.column(c))}
-        # largest first, so the threads of take_columns finish together
-        moved = sorted((c for c in listed if c not in constant), key=lambda c: -table.column(c).nbytes)
-        gathered = dict(zip(moved, take_columns([table.column(c) for c in moved], order)))
+        workers = (os.cpu_count() or 1) if table.num_rows >= _PARALLEL_ROWS else 1
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            constant = pool.submit(lambda: {c for c in listed if _is_constant(table.column(c))})
+            numbers = _group_numbers(table, self.by)
+            if numbers is None:
+                order, offsets = self._groups_by_polars(table)
+            else:
+                order, offsets = pc.sort_indices(numbers), None  # stable; a counting sort this few groups
+            moved = [c for c in listed if c not in constant.result()]
+            if is_identity(order, table.num_rows):  # keys already in order: nothing moves
+                moved = []
+            # largest first, so the threads finish together; the group boundaries are found meanwhile
+            taken = {c: pool.submit(table.column(c).take, order) for c in sorted(moved, key=lambda c: -table.column(c).nbytes)}
+            if offsets is None:
+                ends = pc.run_end_encode(numbers.take(order), run_end_type=pa.int64()).run_ends
+                offsets = pa.concat_arrays([pa.array([0], pa.int64()), ends])
+            gathered = {c: future.result() for c, future in taken.items()}
+        first_rows = order.take(offsets.slice(0, len(offsets) - 1))  # each group's first row
         columns = {k: table.column(k).take(first_rows) for k in self.by}
         for field in schema:
             if field.name not in keys:
