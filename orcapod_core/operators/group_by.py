@@ -1,10 +1,15 @@
 """GroupBy: one row per distinct value of some tag columns; every other column becomes a list.
 
-How it is computed: polars groups *only the key columns plus a row-index column* (a hash
-group-by, then a sort of the groups — far fewer than the rows), which gives, per group in key
-order, the input rows in input order. Every other column is then gathered once by those row
-indices (Arrow ``take``) and cut into lists at the group boundaries, so every Arrow type and
-nullability survives exactly and no Python code runs per row.
+How it is computed: each key column is dictionary-encoded (one hash pass, in Arrow) and its
+few distinct values are sorted, which numbers every row by its group in key order (several
+keys: the numbers combine lexicographically). A stable counting sort of those numbers
+(Arrow's ``sort_indices``) gives the input rows group by group, each group's rows in input
+order; the group boundaries are where the number changes. Every other column is then gathered
+once by those row indices (Arrow ``take``, on threads) and cut into lists at the boundaries, so
+every Arrow type and nullability survives exactly and no Python code runs per row. A column
+whose values are all the same bytes (a source's ``_tag_source_id``, say) is the same in any
+order, so it is not gathered at all. Past 4,096 groups — where Arrow's sort stops counting and
+compares — polars groups the keys with a row index instead (hash group-by, sort of the groups).
 
 Keys follow the rules of the canonical encoding (:mod:`orcapod_core.hashing`): every NaN is one
 group, ``-0.0`` and ``0.0`` are two groups (``-0.0`` first). Null keys form one group, sorted
@@ -19,7 +24,9 @@ after every value (as polars' ``nulls_last``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import polars as pl
@@ -29,7 +36,7 @@ import pyarrow.compute as pc
 from orcapod_core.errors import InputValidationError, SchemaMismatchError
 from orcapod_core.operators.base import Operator
 from orcapod_core.operators.batch import list_field
-from orcapod_core.operators.join import take_columns
+from orcapod_core.operators.join import is_identity
 from orcapod_core.streams import Stream, StreamLayout
 from orcapod_core.types import arrow_to_python, type_to_string
 
@@ -39,6 +46,12 @@ _ROW = "__orcapod_row"
 _BITS = "__orcapod_bits_{}"
 #: Integer type of the same width as each float type, to group floats by their bits.
 _BITS_TYPE = {16: pa.int16(), 32: pa.int32(), 64: pa.int64()}
+#: Most groups sorted by counting: Arrow's ``sort_indices`` counts integers spanning <= 4096.
+_COUNTING_GROUPS = 4096
+#: How many rows of a long key column are looked at first, to see whether it has too many values.
+_SAMPLE_ROWS = 16_384
+#: Columns at least this long are hashed on several threads (shorter ones: not worth a pool).
+_PARALLEL_ROWS = 100_000
 
 
 def _one_array(values: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -56,6 +69,93 @@ def _canonical_bits(values: pa.ChunkedArray) -> pa.Array:
     bits = floats.view(_BITS_TYPE[width])
     quiet_nan = pa.array([float("nan")], values.type).view(_BITS_TYPE[width])[0]
     return pc.if_else(pc.is_nan(floats), quiet_nan, bits)
+
+
+def _surely_many(values: pa.Array) -> bool:
+    """Whether evenly spaced rows of a long column already hold more than
+    :data:`_COUNTING_GROUPS` values — then hashing the whole column for counting would be wasted."""
+    n = len(values)
+    if n <= 4 * _SAMPLE_ROWS:
+        return False
+    sample = values.take(pl.int_range(0, n, n // _SAMPLE_ROWS, dtype=pl.Int64, eager=True).to_arrow())
+    try:
+        return pc.count_distinct(sample, mode="all").as_py() > _COUNTING_GROUPS
+    except pa.ArrowNotImplementedError:  # a key type Arrow cannot hash: found out by the caller
+        return False
+
+
+def _dictionary_encode(values: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """(the distinct values, each row's index into them; nulls stay null): one hash pass, cut
+    into one piece per core for a long column (Arrow releases the GIL), dictionaries unified."""
+    pieces = os.cpu_count() or 1
+    if pieces == 1 or len(values) < _PARALLEL_ROWS:
+        encoded = pc.dictionary_encode(values)
+        return encoded.dictionary, encoded.indices
+    step = -(-len(values) // pieces)
+    with ThreadPoolExecutor(max_workers=pieces) as pool:
+        parts = list(pool.map(pc.dictionary_encode, [values.slice(i, step) for i in range(0, len(values), step)]))
+    unified = pa.chunked_array(parts).unify_dictionaries()
+    return unified.chunk(0).dictionary, pa.concat_arrays([c.indices for c in unified.chunks])
+
+
+def _ranks(dictionary: pa.Array, float_type: pa.DataType | None = None) -> pa.Array:
+    """Each dictionary entry's position in key order (floats: by value, then by bits, so
+    ``-0.0`` comes before ``0.0``; the one NaN after every number — as polars sorts)."""
+    if float_type is not None:  # the dictionary holds the floats' canonical bits
+        keys = pa.table({"value": dictionary.view(float_type), "bits": dictionary})
+        order = pc.sort_indices(keys, sort_keys=[("value", "ascending"), ("bits", "ascending")])
+    else:
+        order = pc.sort_indices(dictionary)
+    return pc.inverse_permutation(order.cast(pa.int64()))
+
+
+def _group_numbers(table: pa.Table, by: Sequence[str]) -> pa.Array | None:
+    """Per row, its group's number in key order (null keys after every value), numbers
+    spanning at most :data:`_COUNTING_GROUPS`; ``None`` when the keys have more groups."""
+    numbers, span = None, 1
+    for name in by:
+        column = _one_array(table.column(name))
+        floating = pa.types.is_floating(column.type)
+        values = _canonical_bits(column) if floating else column
+        if _surely_many(values):
+            return None
+        try:
+            dictionary, indices = _dictionary_encode(values)
+        except pa.ArrowNotImplementedError:  # a key type Arrow cannot hash: polars can
+            return None
+        width = len(dictionary)
+        if width > _COUNTING_GROUPS:  # no fewer groups than this column's values
+            return None
+        # uint32 ranks: at most _COUNTING_GROUPS of them, and half the bytes to gather
+        ranks = _ranks(dictionary, column.type if floating else None).cast(pa.uint32()).take(indices)
+        if ranks.null_count:  # the null key: one group, after every value
+            ranks, width = ranks.fill_null(width), width + 1
+        combined = numbers is not None
+        numbers = pc.add(pc.multiply(numbers, width), ranks) if combined else ranks
+        span *= width
+        if span > _COUNTING_GROUPS and combined:
+            # renumber the key combinations present densely, in the same order
+            dictionary, indices = _dictionary_encode(numbers)
+            if len(dictionary) > _COUNTING_GROUPS:
+                return None
+            numbers, span = _ranks(dictionary).cast(pa.uint32()).take(indices), len(dictionary)
+    return numbers.cast(pa.uint32())
+
+
+def _is_constant(values: pa.ChunkedArray) -> bool:
+    """Whether gathering ``values`` in any order gives ``values`` again: every value null, or
+    (strings and bytes, whose equality is their bytes') every value the same."""
+    n = len(values)
+    if values.null_count:
+        return values.null_count == n
+    if n < 2 or not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
+                     or pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type)):
+        return False
+    first = values[0]
+    probe = values.take(pa.array(range(0, n, max(1, n // 64)), pa.int64()))  # most columns differ early
+    if not pc.all(pc.equal(probe, first)).as_py():
+        return False
+    return pc.all(pc.equal(values, first)).as_py()
 
 
 class GroupBy(Operator):
@@ -122,9 +222,10 @@ class GroupBy(Operator):
             lists(layout.meta_columns),
         )
 
-    def _groups(self, table: pa.Table) -> tuple[pa.Array, pa.Array]:
-        """(row order, list offsets): the input rows group by group in key order, each group's
-        rows in input order, and where each group starts (then the total)."""
+    def _groups_by_polars(self, table: pa.Table) -> tuple[pa.Array, pa.Array]:
+        """(row order, list offsets) for many groups: the input rows group by group in key order,
+        each group's rows in input order, and where each group starts (then the total) — from a
+        polars hash group-by of the keys and a row index, then a sort of the groups."""
         n = table.num_rows
         frame = pl.from_arrow(table.select(list(self.by)))
         group_on, sort_on, firsts = [], [], []
@@ -150,12 +251,33 @@ class GroupBy(Operator):
         schema = self.output_layout(stream).schema
         if table.num_rows == 0:
             return schema.empty_table()
-        order, offsets = self._groups(table)
-        first_rows = order.take(offsets.slice(0, len(offsets) - 1))  # each group's first row
         keys = set(self.by)
-        listed = [f for f in schema if f.name not in keys]
-        gathered = take_columns([table.column(f.name) for f in listed], order)
+        listed = [f.name for f in schema if f.name not in keys]
+        workers = (os.cpu_count() or 1) if table.num_rows >= _PARALLEL_ROWS else 1
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            constant = pool.submit(lambda: {c for c in listed if _is_constant(table.column(c))})
+            numbers = _group_numbers(table, self.by)
+            if numbers is None:
+                order, offsets = self._groups_by_polars(table)
+            else:
+                order, offsets = pc.sort_indices(numbers), None  # stable; a counting sort this few groups
+            moved = [c for c in listed if c not in constant.result()]
+            if is_identity(order, table.num_rows):  # keys already in order: nothing moves
+                moved = []
+            # largest first, so the threads finish together; the group boundaries are found meanwhile
+            # order is a permutation of this table's rows (built just above): no bounds to check
+            taken = {
+                c: pool.submit(pc.take, table.column(c), order, boundscheck=False)
+                for c in sorted(moved, key=lambda c: -table.column(c).nbytes)
+            }
+            if offsets is None:
+                ends = pc.run_end_encode(numbers.take(order), run_end_type=pa.int64()).run_ends
+                offsets = pa.concat_arrays([pa.array([0], pa.int64()), ends])
+            gathered = {c: future.result() for c, future in taken.items()}
+        first_rows = order.take(offsets.slice(0, len(offsets) - 1))  # each group's first row
         columns = {k: table.column(k).take(first_rows) for k in self.by}
-        for field, values in zip(listed, gathered):
-            columns[field.name] = pa.LargeListArray.from_arrays(offsets, _one_array(values), type=field.type)
+        for field in schema:
+            if field.name not in keys:
+                values = gathered.get(field.name, table.column(field.name))
+                columns[field.name] = pa.LargeListArray.from_arrays(offsets, _one_array(values), type=field.type)
         return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)

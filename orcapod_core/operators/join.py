@@ -42,7 +42,7 @@ from orcapod_core.operators.base import Operator
 from orcapod_core.streams import Stream, StreamLayout
 from orcapod_core.types import arrow_to_python, type_to_string
 
-__all__ = ["Join", "MergeJoin", "SemiJoin", "canonical_order", "system_tag_names", "sort_tied_system_tags", "join_indices", "take_columns"]
+__all__ = ["Join", "MergeJoin", "SemiJoin", "canonical_order", "system_tag_names", "sort_tied_system_tags", "join_indices", "take_columns", "is_identity"]
 
 _ROW = "__orcapod_row_{}"
 
@@ -181,20 +181,23 @@ def join_indices(keys: Sequence[pa.Table]) -> list[pa.Array]:
     return [acc.get_column(_ROW.format(j)).to_arrow() for j in range(len(keys))]
 
 
-def _is_identity(indices: pa.Array, n: int) -> bool:
+def is_identity(indices: pa.Array, n: int) -> bool:
+    """Whether ``indices`` are 0..n-1, so gathering by them changes nothing."""
     if len(indices) != n:
         return False
     if n == 0:
         return True
+    if indices[0].as_py() != 0 or indices[n - 1].as_py() != n - 1:  # most gathers: no pass over them
+        return False
     steps = pc.pairwise_diff(indices.cast(pa.int64())).slice(1)
-    return indices[0].as_py() == 0 and pc.all(pc.equal(steps, 1)).as_py() in (True, None)
+    return pc.all(pc.equal(steps, 1)).as_py() in (True, None)
 
 
 def take_columns(columns: Sequence[pa.ChunkedArray], indices: pa.Array) -> list[pa.ChunkedArray]:
     """Each column gathered at ``indices``: zero-copy when they are 0..n-1 (typical for
     the first input of a one-to-one join); otherwise one Arrow ``take`` per column, on
     a thread pool (Arrow releases the GIL; string gathers dominate large joins)."""
-    if not columns or _is_identity(indices, len(columns[0])):
+    if not columns or is_identity(indices, len(columns[0])):
         return list(columns)
     if len(columns) == 1 or len(indices) < 100_000:
         return [c.take(indices) for c in columns]

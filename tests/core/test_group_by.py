@@ -3,8 +3,10 @@ and GroupBy nodes in pipelines (cached reruns, save/load)."""
 
 from __future__ import annotations
 
+import datetime
 import importlib
 import itertools
+import math
 import random
 import subprocess
 import sys
@@ -18,7 +20,7 @@ from orcapod_core.databases import DeltaTableDatabase
 from orcapod_core.errors import InputValidationError, SchemaMismatchError
 from orcapod_core.operators import Batch, Join
 from orcapod_core.pipeline import LoadStatus
-from orcapod_core.sources import CSVSource, DictSource
+from orcapod_core.sources import ArrowTableSource, CSVSource, DictSource
 from orcapod_core.streams import TableStream
 
 _counter = itertools.count()
@@ -122,6 +124,137 @@ def test_matches_a_plain_python_grouping_on_random_data():
     assert [(r["a"], r["b"]) for r in rows] == order
     assert [r["id"] for r in rows] == [expected[k] for k in order]
     assert [r["v"] for r in rows] == [[data["v"][i] for i in expected[k]] for k in order]
+
+
+def _plain(value):
+    """A value comparable with ==: floats by repr (NaN equals NaN, -0.0 differs from 0.0)."""
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _same_key(value):
+    # the canonical encoding's equality: every NaN one value, -0.0 not 0.0
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else (value, math.copysign(1.0, value))
+    return value
+
+
+def _sort_key(value):
+    # polars' order: nulls last; floats by value, -0.0 first, NaN after every number
+    if value is None:
+        return (1,)
+    if isinstance(value, float):
+        return (0, math.isnan(value), 0.0 if math.isnan(value) else value, math.copysign(1.0, value) > 0)
+    return (0, value)
+
+
+def python_group_by(rows: list[dict], by: list[str]) -> list[dict]:
+    """GroupBy written the obvious way, row by row, to check the columnar one against."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(_same_key(row[b]) for b in by), []).append(row)
+    ordered = sorted(groups.values(), key=lambda members: tuple(_sort_key(members[0][b]) for b in by))
+    return [
+        {c: (members[0][c] if c in by else [m[c] for m in members]) for c in members[0]}
+        for members in ordered
+    ]
+
+
+def check_against_python(stream, by: list[str]) -> None:
+    hidden = {"system_tags": True, "source": True}
+    got = GroupBy(by)(stream).as_table(columns=hidden)
+    expected = python_group_by(stream.as_table(columns=hidden).to_pylist(), by)
+    assert [_plain(r) for r in got.to_pylist()] == [_plain({c: r[c] for c in got.column_names}) for r in expected]
+    assert_prediction_matches(GroupBy(by), stream)
+
+
+@pytest.mark.parametrize("groups", [3, 4096, 4097, 6000])
+def test_few_and_many_groups_give_the_same_rows_as_plain_python(groups):
+    # up to 4,096 groups are counted (Arrow's counting sort), more are hash-grouped by polars
+    rng = random.Random(groups)
+    n = 3 * groups
+    keys = [rng.randrange(groups) for _ in range(n)]
+    data = {"id": list(range(n)), "k": [f"k{v}" if v else None for v in keys], "x": [rng.random() for _ in range(n)]}
+    s = DictSource(data, tag_columns=["id", "k"], source_id="many", schema={"id": int, "k": str | None, "x": float})
+    check_against_python(s, ["k"])
+
+
+@pytest.mark.parametrize("widths, n", [((3, 5), 3000), ((100, 100), 3000), ((3000, 3), 9000)])
+def test_several_keys_with_many_combinations_give_the_same_rows_as_plain_python(widths, n):
+    # (100, 100): 10,000 combinations possible, fewer present -> renumbered densely and counted;
+    # (3000, 3): more than 4,096 combinations present -> polars
+    rng = random.Random(sum(widths))
+    data = {
+        "id": list(range(n)),
+        "a": [rng.randrange(widths[0]) for _ in range(n)],
+        "b": [rng.choice([None, *map(str, range(widths[1]))]) for _ in range(n)],
+        "x": [rng.randrange(9) for _ in range(n)],
+    }
+    s = DictSource(data, tag_columns=["id", "a", "b"], source_id="combos", schema={"id": int, "a": int, "b": str | None, "x": int})
+    check_against_python(s, ["a", "b"])
+    check_against_python(s, ["b", "a"])
+
+
+def test_a_long_stream_hashed_on_several_threads_gives_the_same_rows_as_plain_python():
+    # >= 100,000 rows: the key is dictionary-encoded in one piece per core, then unified
+    rng = random.Random(11)
+    n = 150_000
+    data = {"id": list(range(n)), "k": [rng.choice(["b", "a", None, "c", "d"]) for _ in range(n)], "x": list(range(n))}
+    s = DictSource(data, tag_columns=["id", "k"], source_id="long", schema={"id": int, "k": str | None, "x": int})
+    check_against_python(s, ["k"])
+
+
+@pytest.mark.parametrize(
+    "values, arrow_type",
+    [
+        ([True, None, False, True, False], pa.bool_()),
+        ([b"b", b"a", None, b"b", b""], pa.large_binary()),
+        ([datetime.date(2024, 1, 2), datetime.date(2023, 5, 1), None, datetime.date(2024, 1, 2), datetime.date(1999, 1, 1)], pa.date32()),
+        ([datetime.datetime(2024, 1, 2, 3), None, datetime.datetime(2024, 1, 2, 3), datetime.datetime(2020, 1, 1), datetime.datetime(2030, 1, 1)], pa.timestamp("us")),
+        ([0.0, -0.0, float("nan"), None, -float("nan"), 1.5, -2.0, float("inf")], pa.float64()),
+        ([1.5, None, -0.0, 0.0, float("nan")], pa.float32()),
+        ([3, -1, None, 3, 2**40], pa.int64()),
+    ],
+)
+def test_every_key_type_groups_like_plain_python(values, arrow_type):
+    n = len(values)
+    table = pa.table({"id": pa.array(range(n), pa.int64()), "k": pa.array(values, arrow_type), "x": pa.array(range(n), pa.int64())})
+    check_against_python(ArrowTableSource(table, tag_columns=["id", "k"], source_id="types"), ["k"])
+
+
+@pytest.mark.parametrize("n", [50, 120_000])
+def test_keys_already_in_order_give_the_same_rows_as_plain_python(n):
+    # the rows need no moving (the gather is skipped); 120,000 rows: the threaded path
+    data = {"id": list(range(n)), "k": [i * 7 // n for i in range(n)], "x": [f"v{i}" for i in range(n)]}
+    s = DictSource(data, tag_columns=["id", "k"], source_id="sorted", schema={"id": int, "k": int, "x": str})
+    check_against_python(s, ["k"])
+
+
+def test_constant_and_all_null_columns_are_lists_like_any_other():
+    # a column of one value (or only nulls) is the same in any order, so GroupBy does not gather
+    # it; one that differs in a single row is not constant
+    n = 1000
+    almost = ["same"] * n
+    almost[517] = "other"  # not one of the rows checked first
+    table = pa.table(
+        {
+            "id": pa.array(range(n), pa.int64()),
+            "k": pa.array([i % 7 for i in reversed(range(n))], pa.int64()),
+            "same": pa.array(["same"] * n, pa.large_string()),
+            "almost": pa.array(almost, pa.large_string()),
+            "blob": pa.array([b"\x00"] * n, pa.large_binary()),
+            "nothing": pa.array([None] * n, pa.large_string()),
+        }
+    )
+    s = ArrowTableSource(table, tag_columns=["id", "k"], source_id="constant")
+    check_against_python(s, ["k"])
+    rows = GroupBy("k")(s).as_table().to_pylist()
+    assert [r["almost"].count("other") for r in rows] == [1 if k == (n - 1 - 517) % 7 else 0 for k in range(7)]
 
 
 def test_empty_stream_gives_an_empty_stream_with_the_predicted_schema():
