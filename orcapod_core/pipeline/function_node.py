@@ -395,7 +395,8 @@ class FunctionNode(Node):
             stats.duration_s = time.perf_counter() - start
             if report:
                 self.last_stats = stats
-                self._set_output(conform(out, out_layout))  # the node's rows are set before its end event
+                # the node's rows (with their entry ids and missing packets) are set before its end event
+                self._set_output(conform(out, out_layout), self.__dict__.get("_assembled_entry_ids"), self.__dict__.get("_assembled_missing_packets"))
                 observer.on_node_end(self, stats)
             if first_error is not None and error_policy == "fail_fast":
                 raise first_error
