@@ -41,8 +41,6 @@ def one_array(values: Keys) -> pa.Array:
     return values
 
 
-_one = one_array
-
 
 def _small(keys: Keys, value_set: Keys | None = None) -> bool:
     return len(keys) + (0 if value_set is None else len(value_set)) <= SMALL
@@ -79,7 +77,7 @@ def same_values(a: Keys, b: Keys) -> bool:
     n = len(a)
     if n != len(b) or n == 0 or a.null_count or b.null_count or _join_kind(a.type) is None or _join_kind(a.type) != _join_kind(b.type):
         return False
-    a, b = _one(a), _one(b)
+    a, b = one_array(a), one_array(b)
     if b.type != a.type:
         b = b.cast(a.type)
     if a[0] != b[0] or a[n - 1] != b[n - 1]:
@@ -91,7 +89,7 @@ def all_distinct(keys: Keys) -> bool:
     """True when no value of ``keys`` repeats (a null counts as a value)."""
     n = len(keys)
     if _join_kind(keys.type) is None or _small(keys):
-        return n < 2 or len(pc.unique(_one(keys))) == n
+        return n < 2 or len(pc.unique(one_array(keys))) == n
     series = pl.from_arrow(keys).rechunk()
     # Distinct 64-bit hashes prove distinct values, and are counted several times faster;
     # only when two hashes agree (a repeat, or rarely a collision) are the values compared.
@@ -101,7 +99,7 @@ def all_distinct(keys: Keys) -> bool:
 def distinct(keys: Keys) -> pa.Array:
     """The distinct values of ``keys`` in no particular order (``keys`` themselves when none
     repeats, which is checked first: no copy in the usual case of distinct keys)."""
-    array = _one(keys)
+    array = one_array(keys)
     if _join_kind(keys.type) is None or _small(array):
         return array if all_distinct(array) else pc.unique(array)
     if all_distinct(array):
@@ -112,16 +110,16 @@ def distinct(keys: Keys) -> pa.Array:
 def is_in(keys: Keys, value_set: Keys) -> pa.BooleanArray:
     """Per key: is it one of ``value_set``? (As ``pc.is_in``: a null key is in a set holding a null.)"""
     if not _polars_joins(keys, value_set) or _small(keys, value_set):
-        values = _one(value_set)
+        values = one_array(value_set)
         if values.type != keys.type and _polars_joins(keys, value_set):  # string vs large_string
             values = values.cast(keys.type)
-        return _one(pc.is_in(keys, value_set=values))
+        return one_array(pc.is_in(keys, value_set=values))
     n = len(keys)
     if same_values(keys, value_set):
         return pa.repeat(pa.scalar(True, pa.bool_()), n)
     m = len(value_set)
-    if 0 < m < n and same_values(_one(keys).slice(0, m), value_set):  # rows appended since: only they are looked up
-        return pa.concat_arrays([pa.repeat(pa.scalar(True, pa.bool_()), m), is_in(_one(keys).slice(m), value_set)])
+    if 0 < m < n and same_values(one_array(keys).slice(0, m), value_set):  # rows appended since: only they are looked up
+        return pa.concat_arrays([pa.repeat(pa.scalar(True, pa.bool_()), m), is_in(one_array(keys).slice(m), value_set)])
     mask = pl.repeat(False, n, dtype=pl.Boolean, eager=True)
     if n and len(value_set):
         found = _frame(keys).with_row_index("i").join(_frame(value_set), on="k", how="semi")["i"]
@@ -150,12 +148,12 @@ def index_in(keys: Keys, value_set: Keys, *, distinct_values: bool = False) -> p
         m = len(value_set)
         if same_values(keys, value_set):
             return pl.int_range(0, n, dtype=pl.Int64, eager=True).to_arrow()
-        if m < n and same_values(_one(keys).slice(0, m), value_set):  # rows appended since: only they are looked up
+        if m < n and same_values(one_array(keys).slice(0, m), value_set):  # rows appended since: only they are looked up
             head = pl.int_range(0, m, dtype=pl.Int64, eager=True).to_arrow()
-            return pa.concat_arrays([head, index_in(_one(keys).slice(m), value_set)])
+            return pa.concat_arrays([head, index_in(one_array(keys).slice(m), value_set)])
     if _small(keys, value_set):
-        values = _one(value_set)
-        return _one(pc.index_in(keys, value_set=values if values.type == keys.type else values.cast(keys.type))).cast(pa.int64())
+        values = one_array(value_set)
+        return one_array(pc.index_in(keys, value_set=values if values.type == keys.type else values.cast(keys.type))).cast(pa.int64())
     left, right = _frame(keys), _frame(value_set).with_row_index("j")
     joined = left.join(right, on="k", how="left", maintain_order="left")
     if joined.height != n:  # keys repeated in ``value_set`` matched: keep their first occurrence

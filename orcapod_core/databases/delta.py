@@ -127,6 +127,10 @@ def _commit_file(table_dir: str, version: int) -> str:
     return os.path.join(table_dir, _DELTA_LOG, f"{version:020d}.json")
 
 
+def _file_paths(dt: DeltaTable) -> set[str]:  # the data files of dt's version (add-action paths)
+    return set(pa.table(dt.get_add_actions(flatten=False))["path"].to_pylist())
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -456,14 +460,10 @@ class DeltaTableDatabase(BufferedArrowDatabase):
 
     def _seed_id_index(self, key: RecordPath, dt: DeltaTable, ids: pa.ChunkedArray) -> None:
         # A read of every row's id (a bulk lookup, a node's records) is the version's id index.
-        version = dt.version()
         index = self._indexes.get(key)
-        if index is not None and index.version == version:
-            return
-        seeded = _IdIndex(version=version)
-        seeded.files = set(pa.table(dt.get_add_actions(flatten=False))["path"].to_pylist())
-        seeded.add_read(ids)
-        self._indexes[key] = seeded
+        if index is None or index.version != dt.version():
+            self._indexes[key] = index = _IdIndex(version=dt.version(), files=_file_paths(dt))
+            index.add_read(ids)
 
     def _small_table(self, key: RecordPath, dt: DeltaTable, stored: StoredSchema) -> pa.Table | None:
         """Every row of the table at ``dt``'s version if its data files are small (read once per
@@ -506,7 +506,7 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         # When our commit is the only new version, its files hold exactly `ids`: record them
         # without reading them back.
         if dt is not None and index is not None and index.version == before and dt.version() == before + 1:
-            index.files = set(pa.table(dt.get_add_actions(flatten=False))["path"].to_pylist())
+            index.files = _file_paths(dt)
             index.add_written(ids)
             index.version = dt.version()
 

@@ -249,9 +249,6 @@ class _IdSet:
     hashes: list[pl.Series] = field(default_factory=list)
     ids: list[pa.Array | pa.ChunkedArray] = field(default_factory=list)
 
-    def __len__(self) -> int:
-        return sum(len(a) for a in self.ids)
-
     def add(self, ids: pa.Array | pa.ChunkedArray) -> None:
         if len(ids):  # (hashed when first asked about)
             self.ids.append(ids)

@@ -241,14 +241,14 @@ class FunctionNode(Node):
         absent = pc.is_null(ids)
         rows = pc.indices_nonzero(absent)
         n = table.num_rows
+        everything = pa.repeat(pa.scalar(True, pa.bool_()), n)
         if not len(rows):
-            return ids, pa.repeat(pa.scalar(True, pa.bool_()), n)
+            return ids, everything
         if len(rows) == n:  # nothing recorded for these rows yet (a cold run): no copy of them
             hashed = entry_ids_of(table, layout, digests, content.digest)
-            return hashed, is_in(hashed, stored) if len(stored) else pa.repeat(pa.scalar(False, pa.bool_()), n)
+            return hashed, is_in(hashed, stored)
         hashed = entry_ids_of(table.take(rows), layout, digests.take(rows), content.digest)
-        recorded = is_in(hashed, stored) if len(stored) else pa.repeat(pa.scalar(False, pa.bool_()), len(rows))
-        return pc.replace_with_mask(ids, absent, hashed), pc.replace_with_mask(pa.repeat(pa.scalar(True, pa.bool_()), n), absent, recorded)
+        return pc.replace_with_mask(ids, absent, hashed), pc.replace_with_mask(everything, absent, is_in(hashed, stored))
 
     def _entry_ids(self, table: pa.Table, layout: StreamLayout, packet_hashes: pa.Array) -> pa.Array:
         """Entry id per row = hash(tag + system tags + input packet hash + node content hash)."""
@@ -547,8 +547,7 @@ class FunctionNode(Node):
             if elapsed < self.target_chunk_s / 2:
                 # as many as should take the target time at this chunk's pace, at most 16x more
                 fits = int(self.target_chunk_s * size / elapsed) if elapsed > 0 else self.max_chunk
-                size = max(size * 2, min(size * self.max_growth, fits, self.max_chunk))
-                size = min(size, self.max_chunk)
+                size = min(max(size * 2, min(size * self.max_growth, fits)), self.max_chunk)
             elif elapsed > self.target_chunk_s * 2:
                 size = max(size // 2, self.min_chunk)
 

@@ -27,8 +27,6 @@ from orcapod_core.keysets import one_array
 __all__ = ["KeyIndex"]
 
 
-_as_array = one_array
-
 
 def _hashes(keys: pa.Array) -> pl.Series:
     return pl.from_arrow(keys).hash(seed=0)
@@ -41,7 +39,7 @@ class _Part:
 
     def __init__(self, table: pa.Table, key: str):
         self.table = table.combine_chunks()
-        self.keys = _as_array(self.table.column(key))
+        self.keys = one_array(self.table.column(key))
         hashes = _hashes(self.keys)
         self.order = hashes.arg_sort()
         self.sorted = hashes.gather(self.order)
@@ -71,7 +69,7 @@ class KeyIndex:
 
     def _matches(self, keys: pa.Array | pa.ChunkedArray) -> list[tuple[_Part, pa.Array, pa.Array]]:
         """Per part: (positions in ``keys`` found there, their rows in the part)."""
-        keys = _as_array(keys)
+        keys = one_array(keys)
         if not len(keys) or not self._parts:
             return []
         hashes = _hashes(keys)

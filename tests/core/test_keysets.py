@@ -71,8 +71,8 @@ def test_values_equal_to_the_keys_in_order_agree_with_the_arrow_kernels(dtype, e
     values = raw if dtype == pa.large_string() else [v.encode() for v in raw] if dtype == pa.large_binary() else list(range(3000))
     keys = pa.array(values, dtype)
     for value_set in [keys, _array(values, dtype, True), pa.array(values[::-1], dtype), pa.array(values[:-1] + values[:1], dtype)]:
-        expected_in = pc.is_in(keys, value_set=keysets._one(value_set))
-        expected_at = pc.index_in(keys, value_set=keysets._one(value_set)).cast(pa.int64())
+        expected_in = pc.is_in(keys, value_set=keysets.one_array(value_set))
+        expected_at = pc.index_in(keys, value_set=keysets.one_array(value_set)).cast(pa.int64())
         assert is_in(keys, value_set).equals(expected_in)
         assert index_in(keys, value_set).equals(expected_at)
         if all_distinct(value_set):
