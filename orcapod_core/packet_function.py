@@ -31,6 +31,7 @@ float is exact (``|n| ≤ 2**53``).
 from __future__ import annotations
 
 import inspect
+import itertools
 import os
 import platform
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -56,6 +57,7 @@ from orcapod_core.function_signature import (
     signature_schemas,
 )
 from orcapod_core.hashing import ContentHash, hash_object
+from orcapod_core.packet_args import PacketArgs
 from orcapod_core.types import (
     Schema,
     arrow_field,
@@ -202,6 +204,9 @@ class PythonPacketFunction(PacketFunctionDescription):
         self._output_keys = check_output_keys(output_keys, py_name)
         self._input_schema, self._output_schema = signature_schemas(function, self._output_keys)
         self._param_arrow = {p: python_to_arrow(t) for p, t in self._input_schema.items()}
+        #: The parameters a call may pass by position (those before the first keyword-only one).
+        params = inspect.signature(function).parameters.values()
+        self._positional = tuple(p.name for p in itertools.takewhile(lambda p: p.kind is p.POSITIONAL_OR_KEYWORD, params))
         self._output_fields = [arrow_field(k, t) for k, t in self._output_schema.items()]
         self._output_arrow_schema = pa.schema(self._output_fields)
         # Read the code now: the code that runs is the code that is imported now.
@@ -430,7 +435,7 @@ class PythonPacketFunction(PacketFunctionDescription):
         ``executor`` overrides the function's executor for this call; ``capture`` records
         each call's stdout/stderr (and a failed call's traceback) in ``captured``.
         """
-        kwargs_list = self._kwargs_list(table)
+        kwargs_list = self._kwargs_list(table, positional=not capture)
         executor = self._checked_executor(executor)
         function = capturing(self._function) if capture else self._function
         return self._batch_result(executor.execute_batch(function, kwargs_list, fail_fast=fail_fast), capture, fail_fast)
@@ -466,8 +471,10 @@ class PythonPacketFunction(PacketFunctionDescription):
         check_executor(type(self), self.function_type, executor, self._function)
         return executor
 
-    def _kwargs_list(self, table: pa.Table) -> list[dict[str, Any]]:
-        """One ``{parameter: value}`` per row; each input column is converted to Python once."""
+    def _kwargs_list(self, table: pa.Table, positional: bool = True) -> PacketArgs:
+        """One ``{parameter: value}`` per row (see :class:`PacketArgs`); each input column is
+        converted to Python once. ``positional``: the function is called as it is (not through a
+        wrapper taking keywords only), so it may be called with positional arguments."""
         names = [p for p in self._input_schema if p in table.column_names]
         missing = [p for p in self._input_schema if p not in names and p not in self._input_schema.optional_fields]
         if missing:
@@ -478,12 +485,8 @@ class PythonPacketFunction(PacketFunctionDescription):
             if col.type != self._param_arrow[p]:  # e.g. an int column feeding a float parameter
                 col = col.cast(self._param_arrow[p])
             columns.append(to_python(col))
-        if len(names) == 1:
-            (only,) = names
-            return [{only: v} for v in columns[0]]
-        if names:
-            return [dict(zip(names, row)) for row in zip(*columns)]
-        return [{} for _ in range(table.num_rows)]
+        leading = positional and tuple(names) == self._positional[: len(names)]
+        return PacketArgs(names, columns, table.num_rows, positional=leading)
 
     def _batch_result(self, raw: list[Any], capture: bool, fail_fast: bool) -> BatchResult:
         """Calls' results (or exceptions; with ``capture``, ``(value, captured output)``) as one

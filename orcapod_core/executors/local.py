@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from orcapod_core.errors import InputValidationError
 from orcapod_core.executors.base import PythonFunctionExecutor, run_coroutine_sync
 from orcapod_core.interrupts import RunInterrupted, in_user_code, stop_requested
+from orcapod_core.packet_args import PacketArgs
 
 __all__ = ["LocalPythonFunctionExecutor"]
 
@@ -69,15 +70,27 @@ class LocalPythonFunctionExecutor(PythonFunctionExecutor):
             # of a cheap function's time.)
             flag[0] = True
             try:
-                for kwargs in kwargs_list:
-                    if stop_requested():
-                        break
-                    try:
-                        append(fn(**kwargs))
-                    except Exception as exc:
-                        append(exc)
-                        if fail_fast:
+                if isinstance(kwargs_list, PacketArgs) and kwargs_list.positional:
+                    # No dict per call: the packets' values straight in as positional arguments.
+                    for args in kwargs_list.arguments():
+                        if stop_requested():
                             break
+                        try:
+                            append(fn(*args))
+                        except Exception as exc:
+                            append(exc)
+                            if fail_fast:
+                                break
+                else:
+                    for kwargs in kwargs_list:
+                        if stop_requested():
+                            break
+                        try:
+                            append(fn(**kwargs))
+                        except Exception as exc:
+                            append(exc)
+                            if fail_fast:
+                                break
             except RunInterrupted:
                 pass
             finally:

@@ -171,3 +171,53 @@ def test_executor_is_used_and_not_part_of_identity():
     assert out.as_table().column("y").to_pylist() == [2, 2, 4]
     assert ex.batches == [2]  # one batch of the two distinct packets
     assert counted.get_execution_data()["executor_type"] == "counting"
+
+
+def test_packet_args_is_a_sequence_of_keyword_mappings_that_pickles():
+    import pickle
+
+    from orcapod_core.packet_args import PacketArgs
+
+    args = PacketArgs(("x", "y"), ([1, 2, 3], ["a", "b", "c"]), positional=True)
+    assert len(args) == 3 and args[-1] == {"x": 3, "y": "c"}
+    assert list(args) == [{"x": 1, "y": "a"}, {"x": 2, "y": "b"}, {"x": 3, "y": "c"}]
+    assert args[1:] == [{"x": 2, "y": "b"}, {"x": 3, "y": "c"}] and args[1:].positional
+    assert list(args.arguments()) == [(1, "a"), (2, "b"), (3, "c")]
+    back = pickle.loads(pickle.dumps(args))
+    assert back == args and back.positional and back.names == ("x", "y")
+    assert list(PacketArgs((), (), 2)) == [{}, {}] and list(PacketArgs((), (), 2).arguments()) == [(), ()]
+    with pytest.raises(IndexError):
+        args[3]
+    with pytest.raises(ValueError, match="2 names for 1 columns"):
+        PacketArgs(("x", "y"), ([1],))
+
+
+def subtract(b: int, a: int, *, scale: int = 1) -> int:
+    return (b - a) * scale
+
+
+def defaulted(x: int, offset: int = 100, *, scale: int = 1) -> int:
+    return (x + offset) * scale
+
+
+@pytest.mark.parametrize("max_workers", [1, 2])
+def test_calls_bind_each_column_to_its_parameter_in_any_column_order(max_workers):
+    # Columns in another order than the parameters, a keyword-only parameter, a missing
+    # optional one: every call still gets each packet's values by name (positional calls only
+    # where the columns are the function's leading parameters).
+    import pyarrow as pa
+
+    executor = LocalPythonFunctionExecutor(max_workers=max_workers)
+    pf = PythonPacketFunction(subtract, output_keys="d", executor=executor)
+    table = pa.table({"scale": [2, 3], "a": [1, 10], "b": [5, 40]})
+    assert pf.call_batch(table).table.column("d").to_pylist() == [8, 90]
+    assert not pf._kwargs_list(table).positional  # scale is keyword-only
+    assert pf._kwargs_list(table.drop_columns(["scale"])).positional  # b, a: the leading parameters
+    assert pf.call_batch(table.drop_columns(["scale"])).table.column("d").to_pylist() == [4, 30]
+    pf = PythonPacketFunction(defaulted, output_keys="y", executor=executor)
+    only_scale = pa.table({"scale": [2, 3], "x": [1, 2]})
+    assert not pf._kwargs_list(only_scale).positional  # offset is missing in between
+    assert pf.call_batch(only_scale).table.column("y").to_pylist() == [202, 306]
+    # captured calls go through a keywords-only wrapper
+    result = PythonPacketFunction(subtract, output_keys="d").call_batch(table, capture=True)
+    assert result.table.column("d").to_pylist() == [8, 90] and len(result.captured) == 2
