@@ -17,9 +17,10 @@ is what dominates, and a run of many 10-row nodes makes thousands of them.
 
 from __future__ import annotations
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from orcapod_core.lazy_polars import pl
 
 __all__ = ["all_distinct", "distinct", "is_in", "index_in", "one_array", "same_values"]
 

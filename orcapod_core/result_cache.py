@@ -21,13 +21,13 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from orcapod_core.databases import RECORD_ID_COLUMN, ArrowDatabase
 from orcapod_core.errors import SchemaMismatchError
 from orcapod_core.function_pods import FunctionPod
+from orcapod_core.lazy_polars import pl
 from orcapod_core.packet_function import BatchResult, PythonPacketFunction
 from orcapod_core.hashing import digests_to_hex, hash_rows
 from orcapod_core.keysets import all_distinct, index_in, one_array

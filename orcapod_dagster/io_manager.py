@@ -24,7 +24,6 @@ import typing
 from typing import Any
 
 import dagster as dg
-import polars as pl
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
@@ -103,6 +102,7 @@ class OrcapodIOManager(dg.ConfigurableIOManager):
 
 
 def _convert(rows: Stream | pa.Table, wants: Any, tag_columns: tuple[str, ...]) -> Any:
+    import polars as pl  # imported when used: loading the code location needs no polars
     if isinstance(wants, type) and issubclass(wants, Stream):
         if isinstance(rows, Stream):
             return rows
@@ -117,6 +117,7 @@ def _convert(rows: Stream | pa.Table, wants: Any, tag_columns: tuple[str, ...]) 
 
 
 def _to_arrow(obj: Any, where: str) -> pa.Table:
+    import polars as pl  # imported when used: loading the code location needs no polars
     if isinstance(obj, pa.Table):
         return obj
     if isinstance(obj, pl.LazyFrame):

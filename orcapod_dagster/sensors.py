@@ -36,7 +36,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import polars as pl
 import pyarrow as pa
 
 from orcapod_core.errors import InvalidLabelError
@@ -192,6 +191,7 @@ def row_fingerprints(stream: Stream, partition_by: str | None = None) -> str | d
     >>> row_fingerprints(pipeline.samples) == row_fingerprints(pipeline.samples)   # doctest: +SKIP
     True
     """
+    import polars as pl  # imported when used: loading the code location needs no polars
     table = stream.as_table(columns=HIDDEN_COLUMNS)
     rows = pl.Series("row", digests_to_hex(hash_rows(table)) if table.num_rows else pa.array([], pa.large_string()))
     if partition_by is None or partition_by not in stream.tag_columns:

@@ -39,7 +39,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -61,6 +60,7 @@ from orcapod_core.databases.tables import (
 )
 from orcapod_core.hashing import hex_problem
 from orcapod_core.keysets import all_distinct
+from orcapod_core.lazy_polars import pl
 
 # (the storage types are defined in databases.tables; still importable from here)
 __all__ = ["BufferedArrowDatabase", "normalize_type", "normalize_schema", "normalize_table"]

@@ -8,13 +8,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from orcapod_core.databases.protocol import RECORD_ID_COLUMN
 from orcapod_core.errors import InputValidationError, SchemaMismatchError, UnsupportedTypeError
 from orcapod_core.keysets import all_distinct, is_in
+from orcapod_core.lazy_polars import pl
 
 __all__ = ["normalize_type", "normalize_schema", "normalize_table", "conform", "drop_repeated_ids", "filter_rows", "Condition"]
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import polars as pl
 import pyarrow as pa
 
 from orcapod_core.errors import InputValidationError
+from orcapod_core.lazy_polars import pl
 from orcapod_core.operators.base import Operator
 from orcapod_core.streams import Stream, StreamLayout
 

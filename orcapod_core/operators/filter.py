@@ -12,11 +12,11 @@ from __future__ import annotations
 import io
 from typing import Any
 
-import polars as pl
 import pyarrow as pa
 
 from orcapod_core.errors import InputValidationError
 from orcapod_core.hashing import canonical_json
+from orcapod_core.lazy_polars import pl
 from orcapod_core.operators.base import Operator
 from orcapod_core.streams import Stream, StreamLayout
 

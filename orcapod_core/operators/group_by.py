@@ -29,11 +29,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from orcapod_core.errors import InputValidationError, SchemaMismatchError
+from orcapod_core.lazy_polars import pl
 from orcapod_core.operators.base import Operator
 from orcapod_core.operators.batch import list_field
 from orcapod_core.operators.join import is_identity

@@ -31,13 +31,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from orcapod_core.columns import SOURCE_PREFIX, source_column, system_tag_origin
 from orcapod_core.errors import InputValidationError, SchemaMismatchError
 from orcapod_core.hashing import hash_rows
+from orcapod_core.lazy_polars import pl
 from orcapod_core.operators.base import Operator
 from orcapod_core.streams import Stream, StreamLayout
 from orcapod_core.types import arrow_to_python, type_to_string

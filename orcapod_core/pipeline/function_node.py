@@ -26,7 +26,6 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -41,6 +40,7 @@ from orcapod_core.interrupts import check_stop, stop_requested
 from orcapod_core.function_pods import FunctionPod, FunctionPodStream, input_packet_hashes, pod_output_table
 from orcapod_core.hashing import ContentHash, digests_array, digests_to_hex
 from orcapod_core.keysets import index_in, is_in
+from orcapod_core.lazy_polars import pl
 from orcapod_core.operators import Join
 from orcapod_core.pipeline.node_run import INPUT_SOURCE_TYPE, NodeRun, entry_ids_of, entry_records, input_source_info
 from orcapod_core.pipeline.nodes import ENTRY_ID_COLUMN, INPUT_SOURCE_COLUMN, LoadStatus, Node

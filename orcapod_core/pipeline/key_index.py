@@ -18,11 +18,11 @@ O(log N) parts. A hash match is confirmed by comparing the keys themselves.
 
 from __future__ import annotations
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from orcapod_core.keysets import one_array
+from orcapod_core.lazy_polars import pl
 
 __all__ = ["KeyIndex"]
 

@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -22,6 +21,7 @@ from orcapod_core.columns import source_column
 from orcapod_core.errors import InputValidationError
 from orcapod_core.hashing import digests_to_hex, fixed_as_binary, hash_rows
 from orcapod_core.keysets import distinct, is_in, one_array
+from orcapod_core.lazy_polars import pl
 from orcapod_core.pipeline.key_index import KeyIndex
 from orcapod_core.pipeline.nodes import COMPUTED_COLUMN, ENTRY_ID_COLUMN, NODE_CONTENT_COLUMN, RUN_ID_COLUMN
 from orcapod_core.result_cache import PACKET_HASH_COLUMN

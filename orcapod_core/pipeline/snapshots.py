@@ -47,7 +47,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -57,6 +56,7 @@ from orcapod_core.errors import CorruptStoreError, NotMaterializedError, SchemaM
 from orcapod_core.function_pods import pod_output_table
 from orcapod_core.hashing import ContentHash, digests_to_hex, hash_object, hash_rows
 from orcapod_core.keysets import is_in
+from orcapod_core.lazy_polars import pl
 from orcapod_core.operators import Join, Operator
 from orcapod_core.result_cache import PACKET_HASH_COLUMN, ResultCache
 from orcapod_core.sources import DeltaTableSource, LiveSource, file_source_from_config

@@ -19,13 +19,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from orcapod_core.columns import RECORD_ID_TAG, SOURCE_ID_TAG, check_user_column, source_column
 from orcapod_core.errors import DuplicateTagError, InputValidationError
 from orcapod_core.hashing import ContentHash, hash_object, hash_table
+from orcapod_core.lazy_polars import pl
 from orcapod_core.streams import Stream, StreamLayout, shape_identity
 from orcapod_core.types import arrow_field, arrow_to_python, canonicalize_table, check_map_keys, type_to_string
 from orcapod_core.value_types import PATH_TYPE, value_type_for_arrow

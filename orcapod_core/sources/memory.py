@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import polars as pl
 import pyarrow as pa
 
 from orcapod_core.errors import InputValidationError, UnsupportedTypeError
+from orcapod_core.lazy_polars import pl
 from orcapod_core.sources.base import RootSource
 from orcapod_core.types import arrow_field, type_to_string
 from orcapod_core.values import strict_array

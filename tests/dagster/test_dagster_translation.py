@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import dagster as dg
 import polars as pl
 import pytest
@@ -289,3 +293,16 @@ def test_the_job_materializes_extra_assets_by_default(make_project):
     assert defs.schedules[0].job_name == "demo_job"
     only = build_definitions(mod.pipeline, extra_assets=[report], job_includes_extra_assets=False)
     assert "report" not in {k.to_user_string() for k in only.resolve_job_def("demo_job").asset_layer.executable_asset_keys}
+
+
+def test_loading_the_code_location_does_not_import_polars(tmp_path):
+    # The run launcher, the webserver's code server and every sensor/schedule tick load the code
+    # location without touching a DataFrame: polars is imported when a run first uses it.
+    probe = (
+        "import sys, example_project.definitions as d; "
+        "assert len(d.defs.resolve_asset_graph().get_all_asset_keys()) > 10; "
+        "print(sorted(m for m in sys.modules if m == 'polars' or m.startswith('polars.')))"
+    )
+    env = {**os.environ, "ORCAPOD_STORE": str(tmp_path / "store")}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
