@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from orcapod_core.databases import RECORD_ID_COLUMN, ArrowDatabase
+from orcapod_core.databases.protocol import CONTEXT_PREFIXES
 from orcapod_core.errors import SchemaMismatchError
 from orcapod_core.function_pods import FunctionPod
 from orcapod_core.lazy_polars import pl
@@ -45,8 +46,7 @@ __all__ = [
 
 PACKET_HASH_COLUMN = "__packet_hash"
 STORED_AT_COLUMN = "__stored_at"
-VARIATION_PREFIX = "__variation_"
-EXECUTION_PREFIX = "__execution_"
+VARIATION_PREFIX, EXECUTION_PREFIX = CONTEXT_PREFIXES
 
 
 _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9_.:=-]")

@@ -79,7 +79,7 @@ from deltalake.fs import DeltaStorageHandler
 
 from orcapod_core.databases.buffered import BufferedArrowDatabase
 from orcapod_core.databases.file_store import FILE_AREA, FileStore
-from orcapod_core.databases.delta_format import DIGEST_METADATA, is_digest, StoredSchema, stored_schema, table_writer, writer_for
+from orcapod_core.databases.delta_format import DIGEST_METADATA, context_columns, is_digest, StoredSchema, stored_schema, table_writer, writer_for
 from orcapod_core.databases.tables import Condition, _expression, _IdIndex, filter_rows, normalize_type
 from orcapod_core.databases.maintenance import DEFAULT_RETENTION_HOURS, MaintenanceReport, compact_store, vacuum_store
 from orcapod_core.databases.protocol import (
@@ -488,7 +488,7 @@ class DeltaTableDatabase(BufferedArrowDatabase):
         index = self._indexes.get(key)
         before = dt.version() if dt is not None else -1
         table = self._physical(key, table.combine_chunks())  # one Arrow batch -> one data file, rows in order
-        writer = writer_for(frozenset(f.name for f in table.schema if is_digest(f)))
+        writer = writer_for(frozenset(f.name for f in table.schema if is_digest(f)), context_columns(table.column_names))
         try:
             if dt is None:
                 write_deltalake(

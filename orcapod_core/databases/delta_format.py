@@ -5,15 +5,16 @@ Parquet writer settings of every commit and compaction."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pyarrow as pa
 from deltalake import ColumnProperties, DeltaTable, WriterProperties
 
-from orcapod_core.databases.protocol import RECORD_ID_COLUMN
+from orcapod_core.databases.protocol import CONTEXT_PREFIXES, RECORD_ID_COLUMN
 from orcapod_core.databases.tables import normalize_schema
 
-__all__ = ["DIGEST_METADATA", "KEY_COLUMN", "StoredSchema", "stored_schema", "is_digest", "table_writer", "writer_for"]
+__all__ = ["CONTEXT_COLUMN", "DIGEST_METADATA", "KEY_COLUMN", "context_columns", "StoredSchema", "stored_schema", "is_digest", "table_writer", "writer_for"]
 
 #: Field metadata of a digest column stored as bytes (read back as lowercase hex).
 DIGEST_METADATA = {b"orcapod.encoding": b"hex"}
@@ -26,16 +27,27 @@ DIGEST_METADATA = {b"orcapod.encoding": b"hex"}
 KEY_COLUMN = ColumnProperties(dictionary_enabled=False, encoding="DELTA_LENGTH_BYTE_ARRAY")
 
 
+#: How execution-context columns (:data:`~orcapod_core.databases.protocol.CONTEXT_PREFIXES`) are
+#: written: without statistics (see there).
+CONTEXT_COLUMN = ColumnProperties(statistics_enabled="NONE")
+
+
 def table_writer(dt: DeltaTable) -> WriterProperties:
-    """How the files of an existing table are (re)written: with its digest columns' properties."""
-    return writer_for(frozenset(f.name for f in pa.schema(dt.schema().to_arrow()) if is_digest(f)))
+    """How the files of an existing table are (re)written: with its columns' properties."""
+    schema = pa.schema(dt.schema().to_arrow())
+    return writer_for(frozenset(f.name for f in schema if is_digest(f)), context_columns(schema.names))
+
+
+def context_columns(names: Iterable[str]) -> frozenset[str]:
+    """The execution-context columns among ``names``."""
+    return frozenset(n for n in names if n.startswith(CONTEXT_PREFIXES))
 
 
 @functools.lru_cache(maxsize=64)
-def writer_for(key_columns: frozenset[str]) -> WriterProperties:
-    """How a batch is written: zstd, and the key-column properties on the record id and on
-    ``key_columns`` (the table's digest columns)."""
-    columns = {RECORD_ID_COLUMN: KEY_COLUMN, **{c: KEY_COLUMN for c in key_columns}}
+def writer_for(key_columns: frozenset[str], context: frozenset[str] = frozenset()) -> WriterProperties:
+    """How a batch is written: zstd, the key-column properties on the record id and on
+    ``key_columns`` (the table's digest columns), no statistics for the ``context`` columns."""
+    columns = {**{c: CONTEXT_COLUMN for c in context}, RECORD_ID_COLUMN: KEY_COLUMN, **{c: KEY_COLUMN for c in key_columns}}
     return WriterProperties(compression="ZSTD", compression_level=3, column_properties=columns)
 
 

@@ -433,3 +433,21 @@ def test_a_results_table_of_the_first_wave_keeps_taking_new_results(tmp_path):
     fresh = ResultCache(DeltaTableDatabase(tmp_path / "store"), path)
     found = fresh.lookup(pa.array(["aa" * 32, "bb" * 32], pa.large_string()), columns=["y"])
     assert dict(zip(found.column(PACKET_HASH_COLUMN).to_pylist(), found.column("y").to_pylist())) == {"aa" * 32: 1, "bb" * 32: 2}
+
+
+def test_delta_results_keep_statistics_for_ids_and_outputs_not_for_the_execution_context(tmp_path):
+    # The nine context columns repeat one value per run and are never looked up by: their
+    # Parquet statistics only cost write time. The record id and the outputs keep theirs.
+    import pyarrow.parquet as pq
+
+    pf = counted([])
+    cache = ResultCache(DeltaTableDatabase(tmp_path / "store"), result_record_path(pf))
+    hashes = hexes_of([1, 2, 3])
+    cache.store(hashes, pa.table({"y": pa.array([2, 4, 6], pa.int64())}), **context_of(pf), flush=True)
+    (data_file,) = (tmp_path / "store").rglob("*.parquet")
+    group = pq.read_metadata(data_file).row_group(0)
+    stats = {group.column(i).path_in_schema: group.column(i).is_stats_set for i in range(group.num_columns)}
+    assert stats[RECORD_ID_COLUMN] and stats["y"] and stats[STORED_AT_COLUMN]
+    flat_context = [c for c in stats if c.startswith(("__variation_", "__execution_")) and "." not in c]
+    assert len(flat_context) >= 6 and not any(stats[c] for c in flat_context)
+    assert cache.lookup(hashes, {"__execution_executor_type": "local"}).num_rows == 3  # still filterable
