@@ -204,8 +204,9 @@ class PythonPacketFunction(PacketFunctionDescription):
         self._output_keys = check_output_keys(output_keys, py_name)
         self._input_schema, self._output_schema = signature_schemas(function, self._output_keys)
         self._param_arrow = {p: python_to_arrow(t) for p, t in self._input_schema.items()}
-        #: The parameters a call may pass by position (those before the first keyword-only one).
-        params = inspect.signature(function).parameters.values()
+        #: The parameters a call may pass by position: those before the first keyword-only one,
+        #: of the callable itself (a decorator's ``wrapper(**kwargs)`` takes keywords only).
+        params = inspect.signature(function, follow_wrapped=False).parameters.values()
         self._positional = tuple(p.name for p in itertools.takewhile(lambda p: p.kind is p.POSITIONAL_OR_KEYWORD, params))
         self._output_fields = [arrow_field(k, t) for k, t in self._output_schema.items()]
         self._output_arrow_schema = pa.schema(self._output_fields)

@@ -221,3 +221,25 @@ def test_calls_bind_each_column_to_its_parameter_in_any_column_order(max_workers
     # captured calls go through a keywords-only wrapper
     result = PythonPacketFunction(subtract, output_keys="d").call_batch(table, capture=True)
     assert result.table.column("d").to_pylist() == [8, 90] and len(result.captured) == 2
+
+
+def test_a_decorated_function_taking_keywords_only_is_called_with_keywords():
+    import functools
+
+    import pyarrow as pa
+
+    def keywords_only(f):
+        @functools.wraps(f)  # the signature shown is f's, the wrapper accepts keywords only
+        def wrapper(**kwargs):
+            return f(**kwargs)
+
+        return wrapper
+
+    @keywords_only
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    pf = PythonPacketFunction(add, output_keys="z")
+    table = pa.table({"x": [1, 2], "y": [10, 20]})
+    assert not pf._kwargs_list(table).positional
+    assert pf.call_batch(table).table.column("z").to_pylist() == [11, 22]
