@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_common import ROOT, timed, write_results
+from bench_common import ROOT, compile_bytecode, timed, write_results
 from bench_many_nodes import write_location
 
 
@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="40-node pipeline, one repeat (nothing written)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    compile_bytecode()  # fresh processes load orcapod from bytecode, as an installed environment does
     repeats = 1 if args.quick else args.repeats
     sources, depth = (4, 7) if args.quick else (20, 17)
     scratch = Path(tempfile.mkdtemp(prefix="orcapod-bench-cli-"))
