@@ -20,8 +20,6 @@ __all__ = ["pl"]
 
 
 class _Polars:
-    __slots__ = ("__dict__",)
-
     def __getattr__(self, name: str) -> Any:
         value = getattr(importlib.import_module("polars"), name)
         setattr(self, name, value)

@@ -45,8 +45,8 @@ RECORD_ID_COLUMN = "__record_id"
 
 #: Name prefixes of the execution context a result cache stores with every result (the same
 #: values on every row of a run: function variation, executor, host). A Delta table writes no
-#: Parquet statistics for them: nothing is looked up by them, and statistics of nine repeated
-#: columns were a fifth of a results file's write time.
+#: Parquet statistics for them: nothing is looked up by them, and statistics of these repeated
+#: columns were a fifth to a third of a results file's write time.
 CONTEXT_PREFIXES = ("__variation_", "__execution_")
 
 #: Maximum number of components in a record path.
